@@ -1,0 +1,266 @@
+"""The training loop: mini-batch SGD (with momentum), Adam or AdamW, L2 or weight decay, early stopping.
+
+One step on a batch B of the training set minimises::
+
+    J_B = mean_{i∈B} loss(f(x_i), y_i) + λ/(2n)·Σ w²      (the L2 term only when l2=λ > 0)
+
+``weight_decay`` is handed to the optimizer for the weights only (not biases or norm parameters), so
+``l2=λ`` and ``weight_decay=λ/n`` take identical steps under plain SGD (see ``deepdiag.regularization``).
+
+Everything random is seeded by ``seed``: the order of the mini-batches (a private generator) and the
+dropout masks (the global RNG, forked so the caller's RNG state is left as it was). The same seed on
+the same device gives bit-identical histories and weights.
+
+No host synchronisation happens inside the step loop: batch losses stay on the device and are read
+once per epoch. A run whose loss turns NaN or Inf is marked ``diverged`` (with the first such step)
+and stopped at the end of that epoch instead of raising.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from ._validate import check_choice, check_number
+from .regularization import l2_penalty, weight_parameters
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of one training run. ``batch_size=None`` is full-batch gradient descent;
+    ``patience=None`` trains all epochs (the best epoch is still recorded)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    batch_size: int | None = 64
+    epochs: int = 10
+    l2: float = 0.0
+    weight_decay: float = 0.0
+    patience: int | None = None
+    restore_best: bool = False
+    seed: int = 0
+    eval_train: bool = True
+
+    def __post_init__(self):
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_number("lr", self.lr, low=0.0, low_inclusive=False)
+        check_number("momentum", self.momentum, low=0.0, high=1.0, high_inclusive=False)
+        if self.batch_size is not None:
+            check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_number("epochs", self.epochs, low=1, integer=True)
+        check_number("l2", self.l2, low=0.0)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        if self.patience is not None:
+            check_number("patience", self.patience, low=1, integer=True)
+        check_number("seed", self.seed, low=0, integer=True)
+
+
+@dataclass
+class History:
+    """Per-epoch curves of one run and how it ended. ``train_loss``/``train_acc`` are measured on the
+    whole training set in eval mode at the end of each epoch (``eval_train=True``); ``batch_loss`` is the
+    mean of the mini-batch losses seen during the epoch (with dropout active, without the L2 term)."""
+
+    epoch: list[int] = field(default_factory=list)
+    batch_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_loss: float = math.inf
+    steps: int = 0
+    wall_time: float = 0.0
+    diverged: bool = False
+    diverged_step: int | None = None
+    stopped_early: bool = False
+
+    def to_frame(self):
+        """The per-epoch curves as a pandas DataFrame, one row per epoch."""
+        import pandas as pd
+
+        cols = ("epoch", "batch_loss", "train_loss", "train_acc", "val_loss", "val_acc")
+        return pd.DataFrame({c: getattr(self, c) for c in cols})
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (non-finite floats become None)."""
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            return [clean(x) for x in v] if isinstance(v, list) else v
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+
+def default_loss(task: str, out_features: int) -> nn.Module:
+    """Cross-entropy on logits for classification (BCE-with-logits for one output unit), MSE for regression."""
+    if task == "regression":
+        return nn.MSELoss()
+    return nn.CrossEntropyLoss() if out_features > 1 else _BinaryLogitLoss()
+
+
+class _BinaryLogitLoss(nn.BCEWithLogitsLoss):
+    """BCE-with-logits taking class ids (0/1) and a (batch, 1) logit."""
+
+    def forward(self, logits, target):
+        return super().forward(logits.squeeze(-1), target.to(logits.dtype))
+
+
+def accuracy_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions (a device tensor): argmax for several outputs, logit > 0 for one."""
+    pred = out.argmax(dim=1) if out.shape[1] > 1 else (out.squeeze(1) > 0).long()
+    return (pred == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+             classify: bool, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss, accuracy) on (x, y) in eval mode, as device tensors (accuracy NaN for regression).
+    Assumes the loss is a per-batch mean, so chunk means are weighted by chunk size."""
+    was_training = model.training
+    model.eval()
+    total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for i in range(0, len(x), chunk):
+        out = model(x[i:i + chunk])
+        total += loss_fn(out, y[i:i + chunk]).double() * len(out)
+        if classify:
+            correct += accuracy_sum(out, y[i:i + chunk])
+    model.train(was_training)
+    acc = correct / len(x) if classify else torch.full((), math.nan, device=x.device)
+    return total / len(x), acc
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer, with weight decay on the weights only (see ``weight_parameters``)."""
+    decay = weight_parameters(model)
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, foreach=True)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=config.lr, foreach=True)
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters(), None)
+    if p is None:
+        raise ValueError("model has no parameters to train")
+    return p.device, p.dtype
+
+
+def _prepare(data, device, dtype):
+    """Training and validation tensors on the model's device; x in the model's dtype."""
+    def put(t, is_x):
+        if t is None:
+            return None
+        t = torch.as_tensor(t).to(device)
+        return t.to(dtype) if is_x or t.is_floating_point() else t
+    return (put(data.x_train, True), put(data.y_train, False),
+            put(getattr(data, "x_val", None), True), put(getattr(data, "y_val", None), False))
+
+
+def fit(
+    model: nn.Module,
+    data,
+    config: TrainConfig | None = None,
+    *,
+    loss_fn: nn.Module | None = None,
+    on_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[History], None] | None = None,
+    **overrides,
+) -> History:
+    """Train `model` in place on ``data`` (a ``deepdiag.data.Dataset`` or anything with ``x_train``,
+    ``y_train`` and optionally ``x_val``, ``y_val``) and return its ``History``.
+
+    Knobs come from `config` (a ``TrainConfig``) and/or keyword overrides, e.g.
+    ``fit(model, ds, optimizer="adam", lr=1e-3, epochs=5)``. `loss_fn` defaults to cross-entropy for
+    classification and MSE for regression. `on_step()` is called after every optimizer step (e.g.
+    ``monitor.step``), `on_epoch(history)` after every epoch.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = TrainConfig(**overrides)
+    elif overrides:
+        config = replace(config, **overrides)
+    device, dtype = _model_device_dtype(model)
+    x, y, x_val, y_val = _prepare(data, device, dtype)
+    task = getattr(data, "task", "classification" if not y.is_floating_point() else "regression")
+    classify = task == "classification"
+    if loss_fn is None:
+        with torch.no_grad():
+            out_features = model.eval()(x[:1]).shape[1]
+        loss_fn = default_loss(task, out_features)
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        return _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch)
+
+
+def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch) -> History:
+    n = len(x)
+    batch = n if config.batch_size is None else min(config.batch_size, n)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    hist, best_state, start = History(), None, time.perf_counter()
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(n, generator=shuffle).to(x.device)
+        losses = []
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            loss = loss_fn(model(x[idx]), y[idx])
+            objective = loss + l2_penalty(model, config.l2, n) if config.l2 > 0 else loss
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            if on_step is not None:
+                on_step()
+        epoch_losses = torch.stack(losses).double().cpu()  # host sync: once per epoch
+        bad = (~torch.isfinite(epoch_losses)).nonzero()
+        _record(hist, model, epoch, epoch_losses, x, y, x_val, y_val, loss_fn, classify, config)
+        hist.steps += len(losses)
+        if len(bad):
+            hist.diverged, hist.diverged_step = True, hist.steps - len(losses) + int(bad[0]) + 1
+        improved = hist.best_epoch == epoch
+        if improved and config.restore_best:
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(hist)
+        if hist.diverged:
+            break
+        if config.patience is not None and epoch - (hist.best_epoch or 0) >= config.patience:
+            hist.stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    hist.wall_time = time.perf_counter() - start
+    return hist
+
+
+def _record(hist, model, epoch, epoch_losses, x, y, x_val, y_val, loss_fn, classify, config):
+    """Append one epoch's row: evaluations stacked on the device and read in one host sync."""
+    nan = torch.full((), math.nan, dtype=torch.float64, device=x.device)
+    train = evaluate(model, x, y, loss_fn, classify) if config.eval_train else (nan, nan)
+    val = evaluate(model, x_val, y_val, loss_fn, classify) if x_val is not None else (nan, nan)
+    tl, ta, vl, va = torch.stack([t.double() for t in (*train, *val)]).tolist()  # host sync
+    hist.epoch.append(epoch)
+    hist.batch_loss.append(float(epoch_losses.mean()))
+    hist.train_loss.append(tl)
+    hist.train_acc.append(ta)
+    hist.val_loss.append(vl)
+    hist.val_acc.append(va)
+    score = vl if x_val is not None else tl
+    if math.isfinite(score) and score < hist.best_val_loss:
+        hist.best_epoch, hist.best_val_loss = epoch, score
