@@ -5,15 +5,16 @@
 """
 from __future__ import annotations
 
-from . import data, theory
+__version__ = "0.1.0"
+
+from . import data, plots, theory
 from .init import init_weights
 from .models import conv_net, mlp
 from .regularization import l2_penalty
+from .study import StudyResult, list_studies, run_study
 from .train import History, TrainConfig, fit
-
-__version__ = "0.1.0"
 
 __all__ = [
     "mlp", "conv_net", "init_weights", "l2_penalty", "fit", "TrainConfig", "History",
-    "data", "theory", "__version__",
+    "list_studies", "run_study", "StudyResult", "data", "plots", "theory", "__version__",
 ]

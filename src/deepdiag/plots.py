@@ -1,0 +1,40 @@
+"""Matplotlib helpers shared by the studies' figures: theory as a line, measurements as points.
+
+The Agg backend is selected so figures render without a display; figures are saved as PNG and closed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
+    """A new figure with `ncols` side-by-side axes (a list, even for one)."""
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def theory(ax, x, y, label: str = "theory", **kw) -> None:
+    """Draw a prediction as a line."""
+    ax.plot(x, y, "-", lw=1.5, alpha=0.8, label=label, **kw)
+
+
+def measured(ax, x, y, yerr=None, label: str = "measured", **kw) -> None:
+    """Draw measurements as points (with error bars for the spread over seeds)."""
+    if yerr is None:
+        ax.plot(x, y, "o", ms=5, label=label, **kw)
+    else:
+        ax.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=3, label=label, **kw)
+
+
+def save(fig, folder: Path, name: str) -> Path:
+    """Save `fig` as folder/name.png (tight, 120 dpi), close it and return the path."""
+    path = Path(folder) / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""One module per claim of the reference texts; each defines ``STUDY`` (see ``deepdiag.study``)."""

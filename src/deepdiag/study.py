@@ -1,0 +1,292 @@
+"""The study framework: one study per claim of the reference texts, run -> checks -> verdict.
+
+A study is a module in ``deepdiag/studies/`` that defines a frozen ``Config`` dataclass (its knobs),
+the knob values of its quick mode, and two functions:
+
+    measure(config, seeds) -> Measurement     # runs the experiment, returns checks + raw data
+    plot(result, out_dir) -> list[Path]       # draws figures from result.data only (never recomputes)
+
+``run_study`` validates the knobs, runs the study, computes the verdict from the checks and, with
+``out=``, writes ``out/<study>/result.json``, ``data.csv`` and the PNG figures.
+
+Verdicts are computed, never stated: "reproduced" when every check passed, "not reproduced" when any
+check failed, "inconclusive" when none failed but some could not be measured (``passed=None``, e.g. a
+run that diverged where the check needed its loss).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._validate import check_number
+
+ORDER = ("capacity", "l2", "dropout", "vanishing", "init", "depth", "precision")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One numbered claim held against a measurement.
+
+    ``measured`` and ``expected`` are numbers or short texts; ``rule`` says how they are compared
+    (e.g. "|measured/expected - 1| <= tolerance"); ``passed`` is None when it could not be measured.
+    """
+
+    name: str
+    claim: str
+    measured: Any
+    expected: Any
+    rule: str
+    passed: bool | None
+    tolerance: float | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return _json_safe(dataclasses.asdict(self))
+
+
+def check_close(name: str, claim: str, measured: float, expected: float, rtol: float, detail: str = "") -> Check:
+    """Pass when |measured/expected − 1| ≤ rtol (or |measured| ≤ rtol when expected is 0)."""
+    if not (math.isfinite(measured) and math.isfinite(expected)):
+        return Check(name, claim, measured, expected, f"relative error <= {rtol:g}", None, rtol, detail)
+    err = abs(measured - expected) / abs(expected) if expected != 0 else abs(measured)
+    return Check(name, claim, measured, expected, f"relative error <= {rtol:g}", bool(err <= rtol), rtol,
+                 detail or f"relative error {err:.3g}")
+
+
+def check_rule(name: str, claim: str, measured: Any, expected: Any, rule: str, passed: bool | None,
+               detail: str = "", tolerance: float | None = None) -> Check:
+    """A check whose pass rule is computed by the caller and stated in `rule`.
+    A NaN measurement makes it inconclusive rather than failed."""
+    if isinstance(measured, float) and math.isnan(measured):
+        passed = None
+    return Check(name, claim, measured, expected, rule, None if passed is None else bool(passed), tolerance, detail)
+
+
+@dataclass
+class Measurement:
+    """What a study's ``measure`` returns: its checks, its raw data (one long table, an ``experiment``
+    column telling its parts apart) and any notes for the report."""
+
+    checks: list[Check]
+    data: pd.DataFrame
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Study:
+    """A registered study: its claim (quoted from the seed text), knobs and functions."""
+
+    name: str
+    claim: str
+    theory: str
+    config: type
+    quick: dict
+    measure: Callable[[Any, list[int]], Measurement]
+    plot: Callable[["StudyResult", Path], list[Path]] | None = None
+    seeds_quick: int = 1
+    seeds_full: int = 3
+
+
+@dataclass
+class StudyResult:
+    """The outcome of one study run: checks, verdict, data, figures and how it was run."""
+
+    name: str
+    claim: str
+    theory: str
+    verdict: str
+    checks: list[Check]
+    data: pd.DataFrame
+    config: dict
+    seeds: list[int]
+    quick: bool
+    wall_time: float
+    figures: list[str] = field(default_factory=list)
+    notes: str = ""
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> int:
+        return sum(c.passed is True for c in self.checks)
+
+    def to_dict(self, with_data: bool = True) -> dict:
+        """JSON-safe dict (NaN/Inf become None)."""
+        out = {k: getattr(self, k) for k in ("name", "claim", "theory", "verdict", "config", "seeds", "quick",
+                                                "wall_time", "figures", "notes", "environment")}
+        out["checks"] = [c.to_dict() for c in self.checks]
+        if with_data:
+            out["data"] = self.data.to_dict(orient="records")
+        return _json_safe(out)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``out/<name>/result.json``, ``data.csv`` and the figures; return the folder."""
+        folder = Path(out) / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data.to_csv(folder / "data.csv", index=False)
+        (folder / "result.json").write_text(json.dumps(self.to_dict(with_data=False), indent=2))
+        return folder
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {self.verdict} ({self.passed}/{len(self.checks)} checks, {self.wall_time:.1f} s)"]
+        for c in self.checks:
+            mark = {True: "pass", False: "FAIL", None: "n/a "}[c.passed]
+            lines.append(f"  [{mark}] {c.name}: measured {_short(c.measured)} vs {_short(c.expected)} ({c.rule})")
+        return "\n".join(lines)
+
+
+def verdict(checks: Sequence[Check]) -> str:
+    """reproduced if every check passed; not reproduced if any failed; inconclusive otherwise."""
+    if not checks:
+        return "inconclusive"
+    if any(c.passed is False for c in checks):
+        return "not reproduced"
+    return "reproduced" if all(c.passed is True for c in checks) else "inconclusive"
+
+
+_REGISTRY: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    """Add a study to the registry (the built-in ones register themselves on import)."""
+    _REGISTRY[study.name] = study
+    return study
+
+
+def _builtin(name: str) -> Study | None:
+    try:
+        module = importlib.import_module(f"deepdiag.studies.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"deepdiag.studies.{name}":
+            return None
+        raise
+    return register(module.STUDY)
+
+
+def list_studies() -> list[str]:
+    """Names of the available studies, in the order of DESIGN.md, then any registered by the user."""
+    builtin = [n for n in ORDER if n in _REGISTRY or _builtin(n) is not None]
+    return builtin + [n for n in _REGISTRY if n not in builtin]
+
+
+def get_study(name: str) -> Study:
+    """The registered study called `name`; ValueError listing the available ones otherwise."""
+    if not isinstance(name, str) or (name not in _REGISTRY and _builtin(name) is None):
+        raise ValueError(f"unknown study {name!r}; available studies: {', '.join(list_studies())}")
+    return _REGISTRY[name]
+
+
+def knobs(name: str) -> dict[str, Any]:
+    """The study's knobs with their full-mode defaults."""
+    return {f.name: f.default for f in dataclasses.fields(get_study(name).config)}
+
+
+def make_config(study: Study, quick: bool, overrides: dict) -> Any:
+    """The study's Config for quick/full mode with the user's knob values, validated."""
+    fields = {f.name: f for f in dataclasses.fields(study.config)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown knob {unknown[0]!r} for study {study.name!r}; valid knobs: {', '.join(fields)}")
+    values = {**(study.quick if quick else {}), **overrides}
+    for key, value in overrides.items():
+        _check_knob_type(study.name, key, value, fields[key].default)
+    return study.config(**values)
+
+
+def _check_knob_type(study: str, key: str, value: Any, default: Any) -> None:
+    """A knob must have the type of its default (ints accepted where floats are; tuples as lists)."""
+    if default is None or value is None:
+        return
+    kind = type(default)
+    ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if kind is tuple and isinstance(value, list):
+        ok = True
+    if isinstance(value, bool) and kind is not bool:
+        ok = False
+    if not ok:
+        raise TypeError(f"knob {key}={value!r} of study {study!r} must be of type {kind.__name__} "
+                        f"(default {default!r})")
+
+
+def _seeds(study: Study, quick: bool, seeds: int | Sequence[int] | None) -> list[int]:
+    if seeds is None:
+        return list(range(study.seeds_quick if quick else study.seeds_full))
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        check_number("seeds", seeds, low=1, integer=True)
+        return list(range(seeds))
+    seeds = list(seeds)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ValueError(f"seeds={seeds!r} must be a count >= 1 or a non-empty list of integers >= 0")
+    return seeds
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded with every result."""
+    import torch
+
+    from . import __version__
+
+    return {"deepdiag": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "device": "cpu"}
+
+
+def run_study(name: str, quick: bool = False, out: str | Path | None = None,
+              seeds: int | Sequence[int] | None = None, **knob_values) -> StudyResult:
+    """Run one study and return its ``StudyResult``; with `out`, also write its files and figures.
+
+    >>> result = dd.run_study("vanishing", quick=True, out="results/")
+    >>> result.verdict, [c.passed for c in result.checks]
+    """
+    study = get_study(name)
+    config = make_config(study, quick, knob_values)
+    seed_list = _seeds(study, quick, seeds)
+    start = time.perf_counter()
+    measured = study.measure(config, seed_list)
+    result = StudyResult(
+        name=study.name, claim=study.claim, theory=study.theory, verdict=verdict(measured.checks),
+        checks=measured.checks, data=measured.data, config=_json_safe(dataclasses.asdict(config)),
+        seeds=seed_list, quick=quick, wall_time=time.perf_counter() - start, notes=measured.notes,
+        environment=environment(),
+    )
+    if out is not None:
+        folder = Path(out) / study.name
+        folder.mkdir(parents=True, exist_ok=True)
+        if study.plot is not None:
+            result.figures = [str(p) for p in study.plot(result, folder)]
+        result.save(out)
+    return result
+
+
+def _json_safe(value: Any) -> Any:
+    """Convert numpy scalars, tuples and non-finite floats so json.dumps accepts the value."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
