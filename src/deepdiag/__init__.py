@@ -11,10 +11,11 @@ from . import data, plots, theory
 from .init import init_weights
 from .models import conv_net, mlp
 from .regularization import l2_penalty
+from .results import load_results
 from .study import StudyResult, list_studies, run_study
 from .train import History, TrainConfig, fit
 
 __all__ = [
     "mlp", "conv_net", "init_weights", "l2_penalty", "fit", "TrainConfig", "History",
-    "list_studies", "run_study", "StudyResult", "data", "plots", "theory", "__version__",
+    "list_studies", "run_study", "StudyResult", "load_results", "data", "plots", "theory", "__version__",
 ]

@@ -4,12 +4,15 @@ The Agg backend is selected so figures render without a display; figures are sav
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from . import figspec  # noqa: E402
 
 
 def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
@@ -32,9 +35,11 @@ def measured(ax, x, y, yerr=None, label: str = "measured", **kw) -> None:
 
 
 def save(fig, folder: Path, name: str) -> Path:
-    """Save `fig` as folder/name.png (tight, 120 dpi), close it and return the path."""
+    """Save `fig` as folder/name.png (tight, 120 dpi) and its spec as folder/name.json (what the HTML
+    report draws interactively, see ``deepdiag.figspec``); close it and return the PNG's path."""
     path = Path(folder) / f"{name}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    path.with_suffix(".json").write_text(json.dumps(figspec.extract(fig)))
     plt.close(fig)
     return path

@@ -96,6 +96,7 @@ class Study:
     plot: Callable[["StudyResult", Path], list[Path]] | None = None
     seeds_quick: int = 1
     seeds_full: int = 3
+    quick_time: float | None = None  # typical quick-mode wall time on 2 CPU cores, for `deepdiag list`
 
 
 @dataclass

@@ -1,0 +1,83 @@
+"""A results directory read back as tables: what ``deepdiag run --out DIR`` wrote, per study.
+
+Layout: ``DIR/<study>/result.json`` (claim, verdict, checks, config, environment), ``DIR/<study>/data.csv``
+(every run or measurement), ``DIR/<study>/<figure>.png`` and ``<figure>.json`` (its spec for the
+interactive report). ``load_results`` turns that into pandas DataFrames; ``write_tables`` adds
+``DIR/studies.csv`` and ``DIR/checks.csv`` (and Parquet files when pyarrow is installed).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass
+class Results:
+    """Everything in a results directory: one row per study, one row per check, each study's data."""
+
+    directory: Path
+    studies: pd.DataFrame
+    checks: pd.DataFrame
+    data: dict[str, pd.DataFrame] = field(default_factory=dict)
+    raw: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """All studies' data in one table, with a ``study`` column."""
+        frames = [df.assign(study=name) for name, df in self.data.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _study_folders(directory: Path) -> list[Path]:
+    from .study import ORDER
+
+    folders = [p.parent for p in directory.glob("*/result.json")]
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(folders, key=lambda p: (rank.get(p.name, len(rank)), p.name))
+
+
+def load_results(directory: str | Path) -> Results:
+    """Read a results directory into DataFrames; ValueError when it holds no study results.
+
+    >>> res = dd.load_results("results/")
+    >>> res.studies[["study", "verdict", "passed", "total"]]
+    """
+    directory = Path(directory)
+    folders = _study_folders(directory) if directory.is_dir() else []
+    if not folders:
+        raise ValueError(f"no study results in directory={str(directory)!r}; "
+                         f"write some with: deepdiag run all --quick --out {directory}")
+    studies, checks, data, raw = [], [], {}, {}
+    for folder in folders:
+        result = json.loads((folder / "result.json").read_text())
+        name = result["name"]
+        raw[name] = result
+        passed = sum(c["passed"] is True for c in result["checks"])
+        studies.append({"study": name, "verdict": result["verdict"], "passed": passed,
+                        "total": len(result["checks"]), "wall_time": result["wall_time"],
+                        "quick": result["quick"], "seeds": len(result["seeds"]), "claim": result["claim"]})
+        checks += [{"study": name, **c} for c in result["checks"]]
+        csv = folder / "data.csv"
+        data[name] = pd.read_csv(csv) if csv.exists() and csv.stat().st_size > 1 else pd.DataFrame()
+    return Results(directory, pd.DataFrame(studies), pd.DataFrame(checks), data, raw)
+
+
+def write_tables(directory: str | Path) -> list[Path]:
+    """Write studies.csv and checks.csv (and .parquet when pyarrow is installed) into the directory."""
+    res = load_results(directory)
+    paths = []
+    for name, frame in (("studies", res.studies), ("checks", res.checks)):
+        path = Path(directory) / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        paths.append(path)
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            continue
+        table = frame.astype({c: str for c in ("measured", "expected") if c in frame})
+        table.to_parquet(path.with_suffix(".parquet"), index=False)
+        paths.append(path.with_suffix(".parquet"))
+    return paths
