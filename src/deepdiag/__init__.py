@@ -14,8 +14,15 @@ from .regularization import l2_penalty
 from .results import load_results
 from .study import StudyResult, list_studies, run_study
 from .train import History, TrainConfig, fit
+from .checkup import Checkup, checkup
+from .diagnose import compare_depths
+from .findings import Finding
+from .monitor import Monitor
+from .sweep import RunConfig, sweep
 
 __all__ = [
     "mlp", "conv_net", "init_weights", "l2_penalty", "fit", "TrainConfig", "History",
     "list_studies", "run_study", "StudyResult", "load_results", "data", "plots", "theory", "__version__",
+    "checkup", "Checkup", "Monitor", "Finding", "compare_depths",
+    "sweep", "RunConfig",
 ]

@@ -358,3 +358,7 @@ def demo(
 
     _threads()
     run_demo(epochs=epochs, seed=seed, print_fn=out.print)
+
+
+if __name__ == "__main__":
+    app()

@@ -23,7 +23,9 @@ def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
 
 def theory(ax, x, y, label: str = "theory", **kw) -> None:
     """Draw a prediction as a line."""
-    ax.plot(x, y, "-", lw=1.5, alpha=0.8, label=label, **kw)
+    if "ls" not in kw and "linestyle" not in kw:
+        kw["linestyle"] = "-"
+    ax.plot(x, y, **{"lw": 1.5, "alpha": 0.8, "label": label, **kw})
 
 
 def measured(ax, x, y, yerr=None, label: str = "measured", **kw) -> None:

@@ -1,0 +1,146 @@
+"""Sweep speed: local vs vectorized vs process vs a plain torch.func ensemble, on the same configs.
+
+    PYTHONPATH=src python benchmarks/sweep_speed.py [--epochs 5] [--seeds 64] [--widths 16 64 256]
+
+Workload (the issue's): digits, MLP depth 3, batch 64, SGD momentum 0.9, `seeds` runs per width that
+differ only in seed (init and batch order). Prints wall time, speed-up vs local and the largest parameter
+difference vs local, then the gain at other N and with compile=True. Ratios, not absolute times, are the
+result: on a shared machine absolute times move with the load; ratios measured side by side hold better.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import time
+
+import torch
+
+from deepdiag.engines.local import build_model, dataset, train_model
+from deepdiag.engines.process import ProcessEngine
+from deepdiag.engines.vectorized import train_group
+from deepdiag.sweep import RunConfig
+
+
+def configs_for(width, seeds, epochs):
+    base = RunConfig(dataset="digits", width=width, depth=3, batch_size=64, epochs=epochs, lr=0.05,
+                     momentum=0.9)
+    return [dataclasses.replace(base, seed=s) for s in range(seeds)]
+
+
+def max_diff(ps, qs):
+    return max((p - q).abs().max().item() for P, Q in zip(ps, qs) for p, q in zip(P, Q))
+
+
+def run_local(configs):
+    return [[p.detach() for p in train_model(c)[0].parameters()] for c in configs]
+
+
+def run_vectorized(configs, compile=False):
+    _, params = train_group(configs, return_params=True, compile=compile)
+    return [list(P.values()) for P in params]
+
+
+def run_torch_func(configs):
+    """What a PyTorch user writes: stack_module_state + functional_call + vmap, torch.optim.SGD."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    c0 = configs[0]
+    ds = dataset(c0.dataset, c0.n_train, c0.data_seed)
+    models = [build_model(c, ds) for c in configs]
+    params, buffers = stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+    opt = torch.optim.SGD(list(params.values()), lr=c0.lr, momentum=c0.momentum, foreach=True)
+    x, y = ds.x_train, ds.y_train
+    n, gens = len(x), [torch.Generator().manual_seed(c.seed) for c in configs]
+
+    def loss_one(p, b, xb, yb):
+        return torch.nn.functional.cross_entropy(functional_call(skeleton, (p, b), (xb,)), yb)
+
+    batched = vmap(loss_one)
+    for _ in range(c0.epochs):
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        for i in range(0, n, c0.batch_size):
+            idx = order[:, i:i + c0.batch_size]
+            opt.zero_grad(set_to_none=True)
+            batched(params, buffers, x[idx], y[idx]).sum().backward()
+            opt.step()
+    names = [k for k, _ in models[0].named_parameters()]
+    return [[params[k][m].detach() for k in names] for m in range(len(configs))]
+
+
+def run_process(configs, workers):
+    engine = ProcessEngine(workers=workers)
+    try:
+        list(engine.run(configs))
+    finally:
+        engine.shutdown()
+
+
+def timed(fn, *a, **k):
+    t = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dataset("digits", None, 0)
+    run_local(configs_for(16, 2, 1))  # warm up imports and kernels
+    print(f"# {args.seeds} runs per width, {args.epochs} epochs, digits, depth 3, batch 64, "
+          f"SGD momentum 0.9, {args.threads} threads, process: {args.workers} workers")
+    print("| width | engine | wall s | speed-up vs local | max param diff vs local |")
+    print("|---|---|---|---|---|")
+    per_run_local = {}
+    for width in args.widths:
+        cfgs = configs_for(width, args.seeds, args.epochs)
+        ref, t_local = timed(run_local, cfgs)
+        per_run_local[width] = t_local / len(cfgs)
+        rows = [("local", t_local, 0.0)]
+        vec, t = timed(run_vectorized, cfgs)
+        rows.append(("vectorized (baddbmm)", t, max_diff(vec, ref)))
+        fn, t = timed(run_torch_func, cfgs)
+        rows.append(("torch.func vmap", t, max_diff(fn, ref)))
+        _, t = timed(run_process, cfgs, args.workers)
+        rows.append((f"process ({args.workers} workers)", t, float("nan")))
+        for name, t, d in rows:
+            diff = "(same loop)" if name.startswith("process") else f"{d:.1e}"
+            print(f"| {width} | {name} | {t:.2f} | {t_local / t:.2f}x | {diff} |", flush=True)
+        t_func = next(t for n, t, _ in rows if n.startswith("torch.func"))
+        t_vec = next(t for n, t, _ in rows if n.startswith("vectorized"))
+        print(f"| {width} | vectorized vs torch.func | | {t_func / t_vec:.2f}x | |", flush=True)
+    width = 64 if 64 in args.widths else args.widths[0]
+    print(f"\n# gain vs N at width {width} (local time = N x its measured per-run time)")
+    print("| N | vectorized s | local s (est.) | speed-up |")
+    print("|---|---|---|---|")
+    for n_members in (16, 64, 256):
+        _, t = timed(run_vectorized, configs_for(width, n_members, args.epochs))
+        est = per_run_local[width] * n_members
+        print(f"| {n_members} | {t:.2f} | {est:.2f} | {est / t:.2f}x |", flush=True)
+    if args.no_compile:
+        return
+    print(f"\n# compile=True at width {width}, N={args.seeds}: per-epoch time and compile time")
+    try:
+        cfg1, cfgs = configs_for(width, args.seeds, 1), configs_for(width, args.seeds, args.epochs)
+        _, e1 = timed(run_vectorized, cfg1)
+        _, eE = timed(run_vectorized, cfgs)
+        _, c1 = timed(run_vectorized, cfg1, compile=True)
+        _, cE = timed(run_vectorized, cfgs, compile=True)
+        eager_epoch = (eE - e1) / (args.epochs - 1)
+        comp_epoch = (cE - c1) / (args.epochs - 1)
+        print(f"eager {eager_epoch:.3f} s/epoch, compiled {comp_epoch:.3f} s/epoch: per-step gain "
+              f"{eager_epoch / comp_epoch:.2f}x; compile time ~{c1 - comp_epoch - (e1 - eager_epoch):.1f} s")
+    except Exception as e:  # no C++ compiler, etc.
+        print(f"compile=True not measured: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()

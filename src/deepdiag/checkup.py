@@ -1,0 +1,206 @@
+"""``checkup``: one forward and backward pass on a batch, no optimizer step, and the findings.
+
+The model is left exactly as it was: parameters, ``.grad`` fields (including None), the train/eval
+flag of every submodule, ``requires_grad`` flags, buffers (BatchNorm running statistics), the global
+RNG (dropout masks are drawn from a forked RNG) and its hooks (every hook checkup adds is removed).
+
+The pass runs in the model's current mode (train or eval): that is the mode the user is asking about.
+In train mode BatchNorm uses batch statistics and updates its running statistics; those buffers are
+snapshotted and restored.
+
+Loss. With `targets`, the loss is ``loss_fn(output, targets)``; `loss_fn` defaults to cross-entropy
+for integer targets and several outputs, BCE-with-logits for one output, MSE for float targets. With
+``loss_fn`` but no targets, ``loss_fn(output)``. With neither, the surrogate
+
+    L = Σ_i ⟨output_i, r_i⟩ / B,   r ~ N(0, 1) of the output's shape, seeded (torch.Generator seed 0)
+
+so ∂L/∂output = r/B: unit-scale, independent of the output's own scale. The back-propagated signal
+then measures the network's Jacobian alone, which is what the gradient-flow rules judge.
+
+>>> report = dd.checkup(dd.mlp(64, 10, depth=50, init="normal"), torch.randn(128, 64))
+>>> [f.code for f in report.findings][:2]
+['vanishing_gradients', 'vanishing_activations']
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .diagnose import judge_layers
+from .findings import Finding, severity_rank
+from .stats import Recorder, build_rows, safe_norm
+
+TABLE_COLUMNS = ["name", "type", "family", "fan_in", "fan_out", "weight_std", "init_scheme", "init_std", "act_mean",
+                 "act_std", "frac_zero", "frac_dead", "frac_saturated", "signal_norm", "grad_norm", "grad_rel"]
+
+
+@dataclass
+class Checkup:
+    """What ``checkup`` found: ``findings`` (most severe first), ``layers`` (a DataFrame, one row per
+    measured layer in forward order) and ``rows`` (the same as dicts: what the rules read)."""
+
+    findings: list[Finding]
+    layers: object  # pandas.DataFrame
+    rows: list[dict] = field(default_factory=list)
+    loss: float | None = None
+    surrogate: bool = False
+
+    def codes(self, severity: str = "info") -> set[str]:
+        """Codes of the findings at `severity` or worse."""
+        r = severity_rank(severity)
+        return {f.code for f in self.findings if f.rank >= r}
+
+    def __str__(self) -> str:
+        lines = [f"deepdiag checkup: {len(self.layers)} layers, "
+                 f"{'surrogate loss' if self.surrogate else 'loss'} {self.loss:.4g}"]
+        if not self.findings:
+            lines.append("no findings")
+        lines += [str(f) for f in self.findings]
+        cols = [c for c in TABLE_COLUMNS if c in self.layers.columns]
+        with _pd().option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+            lines.append(self.layers[cols].to_string(index=False))
+        return "\n".join(lines)
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(title="deepdiag checkup", show_lines=False)
+        cols = [c for c in TABLE_COLUMNS if c in self.layers.columns]
+        for c in cols:
+            table.add_column(c, justify="left" if c in ("name", "type", "family", "init_scheme") else "right")
+        for _, row in self.layers[cols].iterrows():
+            table.add_row(*[_cell(v) for v in row])
+        style = {"error": "bold red", "warning": "yellow", "info": "dim"}
+        items = [f"[{style[f.severity]}]{f.severity.upper()}[/] {f.code}: {f.summary}\n  → {f.remedy}"
+                 for f in self.findings] or ["[green]no findings[/]"]
+        return Group(table, *items)
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _pd():
+    import pandas as pd
+
+    return pd
+
+
+def _default_loss(out: Tensor, targets: Tensor) -> Tensor:
+    if not targets.is_floating_point():
+        if out.dim() >= 2 and out.shape[1] > 1:
+            return nn.functional.cross_entropy(out, targets)
+        return nn.functional.binary_cross_entropy_with_logits(out.reshape(targets.shape), targets.to(out.dtype))
+    return nn.functional.mse_loss(out, targets.reshape(out.shape) if targets.numel() == out.numel() else targets)
+
+
+def surrogate_loss(out: Tensor) -> Tensor:
+    """Σ ⟨out, r⟩ / B with r ~ N(0, 1) drawn from a generator seeded 0: ∂L/∂out = r/B."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.device, out.dtype)
+    return (out * r).sum() / max(1, out.shape[0] if out.dim() else 1)
+
+
+def _call(model: nn.Module, inputs):
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _output_tensor(out) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        for v in out.values():
+            if isinstance(v, Tensor):
+                return v
+    raise TypeError(f"the model's output must be a tensor (or a tuple/dict whose first entry is), got {type(out).__name__}")
+
+
+def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=None) -> Checkup:
+    """Run one forward and backward pass of `model` on `inputs` and diagnose it (see the module doc).
+
+    inputs: a tensor, a tuple of positional tensors, or a dict of keyword tensors. A batch of ≥ 32
+    samples is needed to judge dead units. Returns a ``Checkup``.
+
+    >>> report = dd.checkup(model, x, y)          # x: (batch, features), y: class ids
+    >>> print(report); report.findings[0].remedy
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if targets is not None and not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor or None, got {type(targets).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (e.g. torch.nn.CrossEntropyLoss()), got {loss_fn!r}")
+    params = list(model.parameters())
+    saved_grads = [p.grad for p in params]
+    saved_flags = [p.requires_grad for p in params]
+    saved_modes = [(m, m.training) for m in model.modules()]
+    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = sorted({p.device.index for p in params if p.device.type == "cuda" and p.device.index is not None})
+    rec = Recorder(model, detail=True).attach()
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            for p in params:
+                p.grad = None
+                p.requires_grad_(True)
+            out = _output_tensor(_call(model, inputs))
+            rec.finish_discovery()
+            surrogate = targets is None and loss_fn is None
+            if surrogate:
+                loss = surrogate_loss(out)
+            elif targets is None:
+                loss = loss_fn(out)
+            else:
+                loss = (loss_fn or _default_loss)(out, targets)
+            if loss.requires_grad:
+                loss.backward()
+            meas = {i: dict(d) for i, d in rec.latest.items()}
+            for s in rec.sites:
+                w = getattr(s.module, "weight", None)
+                if s.kind == "weight" and isinstance(w, Tensor) and w.grad is not None and s.index in meas:
+                    meas[s.index]["grad_norm"] = safe_norm(w.grad)
+            meas = _to_host(meas)
+            loss_value = float(loss.detach())
+            rows = build_rows(rec.sites, meas)
+    finally:
+        rec.detach()
+        with torch.no_grad():
+            for b, v in saved_buffers:
+                b.copy_(v)
+        for p, g, f in zip(params, saved_grads, saved_flags):
+            p.grad = g
+            p.requires_grad_(f)
+        for m, t in saved_modes:
+            m.training = t
+    findings = judge_layers(rows)
+    frame = _pd().DataFrame(rows)
+    return Checkup(findings, frame, rows, loss_value, surrogate)
+
+
+def _to_host(meas: dict) -> dict:
+    """All device tensors of `meas` read in one host sync per dtype group (stack + .cpu())."""
+    scalars, where = [], []
+    for i, d in meas.items():
+        for k, v in d.items():
+            if isinstance(v, Tensor) and v.numel() == 1:
+                scalars.append(v.detach().double().reshape(()))
+                where.append((i, k))
+    if scalars:
+        values = torch.stack(scalars).cpu().tolist()  # host sync
+        for (i, k), v in zip(where, values):
+            meas[i][k] = v
+    for d in meas.values():
+        if isinstance(d.get("unit_count"), Tensor):
+            d["unit_count"] = d["unit_count"].cpu().tolist()
+    return meas

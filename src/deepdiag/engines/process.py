@@ -1,0 +1,67 @@
+"""The process engine: long-lived spawned worker processes, one torch thread each.
+
+A ``ProcessPoolExecutor`` (``spawn`` start method: no forked torch state) starts ``workers`` processes
+once per sweep (default: the number of cores); each imports torch and loads the data set once, then
+takes batches of configs and trains them with the local loop. So the ~3 s of importing torch and the
+first step is paid once per worker, not once per run. Batches are small (about four per worker) so
+results reach the store soon after they finish.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from .._validate import check_number
+from ..sweep import RunConfig
+from . import Engine
+from .local import train_batch
+
+
+def _init_worker(threads: int) -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it shuts us down)
+    torch.set_num_threads(threads)
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ProcessEngine(Engine):
+    """Runs batches of configs on a pool of spawned worker processes (``threads`` torch threads each)."""
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None, threads: int = 1):
+        self.workers = default_workers() if workers is None else check_number("workers", workers, low=1,
+                                                                              integer=True)
+        self.threads = check_number("threads", threads, low=1, integer=True)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.threads,))
+        return self._pool
+
+    def submit(self, batch: list[RunConfig]) -> Future:
+        return self._executor().submit(train_batch, batch)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        if self._pool is None:
+            return
+        if cancel:  # Ctrl-C: drop queued batches and stop the workers now (their runs are in flight)
+            procs = list(getattr(self._pool, "_processes", {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+        else:
+            self._pool.shutdown(wait=True)
+        self._pool = None

@@ -1,0 +1,318 @@
+"""``Monitor``: per-layer statistics inside the user's own training loop, judged by ``diagnose()``.
+
+    with dd.Monitor(model, every=1) as mon:
+        for epoch in range(epochs):
+            for x, y in loader:
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(); loss.backward(); opt.step()
+                mon.step(loss)                       # loss optional; no host sync
+            mon.epoch(train_loss=..., val_loss=...)
+        findings = mon.diagnose()                    # one stacked .cpu()
+
+What is recorded. Every `every`-th optimizer step, the hooks of ``deepdiag.stats.Recorder`` measure
+the training forward/backward pass (forward passes under ``torch.no_grad()``, e.g. evaluation, are
+ignored): per layer the output's mean and variance, the input's RMS, the back-propagated signal's RMS,
+per-unit firing/saturation counts; ``step()`` adds the weight and weight-gradient norms of all layers
+with one ``torch._foreach_norm`` call. The input scale is measured at the first and last weight layers
+only (what the activation-scale rule compares); ``checkup`` measures it everywhere. A non-finite loss
+is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`). Between recorded steps the hooks are removed, so
+unrecorded steps cost nothing. Everything stays on the model's device as tensors until ``diagnose()``
+or ``history`` reads it in one stacked ``.cpu()``.
+
+Bounded memory. Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
+dropped and the stride between kept rows doubles (decimation), so any run length keeps between
+capacity/2 and capacity rows, evenly spread from the first step to the last. Unit counts (for dead
+and saturated units) are kept per window of `window` recorded steps: the current and the previous
+window, so units that die during training are seen once a whole window passes without them firing.
+Epoch curves are kept in full (one row per epoch).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_number
+from .diagnose import judge_curves, judge_layers
+from .findings import Finding, sort_findings
+from .stats import Recorder, build_rows
+
+STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm")
+RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
+
+
+@dataclass
+class MonitorHistory:
+    """``layers``: one row per kept step and layer (long format); ``steps``: the loss per kept step
+    (when ``step(loss)`` was given); ``epochs``: one row per ``epoch()`` call."""
+
+    layers: object
+    steps: object
+    epochs: object
+
+
+class Monitor:
+    """Attach to any ``nn.Module``; call ``step()`` once per optimizer step (see the module docstring).
+
+    every: record every `every`-th step (1 = all). capacity: rows kept in memory (>= 4, even).
+    window: recorded steps per dead/saturated-unit window. n_classes / baseline: the chance-level
+    training loss for the underfitting rule (ln n_classes for cross-entropy, Var(y) for MSE).
+    """
+
+    def __init__(self, model: nn.Module, every: int = 1, *, capacity: int = 256, window: int = 50,
+                 n_classes: int | None = None, baseline: float | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_number("every", every, low=1, integer=True)
+        check_number("capacity", capacity, low=4, integer=True)
+        if capacity % 2:
+            raise ValueError(f"capacity={capacity} must be even (decimation halves it)")
+        check_number("window", window, low=1, integer=True)
+        if n_classes is not None:
+            check_number("n_classes", n_classes, low=2, integer=True)
+        if baseline is not None:
+            check_number("baseline", baseline, low=0.0, low_inclusive=False)
+        self.model, self.every, self.capacity, self.window = model, every, capacity, window
+        self.n_classes, self.baseline = n_classes, baseline
+        self.rec = Recorder(model)
+        self.steps = 0  # optimizer steps seen
+        self.recorded = 0  # steps whose statistics were taken
+        self.closed = False
+        self._stride = 1  # keep every _stride-th recorded step in the buffer
+        self._buf: Tensor | None = None  # (capacity, n_sites, len(STATS))
+        self._loss: Tensor | None = None  # (capacity,)
+        self._kept_steps: list[int] = []
+        self._n = 0
+        self._bad_step: Tensor | None = None  # first step with a non-finite loss or gradient, -1 if none
+        self._counts: dict[int, list] = {}  # site -> [cur counts, cur positions, prev counts, prev positions]
+        self._in_window = 0
+        self._epochs: list[dict] = []
+        self._weights: list[tuple[int, Tensor]] = []
+        self.rec.attach()
+
+    # -- the loop --
+    def step(self, loss: Tensor | float | None = None) -> None:
+        """Call once per optimizer step, after ``optimizer.step()``; `loss` (the batch loss) is optional."""
+        if self.closed:
+            raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
+        s = self.steps
+        if s % self.every == 0:
+            if loss is not None:
+                self._track_loss(s, loss)
+            if self.rec.latest:
+                self._commit(s, loss)
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.rec.attach() if self.rec.discovered else None
+        elif self.rec.discovered:
+            self.rec.detach()
+
+    def epoch(self, train_loss=None, val_loss=None, train_acc=None, val_acc=None) -> None:
+        """Record one epoch's curves (floats or 0-d tensors, read lazily)."""
+        self._epochs.append({"epoch": len(self._epochs) + 1, "step": self.steps, "train_loss": train_loss,
+                             "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc})
+
+    @torch.no_grad()
+    def _track_loss(self, s: int, loss) -> None:
+        t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=t.device)
+        bad = ~torch.isfinite(t if t.dim() == 0 else t.reshape(-1)[0])
+        self._bad_step = torch.where(bad & (self._bad_step < 0), s, self._bad_step)
+
+    def _setup(self) -> None:
+        self.rec.finish_discovery()
+        sites = self.rec.sites
+        dev = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self._buf = torch.full((self.capacity, len(sites), len(STATS)), math.nan, dtype=torch.float32, device=dev)
+        self._loss = torch.full((self.capacity,), math.nan, dtype=torch.float32, device=dev)
+        self._weights = [(s.index, s.module.weight) for s in sites if s.kind == "weight"]
+        self._nan = torch.full((), math.nan, dtype=torch.float32, device=dev)
+        self._scale = None
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=dev)
+
+    @torch.no_grad()
+    def _commit(self, s: int, loss) -> None:
+        if self._buf is None:
+            self._setup()
+        latest, sites, nan = self.rec.latest, self.rec.sites, self._nan
+        for site in sites:  # per-unit evidence: every recorded step
+            d = latest.get(site.index)
+            if d is not None and "positions" in d:
+                self._accumulate(site.index, d)
+        self._in_window += 1
+        if self._in_window >= self.window:
+            for c in self._counts.values():
+                c[2], c[3], c[0], c[1] = c[0], c[1], torch.full_like(c[0], c[4]), 0
+            self._in_window = 0
+        if self.recorded % self._stride:
+            return self._done()  # decimated away: no row for this step
+        if self._n == self.capacity:
+            self._decimate()
+        # weight and gradient norms of every weight layer: two fused kernels, no host sync
+        ws = [w for _, w in self._weights]
+        gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
+        norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
+        wn, gn = norms[:len(ws)], norms[len(ws):]
+        wmap = {i: (wn[k], gn[k]) for k, (i, _) in enumerate(self._weights)}
+        vals, scale = [], []  # 0-d tensors, and the constant each is divided by (norm -> RMS / per sample)
+        for site in sites:
+            d = latest.get(site.index, {})
+            w = wmap.get(site.index, (nan, nan))
+            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0]]
+            scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
+                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0]
+        key = tuple(scale)
+        if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
+            self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.device))
+        row = torch.stack(vals) / self._scale[1]  # one kernel each: stack, divide
+        self._buf[self._n] = row.view(len(sites), len(STATS))
+        if loss is not None:
+            self._loss[self._n] = loss.detach().float() if isinstance(loss, Tensor) else float(loss)
+        self._kept_steps.append(s)
+        self._n += 1
+        self._done()
+
+    def _done(self) -> None:
+        self.recorded += 1
+        self.rec.latest = {}
+
+    def _accumulate(self, index: int, d: dict) -> None:
+        """Per-unit evidence of the current window: ReLU maxima (max) or saturation counts (sum).
+        Entry: [current, positions, previous window, its positions, initial value, is_max]."""
+        is_max = "unit_max" in d
+        u = d["unit_max"] if is_max else d["unit_count"]
+        c = self._counts.get(index)
+        if c is None:
+            init = -math.inf if is_max else 0
+            c = self._counts[index] = [torch.full_like(u, init), 0, None, 0, init, is_max]
+        if is_max:
+            torch.maximum(c[0], u, out=c[0])
+        else:
+            c[0] += u
+        c[1] += d["positions"]
+
+    def _decimate(self) -> None:
+        half = self.capacity // 2
+        self._buf[:half] = self._buf[0::2].clone()
+        self._buf[half:] = math.nan
+        self._loss[:half] = self._loss[0::2].clone()
+        self._loss[half:] = math.nan
+        self._kept_steps = self._kept_steps[0::2]
+        self._n = half
+        self._stride *= 2
+
+    # -- reading --
+    def _host(self):
+        """(buffer rows, losses, steps) on the host: one stacked .cpu() each."""
+        if self._buf is None:
+            return None, None, []
+        return self._buf[:self._n].cpu(), self._loss[:self._n].cpu(), list(self._kept_steps)  # host sync
+
+    @property
+    def history(self) -> MonitorHistory:
+        """Per-layer statistics over the kept steps, step losses, and epochs, as pandas DataFrames."""
+        import pandas as pd
+
+        buf, losses, steps = self._host()
+        recs = []
+        if buf is not None:
+            arr = buf.double().numpy()
+            for k, step in enumerate(steps):
+                for site in self.rec.sites:
+                    v = arr[k, site.index]
+                    recs.append({"step": step, "layer": site.name, "kind": site.kind, "act_rms": v[0],
+                                 "in_rms": v[1], "signal_norm": v[2], "grad_norm": v[3], "weight_norm": v[4],
+                                 "grad_rel": v[3] / v[4] if v[4] > 0 else math.nan})
+        layers = pd.DataFrame(recs, columns=["step", "layer", "kind", "act_rms", "in_rms", "signal_norm",
+                                             "grad_norm", "weight_norm", "grad_rel"])
+        step_df = pd.DataFrame({"step": steps, "loss": losses.double().numpy() if losses is not None else []})
+        return MonitorHistory(layers, step_df, pd.DataFrame(self._epoch_rows(),
+                                                            columns=["epoch", "step", "train_loss", "val_loss",
+                                                                     "train_acc", "val_acc"]))
+
+    def _epoch_rows(self) -> list[dict]:
+        flat, where = [], []
+        for i, e in enumerate(self._epochs):
+            for k in ("train_loss", "val_loss", "train_acc", "val_acc"):
+                v = e[k]
+                if isinstance(v, Tensor):
+                    flat.append(v.detach().double().reshape(()).cpu())
+                    where.append((i, k))
+        rows = [dict(e) for e in self._epochs]
+        if flat:
+            vals = torch.stack(flat).tolist()  # host sync
+            for (i, k), v in zip(where, vals):
+                rows[i][k] = v
+        for r in rows:
+            for k in ("train_loss", "val_loss", "train_acc", "val_acc"):
+                r[k] = None if r[k] is None else float(r[k])
+        return rows
+
+    def rows(self) -> list[dict]:
+        """The per-layer rows the rules judge: median of the last kept steps, unit counts of the last
+        one or two windows, weights as they are now."""
+        buf, _, steps = self._host()
+        if buf is None or not len(steps):
+            return []
+        recent = buf[-RECENT:].double()
+        med = torch.nanmedian(recent, dim=0).values  # (n_sites, len(STATS))
+        meas = {}
+        for site in self.rec.sites:
+            v = med[site.index].tolist()
+            m: dict = {"numel": 1}
+            if not math.isnan(v[0]):
+                m["act_norm"] = v[0]
+            if not math.isnan(v[1]):
+                m["in_norm"], m["in_numel"] = v[1], 1
+            if not math.isnan(v[2]):
+                m["signal_norm"], m["signal_numel"] = v[2], 1
+            if not math.isnan(v[3]):
+                m["grad_norm"] = v[3]
+            c = self._counts.get(site.index)
+            if c is not None:
+                cur = c[0] if c[2] is None else (torch.maximum(c[0], c[2]) if c[5] else c[0] + c[2])
+                if c[5]:  # ReLU maxima: a unit fired iff its maximum is > 0
+                    cur, m["indicator"] = (cur > 0).long(), True
+                m["unit_count"] = cur.cpu().tolist()  # host sync (per unit layer)
+                m["positions"] = c[1] + c[3]
+            meas[site.index] = m
+        return build_rows(self.rec.sites, meas)
+
+    def diagnose(self, baseline: float | None = None, n_classes: int | None = None) -> list[Finding]:
+        """Findings from the layer statistics (their current state) and the epoch/step loss curves,
+        most severe first. `baseline` / `n_classes` override the constructor's for underfitting."""
+        _, losses, steps = self._host()
+        n_classes = n_classes or self.n_classes
+        base = baseline or self.baseline or (math.log(n_classes) if n_classes else None)
+        last = steps[-1] if steps else None
+        findings = judge_layers(self.rows(), step=last) if steps else []
+        ep = self._epoch_rows()
+        bad = int(self._bad_step) if self._bad_step is not None else -1  # host sync
+        curve = lambda k: [r[k] for r in ep if r[k] is not None] if ep else None  # noqa: E731
+        step_loss = losses.double().tolist() if losses is not None and len(steps) else None
+        if step_loss is not None and all(math.isnan(x) for x in step_loss):
+            step_loss = None
+        findings += judge_curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"),
+                                 base, step_loss, steps if step_loss else None, bad if bad >= 0 else None)
+        return sort_findings(findings)
+
+    # -- cleanup --
+    def close(self) -> None:
+        """Remove every hook; safe to call twice. Recorded statistics stay readable."""
+        self.rec.detach()
+        self.closed = True
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def n_hooks(self) -> int:
+        """Hooks currently registered by this monitor."""
+        return len(self.rec.hooks) + len(self.rec._discovery_hooks)

@@ -1,0 +1,149 @@
+"""The results store: one SQLite file per results directory (``DIR/runs.sqlite``), keyed by config hash.
+
+Schema (one table)::
+
+    runs(hash TEXT PRIMARY KEY, config JSON, status TEXT, result JSON, error TEXT,
+         wall_time REAL, versions JSON, engine TEXT, finished_at REAL)
+
+Durability: WAL journal, ``synchronous=NORMAL`` (a committed run survives the process being killed; an
+OS crash may lose the last few), and each finished run is written in its own ``BEGIN IMMEDIATE``
+transaction, so ``kill -9`` of the driver loses only the runs still in flight. Concurrency: several
+processes may write the same file; SQLite serialises the writers and ``busy_timeout`` makes each wait
+its turn instead of failing. A run is replaced only by a later result for the same hash (a retry of a
+failed run, or ``resume=False``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from .sweep import FIELDS, METRICS, RunConfig, RunResult
+
+FILENAME = "runs.sqlite"
+FINISHED = ("done", "diverged")  # failed runs are retried on resume
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    hash TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    wall_time REAL,
+    versions TEXT,
+    engine TEXT,
+    finished_at REAL NOT NULL
+)"""
+
+
+def _json(value) -> str:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), sort_keys=True, allow_nan=False)
+
+
+class Store:
+    """A SQLite results store. ``Store(path)`` opens or creates the file; ``Store(None)`` is in memory."""
+
+    def __init__(self, path: str | Path | None = None, timeout: float = 60.0):
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.where = ":memory:" if self.path is None else str(self.path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per run
+        self._db = sqlite3.connect(self.where, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        if self.path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+
+    def put(self, result: RunResult) -> None:
+        """Commit one finished run (its own transaction)."""
+        row = (result.hash, result.config.canonical_json(), result.status,
+               _json({"history": result.history, "metrics": result.metrics}), result.error,
+               result.wall_time, _json(result.versions), result.engine, time.time())
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def finished_hashes(self) -> set[str]:
+        """Hashes of runs that need no redoing (done or diverged; failed ones are retried)."""
+        marks = ",".join("?" * len(FINISHED))
+        return {h for (h,) in self._db.execute(f"SELECT hash FROM runs WHERE status IN ({marks})", FINISHED)}
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def results(self, hashes: Iterable[str] | None = None) -> list[RunResult]:
+        """Stored runs as RunResults (all, or the given hashes in that order, missing ones skipped)."""
+        cols = "hash, config, status, result, error, wall_time, versions, engine"
+        if hashes is None:
+            rows = self._db.execute(f"SELECT {cols} FROM runs ORDER BY finished_at").fetchall()
+        else:
+            hashes = list(hashes)
+            found = {}
+            for i in range(0, len(hashes), 500):
+                chunk = hashes[i:i + 500]
+                q = f"SELECT {cols} FROM runs WHERE hash IN ({','.join('?' * len(chunk))})"
+                found.update({r[0]: r for r in self._db.execute(q, chunk)})
+            rows = [found[h] for h in hashes if h in found]
+        out = []
+        for _, config, status, result, error, wall, vers, engine in rows:
+            res = json.loads(result) if result else {}
+            out.append(RunResult(RunConfig.from_dict(json.loads(config)), status, res.get("history", {}),
+                                 res.get("metrics", {}), error, wall or 0.0, json.loads(vers or "{}"),
+                                 engine or ""))
+        return out
+
+    def table(self, hashes: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per run: config columns, hash, status, final metrics, error, wall_time, engine."""
+        rows = [r.row() for r in self.results(hashes)]
+        columns = [*FIELDS, "hash", "status", *METRICS, "error", "wall_time", "engine"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_store(store) -> Store:
+    """A Store from None (in memory), a Store, a ``.sqlite``/``.db`` file or a results directory."""
+    if store is None or isinstance(store, Store):
+        return store if isinstance(store, Store) else Store(None)
+    if not isinstance(store, (str, Path)):
+        raise TypeError(f"store={store!r} must be a results directory, a .sqlite file, a Store or None")
+    path = Path(store)
+    return Store(path if path.suffix in (".sqlite", ".db") else path / FILENAME)
+
+
+def load_runs(directory: str | Path) -> pd.DataFrame:
+    """The runs table of a results directory's store (``DIR/runs.sqlite``)."""
+    path = Path(directory)
+    path = path if path.suffix in (".sqlite", ".db") else path / FILENAME
+    if not path.exists():
+        raise ValueError(f"no run store at {str(path)!r}; write one with dd.sweep(..., store={str(directory)!r})")
+    with Store(path) as s:
+        return s.table()

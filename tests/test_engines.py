@@ -1,0 +1,128 @@
+"""Engines against the reference: vectorized ≡ local (parameters and histories ≤ 1e-5), process, dask
+and ray return local's table, and unknown / uninstalled engines fail with one clear line."""
+import dataclasses
+import importlib.util
+import os
+import statistics
+
+import pytest
+import torch
+
+import deepdiag as dd
+from deepdiag.engines import EngineUnavailable, get_engine
+from deepdiag.engines.local import train_model
+from deepdiag.engines.vectorized import train_group
+from deepdiag.sweep import RunConfig
+
+BASE = RunConfig(dataset="digits", n_train=200, width=16, depth=2, epochs=2, batch_size=32)
+R = dataclasses.replace
+TOL = 1e-5
+
+
+def _members(**varying):
+    """Configs with field lists zipped, e.g. _members(seed=[0, 1], lr=[0.1, 0.05])."""
+    keys = list(varying)
+    return [R(BASE, **dict(zip(keys, vals))) for vals in zip(*varying.values())]
+
+
+CASES = {
+    "sgd_lr_seeds": lambda: _members(seed=[0, 1, 2, 3], lr=[0.1, 0.05, 0.1, 0.02]),
+    "l2_wd_momentum": lambda: _members(seed=[0, 1, 2, 3], l2=[0.0, 5.0, 0.0, 1.0],
+                                       weight_decay=[0.0, 0.0, 0.01, 0.02], momentum=[0.9, 0.5, 0.0, 0.9]),
+    "adam": lambda: _members(optimizer=["adam"] * 3, seed=[0, 1, 2], lr=[1e-3, 3e-3, 1e-2],
+                             weight_decay=[0.0, 0.01, 0.0], l2=[0.0, 0.0, 2.0]),
+    "adamw": lambda: _members(optimizer=["adamw"] * 2, seed=[0, 1], lr=[1e-3, 3e-3], weight_decay=[0.0, 0.1]),
+    "residual_tanh_fullbatch": lambda: _members(seed=[0, 1], residual=[True] * 2, activation=["tanh"] * 2,
+                                                batch_size=[None] * 2),
+    "regression": lambda: _members(seed=[0, 1], dataset=["teacher"] * 2, lr=[0.01, 0.05]),
+    "binary_deeper": lambda: _members(seed=[0, 1], dataset=["breast_cancer"] * 2, depth=[4, 4]),
+    "one_diverges": lambda: _members(seed=[0, 1, 2], dataset=["teacher"] * 3, lr=[0.01, 0.8, 0.05],
+                                     epochs=[4] * 3, n_train=[100] * 3),  # member 1: step 5, epoch 2
+}
+
+
+def _same(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= TOL * max(1.0, abs(b))  # absolute below 1, relative above (float32)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vectorized_matches_local(case):
+    configs = CASES[case]()
+    results, params = train_group(configs, return_params=True)
+    for config, res, P in zip(configs, results, params):
+        model, hist = train_model(config)
+        ref = hist.to_dict()
+        assert (res.status == "diverged") == hist.diverged
+        assert res.history["diverged_step"] == ref["diverged_step"] and res.history["steps"] == ref["steps"]
+        # a diverged run's last epoch is chaos (huge or NaN numbers): compare the epochs before it
+        upto = len(ref["epoch"]) - 1 if hist.diverged else len(ref["epoch"])
+        for key in ("batch_loss", "train_loss", "val_loss", "train_acc", "val_acc"):
+            assert len(res.history[key]) == len(ref[key]), key
+            assert all(map(_same, res.history[key][:upto], ref[key][:upto])), (key, res.history[key], ref[key])
+        if not hist.diverged:
+            for name, p in model.named_parameters():
+                torch.testing.assert_close(P[name], p.detach(), rtol=0, atol=TOL, msg=name)
+    if case == "one_diverges":
+        assert [r.status for r in results] == ["done", "diverged", "done"]
+        assert results[1].history["diverged_step"] == 5 and results[1].history["epoch"] == [1, 2]
+        assert all(torch.isfinite(P["out.weight"]).all() for P in (params[0], params[2]))
+
+
+def test_dropout_members_get_own_masks_and_match_in_distribution():
+    configs = _members(seed=list(range(6)), dropout=[0.3] * 6, epochs=[3] * 6)
+    twins = [configs[0], R(configs[0])]  # the same config twice: masks must still differ
+    _, (p, q) = train_group(twins, return_params=True)
+    assert not torch.equal(p["out.weight"], q["out.weight"])
+    vec = [r.metrics["train_loss"] for r in train_group(configs)[0]]
+    ref = [train_model(c)[1].train_loss[-1] for c in configs]
+    spread = max(statistics.stdev(vec), statistics.stdev(ref))
+    assert abs(statistics.mean(vec) - statistics.mean(ref)) <= spread, (vec, ref)
+
+
+SMALL = {"dataset": "digits", "n_train": 120, "width": 8, "depth": 1, "epochs": 2, "batch_size": 32}
+STABLE = ["hash", "status", "train_loss", "train_acc", "val_loss", "val_acc", "batch_loss", "steps"]
+
+
+@pytest.fixture(scope="module")
+def local_table():
+    return dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="local", progress=False)
+
+
+def _assert_same_table(df, ref):
+    assert list(df.hash) == list(ref.hash) and list(df.status) == list(ref.status)
+    for col in STABLE[2:]:
+        assert (df[col] - ref[col]).abs().max() <= TOL, col
+
+
+def test_vectorized_sweep_table_matches_local(local_table):
+    df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="vectorized", progress=False)
+    assert set(df.engine) == {"vectorized"}
+    _assert_same_table(df, local_table)
+
+
+def test_process_engine_matches_local(local_table):
+    df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="process", workers=2, progress=False)
+    _assert_same_table(df, local_table)
+
+
+@pytest.mark.parametrize("name, module", [("dask", "distributed"), ("ray", "ray")])
+def test_cluster_engines_match_local(name, module, local_table, tmp_path):
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("REQUIRE_ENGINES") == "1":
+            pytest.fail(f"REQUIRE_ENGINES=1 but {module} is missing: pip install \"deepdiag[{name}]\"")
+        pytest.skip(f"engine {name!r} needs its extra: pip install \"deepdiag[{name}]\"")
+    df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine=name, store=tmp_path, progress=False)
+    _assert_same_table(df, local_table)
+
+
+def test_unknown_or_uninstalled_engine_says_so(monkeypatch):
+    with pytest.raises(ValueError, match="engine='spark'.*local, vectorized, process, dask, ray"):
+        get_engine("spark")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("ray", "distributed") else real(n, *a))
+    with pytest.raises(EngineUnavailable, match=r"engine='ray'.*pip install \"deepdiag\[ray\]\""):
+        get_engine("ray")
+    with pytest.raises(EngineUnavailable, match=r"engine='dask'.*pip install \"deepdiag\[dask\]\""):
+        get_engine("dask")
