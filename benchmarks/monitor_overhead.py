@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -96,6 +97,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    warnings.filterwarnings("ignore")  # BackPACK warns once per container module
     ds = dd.data.load("digits", seed=0)
     data = batches(ds, 128, a.steps + 10)
     kinds = ["bare", "every=1", "every=10"]

@@ -89,7 +89,7 @@ def test_splits_are_disjoint_and_cover_all_rows(name):
 @pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine", "iris", "moons", "circles"])
 def test_standardization_uses_train_rows_only(name):
     x, _ = raw(name, seed=3)
-    ds = load(name, seed=3)
+    ds = load(name, seed=3, standardize="features")
     rows = x[ds.idx_train]
     std = rows.std(axis=0)
     varying = std > 1e-8
@@ -105,7 +105,7 @@ def test_standardization_uses_train_rows_only(name):
 
 @pytest.mark.parametrize("name", ["digits", "moons", "mnist"])
 def test_standardize_false_keeps_raw_rows_and_records_stats(name):
-    plain, scaled = load(name, standardize=False, seed=2), load(name, seed=2)
+    plain, scaled = load(name, standardize=False, seed=2), load(name, seed=2, standardize="features")
     x = raw(name, seed=2)[0] if name != "mnist" else np.load(data.cache_dir() / "mnist_5k.npz")["x"]
     for part in SPLITS:
         xs, _, idx = split(plain, part)
@@ -115,8 +115,28 @@ def test_standardize_false_keeps_raw_rows_and_records_stats(name):
     torch.testing.assert_close(scaled.x_test, (plain.x_test - plain.mean) / plain.std, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_images_are_scaled_by_one_pooled_mean_and_std(name):
+    ds = load(name, seed=4)  # "auto" is "pixels" for images
+    x = raw(name, seed=4)[0] if name != "mnist" else np.load(data.cache_dir() / "mnist_5k.npz")["x"]
+    rows = x[ds.idx_train].astype(np.float64)
+    np.testing.assert_allclose(ds.mean.numpy(), np.full(x.shape[1], rows.mean()), rtol=1e-5)
+    np.testing.assert_allclose(ds.std.numpy(), np.full(x.shape[1], rows.std()), rtol=1e-5)
+    xt = ds.x_train.double()
+    assert abs(xt.mean().item()) < 1e-4 and abs(xt.std(unbiased=False).item() - 1) < 1e-4
+    expected_test = (x[ds.idx_test] - rows.mean()) / rows.std()
+    np.testing.assert_allclose(ds.x_test.numpy(), expected_test, rtol=1e-4, atol=1e-5)
+    # relative intensities survive: a blank pixel maps to the same value everywhere
+    assert len(torch.unique(ds.x_train[x[ds.idx_train] == 0])) == 1
+
+
+def test_standardize_mode_is_validated():
+    with pytest.raises(ValueError, match="standardize"):
+        load("digits", standardize="per-pixel")
+
+
 def test_constant_feature_gets_unit_std_not_nan():
-    ds = load("digits")  # pixel 0 is blank in every digit
+    ds = load("digits", standardize="features")  # pixel 0 is blank in every digit
     assert ds.std[0] == 1.0 and (ds.x_train[:, 0] == 0).all() and torch.isfinite(ds.x_val).all()
 
 

@@ -26,10 +26,14 @@ split is stratified by class for classification (``train_test_split(..., stratif
 with ``seed``: the same seed gives identical tensors, another seed another split (and, for the
 generated sets, other rows). ``idx_*`` give each split's rows in the full set, in ascending order.
 
-Standardization. The per-feature mean and standard deviation (ddof = 0) are fitted on the training
-split only and applied to all three splits, so nothing about validation or test leaks into training.
-A constant feature gets std 1 (it becomes 0, not NaN). With ``standardize=False`` the features stay
-raw and ``mean``/``std`` are still recorded. Targets are never standardized.
+Standardization. The mean and standard deviation (ddof = 0) are fitted on the training split only
+and applied to all three splits, so nothing about validation or test leaks into training. Tabular
+sets are standardized per feature ("features"); image sets (digits, mnist) with one mean and one std
+over all pixels ("pixels"), as is usual for images: per-pixel scaling would divide the rarely inked
+border pixels by a tiny std and turn a faint stroke in a test image into a value of 30 or more.
+``standardize`` picks the mode ("auto"/True, "features", "pixels", or False for raw values).
+A constant feature gets std 1 (it becomes 0, not NaN). ``mean``/``std`` are always recorded per
+feature (equal entries in "pixels" mode). Targets are never standardized.
 
 Corrupted labels, for memorization experiments, touch the training split only: ``label_noise=f``
 moves exactly ``round(f * n_train)`` labels to a uniformly random *different* class;
@@ -132,13 +136,14 @@ def load(
     random_labels: bool = False,
     noise: float | None = None,
     n_samples: int | None = None,
-    standardize: bool = True,
+    standardize: bool | str = True,
 ) -> Dataset:
     """Load data set `name` (one of NAMES), split into train/val/test and standardized on train.
 
     n_train: subsample the training remainder to this many rows (stratified), e.g. to provoke
     overfitting. noise, n_samples: only for the generated sets (moons, circles, teacher, polynomial).
     label_noise, random_labels: corrupt training labels (classification only); see the module doc.
+    standardize: "auto" (True), "features", "pixels" or False; see the module doc.
     """
     name = check_choice("name", name, NAMES)
     task = "regression" if name in REGRESSION else "classification"
@@ -153,8 +158,9 @@ def load(
     y_train = y[idx_train]
     if task == "classification":
         y_train = _corrupt(y_train, n_classes, label_noise, random_labels, seed)
-    mean, std = _fit_scale(x[idx_train])
-    features = lambda idx: _tensor((x[idx] - mean) / std if standardize else x[idx])  # noqa: E731
+    mode = _scale_mode(name, standardize)
+    mean, std = _fit_scale(x[idx_train], per_feature=mode != "pixels")
+    features = lambda idx: _tensor((x[idx] - mean) / std if mode else x[idx])  # noqa: E731
     targets = _tensor if task == "regression" else lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
     return Dataset(
         name=name, task=task,
@@ -321,9 +327,29 @@ def _subsample(idx: np.ndarray, labels: np.ndarray | None, n_train: int, seed: i
     return np.sort(sub)
 
 
-def _fit_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (ddof=0) of the training rows; std < STD_FLOOR (constant) becomes 1."""
-    mean, std = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
+IMAGES = ("digits", "mnist")
+
+
+def _scale_mode(name: str, standardize: bool | str) -> str | None:
+    """The standardization mode: "features", "pixels" or None (raw)."""
+    if standardize is False:
+        return None
+    if standardize is True:
+        standardize = "auto"
+    mode = check_choice("standardize", standardize, ("auto", "features", "pixels"))
+    if mode == "auto":
+        return "pixels" if name in IMAGES else "features"
+    return mode
+
+
+def _fit_scale(x: np.ndarray, per_feature: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof=0) of the training rows, per feature or pooled over all features (then
+    repeated per feature); a std < STD_FLOOR (constant) becomes 1."""
+    if per_feature:
+        mean, std = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
+    else:
+        mean = np.full(x.shape[1], x.mean(dtype=np.float64))
+        std = np.full(x.shape[1], x.std(dtype=np.float64))
     return mean, np.where(std < STD_FLOOR, 1.0, std)
 
 
