@@ -9,6 +9,12 @@
 The residual blocks are pre-activation blocks (He et al. 2016, "Identity mappings in deep residual
 networks"): the skip path is the identity, with a bias-free linear projection only where the widths
 differ (the first block when in_features != width). Findings quote names such as ``hidden.3.linear``.
+
+Without a normalisation layer the branch sees the raw stream, and under He init it returns a signal
+of the stream's own variance: Var(h + f(h)) = 2·Var(h), so the stream would grow 2^depth. The branch
+is therefore scaled by α = 1/√depth (h + α·f(h)): the variance grows by (1 + 1/depth) per block, at
+most e ≈ 2.7 over the whole network, as in the depth-scaled residual inits of Fixup (Zhang et al. 2019)
+and GPT-2. With ``norm`` the branch input is normalised, the stream grows only linearly, and α = 1.
 """
 from __future__ import annotations
 
@@ -45,12 +51,14 @@ def _norm(kind: str | None, width: int) -> nn.Module:
 
 
 class Block(nn.Module):
-    """One hidden layer. Plain: dropout(act(norm(linear(h)))). Residual: skip(h) + dropout(linear(act(norm(h))))."""
+    """One hidden layer. Plain: dropout(act(norm(linear(h)))).
+    Residual: skip(h) + α·dropout(linear(act(norm(h)))), α = `branch_scale`."""
 
     def __init__(self, fan_in: int, fan_out: int, act: str, norm: str | None, dropout: float,
-                 residual: bool, bias: bool):
+                 residual: bool, bias: bool, branch_scale: float = 1.0):
         super().__init__()
         self.residual = residual
+        self.branch_scale = branch_scale
         self.linear = nn.Linear(fan_in, fan_out, bias=bias)
         self.norm = _norm(norm, fan_in if residual else fan_out)
         self.act = activation(act)
@@ -62,7 +70,8 @@ class Block(nn.Module):
         if not self.residual:
             return self.dropout(self.act(self.norm(self.linear(h))))
         skip = self.proj(h) if hasattr(self, "proj") else h
-        return skip + self.dropout(self.linear(self.act(self.norm(h))))
+        branch = self.dropout(self.linear(self.act(self.norm(h))))
+        return skip + (branch if self.branch_scale == 1.0 else self.branch_scale * branch)
 
 
 class MLP(nn.Module):
@@ -72,8 +81,9 @@ class MLP(nn.Module):
                  norm: str | None, dropout: float, residual: bool, bias: bool):
         super().__init__()
         widths = [in_features] + [width] * depth
+        alpha = depth ** -0.5 if residual and norm is None and depth > 0 else 1.0
         self.hidden = nn.ModuleList(
-            Block(widths[i], widths[i + 1], act, norm, dropout, residual, bias) for i in range(depth)
+            Block(widths[i], widths[i + 1], act, norm, dropout, residual, bias, alpha) for i in range(depth)
         )
         self.out = nn.Linear(widths[-1], out_features, bias=bias)
 
