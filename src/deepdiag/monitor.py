@@ -59,10 +59,12 @@ class Monitor:
     every: record every `every`-th step (1 = all). capacity: rows kept in memory (>= 4, even).
     window: recorded steps per dead/saturated-unit window. n_classes / baseline: the chance-level
     training loss for the underfitting rule (ln n_classes for cross-entropy, Var(y) for MSE).
+    log_dir: when given, ``close()`` writes the statistics there as TensorBoard scalars and
+    histograms (see ``to_tensorboard``).
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, capacity: int = 256, window: int = 50,
-                 n_classes: int | None = None, baseline: float | None = None):
+                 n_classes: int | None = None, baseline: float | None = None, log_dir=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_number("every", every, low=1, integer=True)
@@ -75,7 +77,7 @@ class Monitor:
         if baseline is not None:
             check_number("baseline", baseline, low=0.0, low_inclusive=False)
         self.model, self.every, self.capacity, self.window = model, every, capacity, window
-        self.n_classes, self.baseline = n_classes, baseline
+        self.n_classes, self.baseline, self.log_dir = n_classes, baseline, log_dir
         self.rec = Recorder(model)
         self.steps = 0  # optimizer steps seen
         self.recorded = 0  # steps whose statistics were taken
@@ -301,9 +303,19 @@ class Monitor:
         return sort_findings(findings)
 
     # -- cleanup --
+    def to_tensorboard(self, log_dir):
+        """Write the per-layer statistics, step losses and epoch curves as TensorBoard scalars, and the
+        weights as histograms, under `log_dir` (``tensorboard --logdir`` reads them); return the path."""
+        from .tensorboard import write_tensorboard
+
+        return write_tensorboard(self, log_dir)
+
     def close(self) -> None:
-        """Remove every hook; safe to call twice. Recorded statistics stay readable."""
+        """Remove every hook (and export to ``log_dir`` if one was given); safe to call twice.
+        Recorded statistics stay readable."""
         self.rec.detach()
+        if self.log_dir is not None and not self.closed:
+            self.to_tensorboard(self.log_dir)
         self.closed = True
 
     def __enter__(self) -> Monitor:
