@@ -12,15 +12,13 @@ from deepdiag.studies import dropout as D
 def test_quick_run(tmp_path):
     r = dd.run_study("dropout", quick=True, out=tmp_path)
     c = {k.name: k for k in r.checks}
-    # robust at quick scale; val_error_reduced is only resolved in full mode (see docs/studies_dropout_depth.md)
-    for name in ("gap_reduced", "large_p_underfits", "eval_deterministic", "inverted_scaling_mean",
-                 "inverted_scaling_variance"):
-        assert c[name].passed is True, c[name]
-    assert c["val_error_reduced"].passed in (True, False)
-    assert r.verdict == dd.study.verdict(r.checks)
+    # quick mode: 20 % wrong training labels provoke memorisation that dropout visibly hinders
+    assert r.verdict == "reproduced", str(r)
+    assert r.config["label_noise"] == 0.2
     final = r.data[r.data.experiment == "final"]
-    assert final[final.p == 0].train_err.max() < 0.01  # no-dropout net memorises its training set
-    assert 0.05 < final[final.p == 0].val_err.mean() < 0.15
+    assert final[final.p == 0].train_err.max() < 0.01  # no-dropout net memorises its training set, wrong labels too
+    no_drop, drop = final[final.p == 0].val_err.mean(), final[final.p == 0.5].val_err.mean()
+    assert 0.15 < no_drop < 0.3 and drop < no_drop - 0.03
     assert len(r.figures) == 3 and all((tmp_path / "dropout" / f"{n}.png").exists()
                                        for n in ("dropout_curves", "dropout_sweep", "dropout_scaling"))
 
