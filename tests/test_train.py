@@ -122,3 +122,9 @@ def test_bad_training_arguments(digits, kwargs, name):
 def test_unknown_optimizer_lists_allowed(digits):
     with pytest.raises(ValueError, match="sgd, adam, adamw"):
         dd.TrainConfig(optimizer="rmsprop")
+
+
+def test_on_epoch_true_stops_training(digits):
+    model = dd.mlp(digits.in_features, 10, width=16, depth=1, seed=0)
+    hist = dd.fit(model, digits, epochs=10, on_epoch=lambda h: len(h.epoch) == 3)
+    assert hist.epoch == [1, 2, 3] and hist.stopped_early and hist.wall_time > 0

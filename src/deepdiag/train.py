@@ -185,7 +185,8 @@ def fit(
     Knobs come from `config` (a ``TrainConfig``) and/or keyword overrides, e.g.
     ``fit(model, ds, optimizer="adam", lr=1e-3, epochs=5)``. `loss_fn` defaults to cross-entropy for
     classification and MSE for regression. `on_step()` is called after every optimizer step (e.g.
-    ``monitor.step``), `on_epoch(history)` after every epoch.
+    ``monitor.step``), `on_epoch(history)` after every epoch; a true return value stops training
+    there (``history.stopped_early``), e.g. ``on_epoch=lambda h: h.train_acc[-1] == 1.0``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -236,8 +237,9 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
         improved = hist.best_epoch == epoch
         if improved and config.restore_best:
             best_state = copy.deepcopy(model.state_dict())
-        if on_epoch is not None:
-            on_epoch(hist)
+        if on_epoch is not None and on_epoch(hist):
+            hist.stopped_early = True
+            break
         if hist.diverged:
             break
         if config.patience is not None and epoch - (hist.best_epoch or 0) >= config.patience:

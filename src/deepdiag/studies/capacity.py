@@ -232,25 +232,10 @@ def _capacity_runs(config: Config, seed: int) -> tuple[list[dict], list[dict]]:
     return summary, curves
 
 
-class _Fitted(Exception):
-    """Raised from ``on_epoch`` to end a ``dd.fit`` run once every training label is fitted."""
-
-
 def _fit_until_memorised(model, data, config: Config, seed: int) -> dd.History:
-    """``dd.fit`` until training accuracy reaches 100 % or rl_max_epochs (dd.fit has no stop rule of
-    this kind, so ``on_epoch`` raises ``_Fitted``; the History is complete up to that epoch)."""
-    seen = {}
-
-    def stop_when_fitted(hist):
-        seen["hist"] = hist
-        if hist.train_acc[-1] >= 1.0:
-            raise _Fitted
-
-    try:
-        return dd.fit(model, data, optimizer="adam", lr=config.rl_lr, batch_size=config.rl_batch_size,
-                      epochs=config.rl_max_epochs, seed=seed, on_epoch=stop_when_fitted)
-    except _Fitted:
-        return seen["hist"]
+    """``dd.fit`` until training accuracy reaches 100 % (``on_epoch`` stops it) or rl_max_epochs."""
+    return dd.fit(model, data, optimizer="adam", lr=config.rl_lr, batch_size=config.rl_batch_size,
+                  epochs=config.rl_max_epochs, seed=seed, on_epoch=lambda hist: hist.train_acc[-1] >= 1.0)
 
 
 def _random_label_runs(config: Config, seed: int) -> list[dict]:
