@@ -22,6 +22,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class Study:
     seeds_quick: int = 1
     seeds_full: int = 3
     quick_time: float | None = None  # typical quick-mode wall time on 2 CPU cores, for `deepdiag list`
+    threads: int = 1  # torch intra-op threads while measuring (see torch_threads)
 
 
 @dataclass
@@ -234,6 +236,25 @@ def _seeds(study: Study, quick: bool, seeds: int | Sequence[int] | None) -> list
     return seeds
 
 
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch threads, restoring the caller's count after.
+
+    The studies train small models, whose steps are dominated by Python overhead, not FLOPs: splitting
+    a width-64 matmul across threads only adds synchronisation, and on a busy 2-core machine two
+    threads waiting on each other made training 10-50x slower than one (measured). So studies
+    measure with one thread unless they ask for more.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def environment() -> dict:
     """Versions and machine facts recorded with every result."""
     import torch
@@ -255,7 +276,8 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
     config = make_config(study, quick, knob_values)
     seed_list = _seeds(study, quick, seeds)
     start = time.perf_counter()
-    measured = study.measure(config, seed_list)
+    with torch_threads(study.threads):
+        measured = study.measure(config, seed_list)
     result = StudyResult(
         name=study.name, claim=study.claim, theory=study.theory, verdict=verdict(measured.checks),
         checks=measured.checks, data=measured.data, config=_json_safe(dataclasses.asdict(config)),

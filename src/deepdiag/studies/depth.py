@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,10 +71,10 @@ from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
 from ..models import mlp
-from ..study import Measurement, Study, check_rule
+from ..study import Measurement, Study, check_rule, torch_threads
 from ..train import evaluate, fit
 
-__all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "extend_with_identity", "identity_bound", "torch_threads"]
+__all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "extend_with_identity", "identity_bound"]
 
 HE_2016_RESNET_CIFAR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}  # % test error, Table 6
 ISSUE_MEASURED = {"plain": {4: 0.5, 20: 44.0, 40: 83.0}, "residual": {4: 0.17, 20: 0.06, 40: 3.5}}
@@ -180,19 +179,6 @@ QUICK = {"width": 32, "epochs": 12, "batch_size": 64, "identity_deep": 20, "iden
 
 
 # ---- measurement --------------------------------------------------------------------------------
-
-@contextmanager
-def torch_threads(n: int):
-    """Run the block with `n` torch threads, restoring the caller's count after. Width-64 layers are
-    far too small to split across threads: on a busy 2-core machine two threads waiting on each other
-    made training 10-50x slower than one thread (measured), so the studies default to one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def measure(config: Config, seeds: list[int]) -> Measurement:
     with torch_threads(config.threads):

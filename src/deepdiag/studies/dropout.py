@@ -84,9 +84,8 @@ from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
 from ..models import mlp
-from ..study import Measurement, Study, check_close, check_rule
+from ..study import Measurement, Study, check_close, check_rule, torch_threads
 from ..train import evaluate, fit
-from .depth import torch_threads
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "dropout_mean", "dropout_variance",
            "dropout_zero_fraction", "monte_carlo_moments"]
@@ -160,7 +159,7 @@ class Config:
     label_noise: float = 0.0  # fraction of training labels made wrong (quick mode: 0.2, see above)
     mc_samples: int = 400
     data_seed: int = 0
-    threads: int = 1  # torch threads while measuring (see deepdiag.studies.depth.torch_threads)
+    threads: int = 1  # torch threads while measuring (see deepdiag.study.torch_threads)
 
     def __post_init__(self):
         check_choice("dataset", self.dataset, dd_data.NAMES)

@@ -61,7 +61,6 @@ sigmoid output they saturate it, which is why randn×10 trains erratically rathe
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +73,7 @@ from .._validate import check_number
 from ..data import load
 from ..init import init_weights, scheme_std
 from ..models import mlp, seeded
-from ..study import Measurement, Study, check_close, check_rule
+from ..study import Measurement, Study, check_close, check_rule, torch_threads
 from ..train import fit
 
 LN10 = math.log(10.0)
@@ -134,17 +133,6 @@ class Config:
 
 QUICK = {"width": 128, "depth": 20, "batch": 128, "sigma_w2s": (1.2, 1.76, 3.0), "chaos_width": 128,
          "chaos_depth": 30, "deep_width": 64, "deep_epochs": 12}
-
-
-@contextmanager
-def _one_thread():
-    """Tiny tensors: one intra-op thread (see the module docstring); restore the caller's count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --- part 1: variance propagation -----------------------------------------------------------------
@@ -435,7 +423,7 @@ def _checks(config: Config, seeds: list[int], data: pd.DataFrame) -> list:
 
 
 def measure(config: Config, seeds: list[int]) -> Measurement:
-    with _one_thread():
+    with torch_threads(1):  # also when measure() is called directly
         rows = (_variance_rows(config, seeds) + _chaos_rows(config, seeds) + _circles_rows(config, seeds)
                 + _he2015_rows(config, seeds))
     data = pd.DataFrame(rows)

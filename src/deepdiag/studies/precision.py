@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +53,7 @@ from .. import meanfield, plots
 from .._validate import check_number
 from ..init import init_weights
 from ..models import mlp, seeded
-from ..study import Measurement, Study, check_rule
+from ..study import Measurement, Study, check_rule, torch_threads
 
 U32 = 2.0 ** -24  # float32 unit roundoff
 NETS = ("he_relu", "tanh_chaotic")
@@ -90,17 +89,6 @@ class Config:
 
 
 QUICK = {"width": 64, "depths": (2, 8, 32, 128), "examples": 4}
-
-
-@contextmanager
-def _one_thread():
-    """Small tensors: one intra-op thread is faster, far more so on a busy machine; restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _geomean(values) -> float:
@@ -202,7 +190,7 @@ def _gradcheck_rows(config: Config, seeds: list[int]) -> list[dict]:
 
 
 def measure(config: Config, seeds: list[int]) -> Measurement:
-    with _one_thread():
+    with torch_threads(1):  # also when measure() is called directly
         data = pd.DataFrame(_depth_rows(config, seeds) + _gradcheck_rows(config, seeds))
     checks = []
     err = data[data.experiment == "depth_error"]
