@@ -129,7 +129,9 @@ class _Stack:
 
 def _forward(P: dict, h: torch.Tensor, depth: int, residual: bool, act, drop) -> torch.Tensor:
     """The MLP of ``dd.mlp`` on stacked parameters. h: (N, B, in) -> (N, B, out).
-    drop(h) applies each member's dropout (identity in eval mode)."""
+    drop(h) applies each member's dropout (identity in eval mode). Residual nets here have no norm
+    layer, so, as in ``deepdiag.models``, each branch is scaled by 1/sqrt(depth)."""
+    alpha = depth ** -0.5 if residual else 1.0  # the same float deepdiag.models.MLP uses
     for i in range(depth):
         w, b = P[f"hidden.{i}.linear.weight"], P[f"hidden.{i}.linear.bias"]  # (N, out, in), (N, out)
         if not residual:
@@ -137,7 +139,8 @@ def _forward(P: dict, h: torch.Tensor, depth: int, residual: bool, act, drop) ->
         else:
             proj = P.get(f"hidden.{i}.proj.weight")
             skip = torch.bmm(h, proj.transpose(1, 2)) if proj is not None else h
-            h = skip + drop(torch.baddbmm(b.unsqueeze(1), act(h), w.transpose(1, 2)))
+            branch = drop(torch.baddbmm(b.unsqueeze(1), act(h), w.transpose(1, 2)))
+            h = skip + (branch if alpha == 1.0 else alpha * branch)
     return torch.baddbmm(P["out.bias"].unsqueeze(1), h, P["out.weight"].transpose(1, 2))  # (N, B, out)
 
 
