@@ -91,16 +91,7 @@ class RunConfig:
         if self.norm is not None:
             set_("norm", check_choice("norm", self.norm, ("batch", "layer")))
         set_("optimizer", check_choice("optimizer", self.optimizer, OPTIMIZERS))
-        check_number("lr", self.lr, low=0.0, low_inclusive=False)
-        check_number("momentum", self.momentum, low=0.0, high=1.0, high_inclusive=False)
-        if self.batch_size is not None:
-            check_number("batch_size", self.batch_size, low=1, integer=True)
-        check_number("epochs", self.epochs, low=1, integer=True)
-        check_number("l2", self.l2, low=0.0)
-        check_number("weight_decay", self.weight_decay, low=0.0)
-        if self.patience is not None:
-            check_number("patience", self.patience, low=1, integer=True)
-        check_number("seed", self.seed, low=0, integer=True)
+        self.train_config()  # TrainConfig validates the training knobs (lr, momentum, batch size, ...)
         set_("dtype", check_choice("dtype", self.dtype, DTYPES))
         set_("device", check_choice("device", self.device, DEVICES))
         for name in ("dropout", "lr", "momentum", "l2", "weight_decay"):  # 1 and 1.0 hash alike
