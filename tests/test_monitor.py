@@ -109,7 +109,7 @@ def test_gradients_vanishing_later_in_training(digits):
 
 def test_divergence_records_the_step(digits):
     torch.manual_seed(0)
-    model = dd.mlp(64, 10, width=32, depth=3, seed=0)
+    model = dd.mlp(64, 10, width=32, depth=3, activation="linear", seed=0)  # no ReLU to die: lr 20 must blow up
     mon = Monitor(model)
     train(model, mon, digits.x_train, digits.y_train, 60, lr=20.0)
     f = [f for f in mon.diagnose() if f.code == "divergence"]

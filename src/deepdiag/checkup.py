@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .diagnose import judge_layers
-from .findings import Finding, severity_rank
-from .stats import Recorder, build_rows, safe_norm
+from .diagnose import judge_layers, output_loss_mismatch, unscaled_inputs
+from .findings import Finding, severity_rank, sort_findings
+from .stats import IOProbe, Recorder, build_rows, input_facts, loss_kind, output_facts, safe_norm
 
 TABLE_COLUMNS = ["name", "type", "family", "fan_in", "fan_out", "weight_std", "init_scheme", "init_std", "act_mean",
                  "act_std", "frac_zero", "frac_dead", "frac_saturated", "signal_norm", "grad_norm", "grad_rel"]
@@ -92,6 +92,12 @@ def _pd():
     return pd
 
 
+def _default_kind(out: Tensor, targets: Tensor) -> str:
+    if not targets.is_floating_point():
+        return "cross_entropy" if out.dim() >= 2 and out.shape[1] > 1 else "bce_with_logits"
+    return "mse"
+
+
 def _default_loss(out: Tensor, targets: Tensor) -> Tensor:
     if not targets.is_floating_point():
         if out.dim() >= 2 and out.shape[1] > 1:
@@ -149,6 +155,8 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
     saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
     devices = sorted({p.device.index for p in params if p.device.type == "cuda" and p.device.index is not None})
     rec = Recorder(model, detail=True).attach()
+    probe = IOProbe(model)
+    io_findings: list[Finding] = []
     try:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             for p in params:
@@ -156,13 +164,20 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                 p.requires_grad_(True)
             out = _output_tensor(_call(model, inputs))
             rec.finish_discovery()
+            probe.remove()
+            io_findings = _io_findings(probe, out, targets, loss_fn, rec)
             surrogate = targets is None and loss_fn is None
-            if surrogate:
-                loss = surrogate_loss(out)
-            elif targets is None:
-                loss = loss_fn(out)
-            else:
-                loss = (loss_fn or _default_loss)(out, targets)
+            try:
+                if surrogate:
+                    loss = surrogate_loss(out)
+                elif targets is None:
+                    loss = loss_fn(out)
+                else:
+                    loss = (loss_fn or _default_loss)(out, targets)
+            except (IndexError, RuntimeError, ValueError):
+                if not any(f.rank >= 2 for f in io_findings):
+                    raise
+                loss, surrogate = surrogate_loss(out), True  # the loss cannot run: say why, judge the layers anyway
             if loss.requires_grad:
                 loss.backward()
             meas = {i: dict(d) for i, d in rec.latest.items()}
@@ -175,6 +190,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             rows = build_rows(rec.sites, meas)
     finally:
         rec.detach()
+        probe.remove()
         with torch.no_grad():
             for b, v in saved_buffers:
                 b.copy_(v)
@@ -184,8 +200,33 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
         for m, t in saved_modes:
             m.training = t
     findings = judge_layers(rows)
+    for f in io_findings:  # the first layer's output scale, now measured, goes with unscaled inputs
+        if f.code == "unscaled_inputs":
+            first = next((r for r in rows if r["kind"] == "weight"), None)
+            if first is not None:
+                f.evidence["first_layer_out_std"] = first["act_std"]
+    findings = sort_findings(findings + io_findings)
     frame = _pd().DataFrame(rows)
     return Checkup(findings, frame, rows, loss_value, surrogate)
+
+
+def _io_findings(probe: IOProbe, out: Tensor, targets, loss_fn, rec: Recorder) -> list[Finding]:
+    """output_loss_mismatch and unscaled_inputs from the batch, the output, its last module and the loss."""
+    seen = probe.results[0] if probe.results else {}
+    kind = loss_kind(loss_fn) if loss_fn is not None else (
+        _default_kind(out, targets) if isinstance(targets, Tensor) else None)
+    findings = []
+    if kind is not None:
+        facts = output_facts(out, seen.get("last_module"), kind, targets, seen.get("last_name"))
+        facts["default_loss"] = loss_fn is None
+        findings += output_loss_mismatch(facts)
+    x = seen.get("input")
+    ifacts = input_facts(x)
+    if ifacts is not None:
+        first = next((s for s in rec.sites if s.kind == "weight"), None)
+        ifacts["first_layer"] = first.name if first is not None else None
+        findings += unscaled_inputs(ifacts)
+    return findings
 
 
 def _to_host(meas: dict) -> dict:
@@ -193,7 +234,7 @@ def _to_host(meas: dict) -> dict:
     scalars, where = [], []
     for i, d in meas.items():
         for k, v in d.items():
-            if isinstance(v, Tensor) and v.numel() == 1:
+            if isinstance(v, Tensor) and v.numel() == 1 and k != "unit_count":  # one unit: still a list
                 scalars.append(v.detach().double().reshape(()))
                 where.append((i, k))
     if scalars:

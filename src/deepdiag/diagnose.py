@@ -120,7 +120,8 @@ def gradient_flow(rows, step: int | None = None) -> list[Finding]:
                         f"The back-propagated gradient overflows to Inf/NaN in {len(bad)} layer(s).",
                         {"nonfinite_layers": bad, "signal_norm": [r["signal_norm"] for r in w]},
                         _remedy_init(rows, "lower the learning rate or clip gradients "
-                                     "(torch.nn.utils.clip_grad_norm_)"), bad, step)]
+                                     "(torch.nn.utils.clip_grad_norm_)"), bad, step,
+                        fix={"init": init_advice(rows)[0], "clip_grad_norm": 1.0})]
     zero_layers = [r["name"] for r in w if r["weight_norm"] == 0.0]
     if zero_layers:
         w = [r for r in w if r["signal_norm"] > 0]
@@ -146,7 +147,8 @@ def gradient_flow(rows, step: int | None = None) -> list[Finding]:
         return [Finding("vanishing_gradients", sev,
                         f"The gradient reaching the first layer {how}, so early layers barely learn.",
                         evidence, _remedy_init(rows, "for deep nets add residual connections "
-                                               "(dd.mlp(..., residual=True)) or normalization"), offending, step)]
+                                               "(dd.mlp(..., residual=True)) or normalization"), offending, step,
+                        fix={"init": init_advice(rows)[0]})]
     if ratio >= ORDERS:
         sev = "error" if ratio >= ORDERS_ERROR else "warning"
         offending = [r["name"] for r in w if r["signal_norm"] >= last["signal_norm"] * ORDERS]
@@ -154,7 +156,8 @@ def gradient_flow(rows, step: int | None = None) -> list[Finding]:
                         f"The gradient grows {ratio:.3g}× from the last layer to the first "
                         f"({_fmt(per_layer)}× per layer over {len(w)} layers), so early layers take huge steps.",
                         evidence, _remedy_init(rows, "clip gradients or lower the learning rate; in residual "
-                                               "nets add normalization (norm='layer')"), offending, step)]
+                                               "nets add normalization (norm='layer')"), offending, step,
+                        fix={"init": init_advice(rows)[0]})]
     return []
 
 
@@ -190,7 +193,7 @@ def activation_scale(rows, step: int | None = None) -> list[Finding]:
         return [Finding("vanishing_activations", sev,
                         f"The forward signal shrinks {1 / ratio if ratio else math.inf:.3g}× from the input to the "
                         f"last layer ({_fmt(per_layer)}× per layer), so the output barely depends on the input.",
-                        evidence, _remedy_init(rows), offending, step)]
+                        evidence, _remedy_init(rows), offending, step, fix={"init": init_advice(rows)[0]})]
     if ratio >= ORDERS:
         sev = "error" if ratio >= ORDERS_ERROR else "warning"
         offending = [r["name"] for r in w if not r["in_rms"] < first["in_rms"] * ORDERS]
@@ -198,7 +201,8 @@ def activation_scale(rows, step: int | None = None) -> list[Finding]:
                         f"The forward signal grows {ratio:.3g}× from the input to the last layer "
                         f"({_fmt(per_layer)}× per layer).",
                         evidence, _remedy_init(rows, "residual sums need normalization (norm='layer' or "
-                                               "'batch') or branches scaled down"), offending, step)]
+                                               "'batch') or branches scaled down"), offending, step,
+                        fix={"init": init_advice(rows)[0]})]
     return []
 
 
@@ -235,7 +239,7 @@ def dead_units(rows, step: int | None = None) -> list[Finding]:
                            {"layer": r["name"], "frac_dead": r["frac_dead"], "dead": r["dead"], "units": r["units"],
                             "frac_zero": r["frac_zero"], "positions": r["positions"], "bias_mean": bias,
                             "threshold": limit},
-                           remedy, [r["name"]], step))
+                           remedy, [r["name"]], step, fix={"init": "he"}))
     return out
 
 
@@ -260,7 +264,8 @@ def saturated_units(rows, step: int | None = None) -> list[Finding]:
                            {"layer": r["name"], "frac_saturated_units": r["frac_saturated_units"],
                             "frac_saturated": r["frac_saturated"], "saturated": r["saturated"], "units": r["units"],
                             "z_threshold": z, "threshold": SAT_WARN},
-                           _remedy_init(rows, "standardize the inputs"), [r["name"]], step))
+                           _remedy_init(rows, "standardize the inputs"), [r["name"]], step,
+                           fix={"init": init_advice(rows)[0]}))
     return out
 
 
@@ -293,7 +298,7 @@ def symmetric_units(rows, step: int | None = None) -> list[Finding]:
                                f"so they compute the same function and get the same gradient forever: the layer "
                                f"acts like one unit.", ev,
                                f"Break the symmetry with random weights: dd.init_weights(model, '{scheme}').",
-                               [r["name"]], step))
+                               [r["name"]], step, fix={"init": scheme}))
         else:
             why = ("the output layer's units get different gradients from different targets"
                    if is_output else f"their outgoing weights in {r['next_layer']} differ, so the first step separates them")
@@ -357,7 +362,7 @@ def overfitting(train_loss: Sequence[float], val_loss: Sequence[float]) -> list[
                         f"kept falling ({_fmt(t[best])} → {_fmt(t[last])}).", ev,
                         f"Stop at epoch {best + 1} (early stopping: TrainConfig(patience=3, restore_best=True)), "
                         f"or regularize: L2 (l2=...), dropout (dd.mlp(..., dropout=0.2)), more data or a smaller model.",
-                        [], best + 1)]
+                        [], best + 1, fix={"epochs": best + 1})]
     if math.isfinite(gap) and t[last] > 0 and v[last] >= GAP_RATIO * t[last] and gap >= GAP_ABS:
         return [Finding("overfitting", "info",
                         f"Validation loss is {v[last] / t[last]:.1f}× the training loss ({_fmt(v[last])} vs "
@@ -421,7 +426,7 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         f"The loss became NaN/Inf (first at {'step ' + str(step) if step is not None else 'epoch ' + str(where)}).",
                         ev, "Lower the learning rate (e.g. 10×), clip gradients (torch.nn.utils.clip_grad_norm_), "
                         "and check the initialisation with dd.checkup.", [],
-                        step if step is not None else where)]
+                        step if step is not None else where, fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
     curve = [x for x in t if math.isfinite(x)]
     kind = "epoch"
     if len(curve) < 3 and len(sl) >= 3:
@@ -433,7 +438,7 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         {"first_loss": curve[0], "last_loss": curve[-1], "growth": curve[-1] / curve[0],
                          "per": kind, "loss": curve, "threshold": BLOWUP},
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
-                        [], len(curve))]
+                        [], len(curve), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
     return []
 
 
@@ -499,4 +504,288 @@ def compare_depths(losses_by_depth: dict, residual: bool | None = None) -> list[
                     "Add residual connections (dd.mlp(..., residual=True)), normalization (norm='batch' or "
                     "'layer') and He init (dd.init_weights(model, 'he'))." if not residual else
                     "Check the learning rate and training length of the deeper residual nets.",
-                    [f"depth={d2}"])]
+                    [f"depth={d2}"], fix=None if residual else {"residual": True})]
+
+
+# ---- Diagnosis II: oscillation, stalled updates, output/loss mismatch, unscaled inputs ----
+
+OSC_WINDOW = 100  # judge the last <= 100 recorded step losses ...
+OSC_MIN_POINTS = 40  # ... once there are >= 40 of them
+OSC_SMOOTH = 4  # trend: moving mean over 2·4 + 1 = 9 steps
+OSC_SWING = 0.04  # swing (MAD of loss − trend) >= 4 % of the starting loss ...
+OSC_SETTLED = 0.9  # ... while the trend no longer falls (last quarter >= 90 % of the quarter before)
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return 0.0 if not n else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
+
+
+def _pow10_round(x: float) -> float:
+    """x rounded to one significant digit (lr suggestions read like 0.003, not 0.00317)."""
+    if not x > 0 or not math.isfinite(x):
+        return x
+    e = math.floor(math.log10(x))
+    return round(x / 10 ** e) * 10 ** e
+
+
+def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = None, lr: float | None = None,
+                     batch_size: int | None = None) -> list[Finding]:
+    """oscillating_loss: the step-level training loss swings around its trend instead of settling.
+
+    Over the last ≤ 100 recorded step losses (≥ 40 needed), the trend is a 9-step moving mean of the
+    later half; the swing is the median |loss − trend| divided by the *starting* loss (median of the
+    first 5 recorded losses). Warning when swing ≥ 0.04 **and** the trend has stopped falling (median of
+    the last quarter ≥ 90 % of the quarter before). Why these numbers: on digits (MLP 64-64-64-10) the
+    healthy runs we measured — SGD lr 0.01–0.1 with batch 32/64, SGD+momentum 0.05, Adam 1e-3 with
+    batch 32/64 — have swing ≤ 0.015 (mini-batch noise of a converging run is small compared with where
+    the loss started, even when large relative to a near-zero current loss) and their trend still falls
+    or has flattened at a low level; batch size 1 gives 0.33–0.40, SGD lr 1.0 0.07, Adam lr 0.05 0.05.
+    Dividing by the starting loss rather than the current level is what keeps the converged, noisy
+    run silent; requiring a flat trend keeps a still-improving run silent (AUTOTRAINER's own rule,
+    on epoch accuracy, counts reversals ≥ 0.03 apart; reversals are reported here as evidence).
+    """
+    x = [float(v) for v in (step_loss or []) if v is not None and math.isfinite(float(v))]
+    if len(x) < OSC_MIN_POINTS:
+        return []
+    start = _median(x[:5])
+    w = x[-OSC_WINDOW:]
+    if start <= 0:
+        return []
+    tail = w[len(w) // 2:]
+    k = OSC_SMOOTH
+    trend = [sum(tail[max(0, i - k):i + k + 1]) / len(tail[max(0, i - k):i + k + 1]) for i in range(len(tail))]
+    resid = [abs(a - b) for a, b in zip(tail, trend)]
+    swing = _median(resid) / start
+    q = len(w) // 4
+    late, before = _median(w[-q:]), _median(w[-2 * q:-q])
+    drift = late / before if before > 0 else math.inf
+    d = [b - a for a, b in zip(tail, tail[1:])]
+    reversals = sum(1 for a, b in zip(d, d[1:]) if a * b < 0) / max(1, len(d) - 1)
+    if swing < OSC_SWING or drift < OSC_SETTLED:
+        return []
+    ev = {"swing": swing, "swing_vs_level": _median(resid) / max(_median(tail), 1e-12), "trend_ratio": drift,
+          "reversal_rate": reversals, "start_loss": start, "level": _median(tail), "points": len(w),
+          "lr": lr, "batch_size": batch_size, "threshold": OSC_SWING}
+    step = int(steps[-1]) if steps is not None and len(steps) else None
+    small_batch = batch_size is not None and batch_size < 8
+    if lr is not None:
+        fix = {"lr": _pow10_round(lr / 10)}
+        how = f"lower the learning rate 10× (lr={_fmt(lr)} → {_fmt(fix['lr'])})"
+    else:
+        fix = {"lr_factor": 0.1}
+        how = "lower the learning rate 10×"
+    if small_batch:
+        how += f", or use larger batches than {batch_size} (e.g. 32)"
+        fix["batch_size"] = 32
+    lr_txt = f" with lr={_fmt(lr)}" if lr is not None else ""
+    bs_txt = f", batch size {batch_size}" if batch_size is not None else ""
+    return [Finding("oscillating_loss", "warning",
+                    f"The training loss swings by {swing:.0%} of its starting value around a trend that no longer "
+                    f"falls{lr_txt}{bs_txt}: the steps overshoot instead of settling.", ev,
+                    how[0].upper() + how[1:] + "; or add a learning-rate schedule that decays it.", [], step, fix=fix)]
+
+
+STALL = 1e-5  # update-to-weight ratio ‖Δw‖/‖w‖ per step below this: the layer barely moves
+TARGET_UPDATE = 1e-3  # the common practitioner target for ‖Δw‖/‖w‖ per step
+
+
+def stalled_updates(rows, step: int | None = None, lr: float | None = None,
+                    knows_optimizer: bool = False) -> list[Finding]:
+    """stalled_updates from the per-step update-to-weight ratio u = ‖Δw‖/‖w‖ of each weight layer
+    (rows' ``update_rel``: median over the recent recorded steps; ``frozen``: Δw exactly 0 at every one).
+
+    * Some layers move, others are bit-identical across checks → warning per frozen layer that still
+      has ``requires_grad`` (left out of the optimizer by mistake), info for ``requires_grad=False``
+      (frozen on purpose, e.g. fine-tuning). Remedy names the layer: ``{"unfreeze": [...]}``.
+    * Every moving layer has u < 10⁻⁵ → warning: the learning rate is too small. Suggested lr =
+      lr · 10⁻³ / median u (one significant digit), the practitioner target u ≈ 10⁻³.
+    * Nothing moved at all → warning when the monitor was given the optimizer (optimizer.step() not
+      called, or every gradient is 0), info otherwise (a measuring loop without an optimizer looks the same).
+    Why 10⁻⁵: DeepDiagnosis flags u outside 10⁻⁵…10⁻¹; measured healthy digits runs (SGD lr 0.01–0.1,
+    Adam 1e-3, batch 32/64) keep every layer at u ≥ 10⁻³, lr 10⁻⁵ gives 7·10⁻⁷.
+    """
+    w = [r for r in _weights(rows) if r.get("update_rel") is not None and (r.get("weight_norm") or 0) > 0
+         and math.isfinite(r["update_rel"])]
+    if not w:
+        return []
+    frozen = [r for r in w if r.get("frozen")]
+    moving = [r for r in w if not r.get("frozen") and r["update_rel"] > 0]
+    out = []
+    ev_all = {r["name"]: r["update_rel"] for r in w}
+    if frozen and moving:
+        trainable = [r["name"] for r in frozen if r.get("trainable", True)]
+        fixed = [r["name"] for r in frozen if not r.get("trainable", True)]
+        if trainable:
+            out.append(Finding("stalled_updates", "warning",
+                               f"The weights of {', '.join(trainable)} are bit-identical across checks while other "
+                               f"layers train: they are not updated.",
+                               {"frozen_layers": trainable, "update_rel": ev_all, "threshold": STALL},
+                               f"Give {', '.join(trainable)}'s parameters to the optimizer (and check requires_grad "
+                               f"and that nothing zeroes their gradient).", trainable, step,
+                               fix={"unfreeze": trainable}))
+        if fixed:
+            out.append(Finding("stalled_updates", "info",
+                               f"{', '.join(fixed)} have requires_grad=False and do not change (frozen on purpose?).",
+                               {"frozen_layers": fixed, "update_rel": ev_all, "threshold": STALL},
+                               "Nothing to do if they are meant to stay frozen; otherwise set requires_grad=True and "
+                               "add them to the optimizer.", fixed, step, fix={"unfreeze": fixed}))
+        return out
+    if not moving:
+        sev = "warning" if knows_optimizer else "info"
+        return [Finding("stalled_updates", sev, "No weight changed between the recorded steps.",
+                        {"update_rel": ev_all, "threshold": STALL},
+                        "Check that optimizer.step() is called after backward(), that the model's parameters are "
+                        "in the optimizer, and that the gradients are not all zero (dead units, detached graph).",
+                        [r["name"] for r in w], step)]
+    ratios = [r["update_rel"] for r in moving]
+    med = _median(ratios)
+    slow = [r for r in moving if r["update_rel"] < STALL]
+    if len(slow) == len(moving):
+        factor = min(1e4, max(10.0, TARGET_UPDATE / med))
+        if lr is not None:
+            fix = {"lr": _pow10_round(lr * factor)}
+            how = f"raise the learning rate from {_fmt(lr)} to about {_fmt(fix['lr'])}"
+        else:
+            fix = {"lr_factor": _pow10_round(factor)}
+            how = f"raise the learning rate about {_fmt(fix['lr_factor'])}×"
+        return [Finding("stalled_updates", "warning",
+                        f"Every layer's weights move by only {_fmt(med)} of their size per step (median ‖Δw‖/‖w‖; "
+                        f"< {STALL:g}): training has all but stopped.",
+                        {"median_update_rel": med, "update_rel": ev_all, "lr": lr, "threshold": STALL,
+                         "target": TARGET_UPDATE},
+                        how[0].upper() + how[1:] + f" (aim for ‖Δw‖/‖w‖ ≈ {TARGET_UPDATE:g} per step).",
+                        [r["name"] for r in slow], step, fix=fix)]
+    if slow:
+        names = [r["name"] for r in slow]
+        return [Finding("stalled_updates", "warning",
+                        f"{', '.join(names)} barely move (‖Δw‖/‖w‖ < {STALL:g} per step) while the median layer "
+                        f"moves {_fmt(med)}.",
+                        {"slow_layers": names, "update_rel": ev_all, "median_update_rel": med, "threshold": STALL},
+                        "Check these layers' gradient flow (vanishing gradients, dead units feeding them) and "
+                        "their weight scale; an optimizer with per-parameter steps (Adam) also helps.",
+                        names, step)]
+    return []
+
+
+PROB_LOSSES = ("bce", "nll")  # losses that expect probabilities / log-probabilities
+LOGIT_LOSSES = ("cross_entropy", "bce_with_logits")  # losses that apply the softmax/sigmoid themselves
+
+
+def output_loss_mismatch(facts: dict | None, step: int | None = None) -> list[Finding]:
+    """output_loss_mismatch: the output layer and the loss do not fit. `facts` (measured by checkup or a
+    Monitor given the loss): ``loss`` (cross_entropy, bce_with_logits, bce, nll, mse or None), ``last_module``
+    (type of the module producing the output), ``out_width``, ``out_min``/``out_max``, ``rows_sum_to_one``,
+    ``target_kind`` (int/float), ``target_min``/``target_max``.
+
+    * double softmax: cross-entropy on outputs in [0, 1] whose rows sum to 1 (or a Softmax last module)
+      → warning: log-softmax of probabilities squashes them into a range of 1 nat, gradients shrink.
+    * double sigmoid: BCE-with-logits on outputs in [0, 1] (or a Sigmoid last module) → warning.
+    * ReLU into a logit loss: outputs ≥ 0 from a ReLU-family last module → warning (negative logits impossible).
+    * NLL on outputs that are not log-probabilities (some > 0) → warning; BCE on outputs outside [0, 1].
+    * cross-entropy over one output unit → error: softmax over one logit is 1, the loss is identically 0.
+    * targets outside the output's range: class ids ≥ width or < 0 (cross-entropy/NLL) → error, the
+      class count ≠ the output width; float targets outside [0, 1] for BCE → error.
+    Why no numeric threshold: each is a structural fact; "rows sum to 1" is tested to 10⁻⁴.
+    """
+    if not facts or not facts.get("loss"):
+        return []
+    loss, last, width = facts["loss"], facts.get("last_module"), facts.get("out_width")
+    lo, hi = facts.get("out_min"), facts.get("out_max")
+    ev = {k: v for k, v in facts.items()}
+    out = []
+
+    def add(kind, sev, summary, remedy, fix):
+        out.append(Finding("output_loss_mismatch", sev, summary, {**ev, "mismatch": kind}, remedy,
+                           [facts.get("last_name") or ""] if facts.get("last_name") else [], step, fix=fix))
+
+    in01 = lo is not None and hi is not None and lo >= 0.0 and hi <= 1.0
+    if loss in ("cross_entropy", "nll") and width == 1:
+        add("single_unit_cross_entropy", "error",
+            f"{loss} over a single output unit: the softmax of one logit is 1, so the loss is identically 0 "
+            f"and nothing is learnt.",
+            "For two classes use one logit with BCEWithLogitsLoss (targets as floats 0/1), or give the output "
+            "layer one unit per class.", {"loss": "bce_with_logits"})
+        return out
+    if loss == "cross_entropy" and (last == "Softmax" or (in01 and facts.get("rows_sum_to_one"))):
+        add("double_softmax", "warning",
+            "The model's outputs are already probabilities (softmax) and CrossEntropyLoss applies log-softmax "
+            "again: the logits are squashed into [0, 1], so the loss barely moves and gradients shrink.",
+            "Remove the final softmax: CrossEntropyLoss takes raw logits (apply softmax only for prediction).",
+            {"replace_output": "identity"})
+    elif loss == "bce_with_logits" and (last == "Sigmoid" or (in01 and width is not None)):
+        if last == "Sigmoid" or facts.get("strictly_inside01"):
+            add("double_sigmoid", "warning",
+                "The model's outputs already pass through a sigmoid and BCEWithLogitsLoss applies another: "
+                "predicted probabilities cannot leave [0.5, 0.73].",
+                "Remove the final sigmoid: BCEWithLogitsLoss takes raw logits.", {"replace_output": "identity"})
+    if loss in LOGIT_LOSSES and last in ("ReLU", "ReLU6") and not out:
+        add("relu_output", "warning",
+            f"The output passes through {last} before {loss}: logits cannot be negative, so the model cannot "
+            f"push a class's probability down and units stuck at 0 pass no gradient.",
+            f"Remove the final {last}: the loss needs unbounded logits.", {"replace_output": "identity"})
+    if loss == "nll" and hi is not None and hi > 1e-6:
+        add("nll_without_log_softmax", "warning",
+            f"NLLLoss expects log-probabilities (≤ 0) but the outputs reach {_fmt(hi)}: the loss is unbounded "
+            f"below and training runs away.",
+            "Use CrossEntropyLoss on the raw outputs (it applies log-softmax), or end the model with LogSoftmax.",
+            {"loss": "cross_entropy"})
+    if loss == "bce" and lo is not None and (lo < 0 or hi > 1):
+        add("unbounded_into_bce", "error",
+            f"BCELoss expects probabilities in [0, 1] but the outputs span [{_fmt(lo)}, {_fmt(hi)}].",
+            "Use BCEWithLogitsLoss on the raw outputs.", {"loss": "bce_with_logits"})
+    tk, tmin, tmax = facts.get("target_kind"), facts.get("target_min"), facts.get("target_max")
+    if tk == "int" and loss in ("cross_entropy", "nll") and width and tmin is not None:
+        if tmin < 0 or tmax >= width:
+            add("class_count", "error",
+                f"Class ids span {int(tmin)}..{int(tmax)} but the output has {width} units: class count ≠ output width.",
+                f"Give the output layer {int(tmax) + 1} units (one per class), or map the labels to 0..{width - 1}.",
+                {"out_features": int(tmax) + 1})
+    if tk == "float" and loss in ("bce", "bce_with_logits") and tmin is not None and (tmin < 0 or tmax > 1):
+        add("target_range", "error",
+            f"Binary cross-entropy needs targets in [0, 1] but they span [{_fmt(tmin)}, {_fmt(tmax)}].",
+            "Map the targets to 0/1 (e.g. (y + 1) / 2 for ±1 labels), or use MSE for a regression target.",
+            {"target_range": [0, 1]})
+    return out
+
+
+UNSCALED = 10.0  # a feature whose RMS (√(mean² + std²)) is >= 10: an order of magnitude off unit scale
+
+
+def unscaled_inputs(facts: dict | None, step: int | None = None) -> list[Finding]:
+    """unscaled_inputs: input features far from unit scale. `facts`: ``feature_mean`` and ``feature_std``
+    (per feature over the batch; channels for images), ``first_layer`` and its output's std.
+
+    Warning when a feature's RMS √(mean² + std²) ≥ 10. Why 10: every init scheme (He, Xavier, LeCun,
+    PyTorch's default) sets Var(w) ∝ 1/fan_in *assuming unit-scale inputs*, so a feature 10× larger makes
+    the first layer's pre-activations ~10× too large (tanh saturates past |z| = 3, ReLU activations and
+    gradients scale up 10×); standardized data has RMS 1, raw 0–1 pixels < 1. Measured: sklearn's raw
+    breast-cancer and wine features reach RMS 1061 and 820, raw digits pixels (0–16) 12.9, iris 5.9
+    (not flagged).
+    """
+    if not facts or not facts.get("feature_mean"):
+        return []
+    mean, std = facts["feature_mean"], facts["feature_std"]
+    rms = [math.sqrt(m * m + s * s) for m, s in zip(mean, std)]
+    finite = [v for v in rms if math.isfinite(v)]
+    if not finite:
+        return []
+    worst_i = max(range(len(rms)), key=lambda i: rms[i] if math.isfinite(rms[i]) else -1.0)
+    big = [i for i, v in enumerate(rms) if v >= UNSCALED]
+    if not big:
+        return []
+    top = sorted(big, key=lambda i: -rms[i])[:10]
+    ev = {"n_features": len(rms), "n_unscaled": len(big), "max_feature_rms": rms[worst_i], "worst_feature": worst_i,
+          "median_feature_rms": _median(finite), "abs_mean_max": max(abs(m) for m in mean),
+          "std_max": max(std), "top_features": {str(i): {"mean": mean[i], "std": std[i]} for i in top},
+          "first_layer": facts.get("first_layer"), "first_layer_out_std": facts.get("first_out_std"),
+          "threshold": UNSCALED}
+    return [Finding("unscaled_inputs", "warning",
+                    f"{len(big)} of {len(rms)} input features are far from unit scale (largest RMS "
+                    f"{_fmt(rms[worst_i])}, feature {worst_i}): the first layer's pre-activations are that much "
+                    f"larger than its initialisation assumes.", ev,
+                    "Standardize the inputs: x = (x − mean) / std with the training set's per-feature statistics "
+                    "(dd.data.load(..., standardize=True), or sklearn's StandardScaler).",
+                    [facts["first_layer"]] if facts.get("first_layer") else [], step,
+                    fix={"standardize_inputs": True})]

@@ -27,6 +27,23 @@ CODES = (
 )
 
 
+# The machine-readable remedies (``Finding.fix``) and what each key asks for:
+FIX_KEYS = {
+    "init": "re-initialise the model: dd.init_weights(model, value) ('he', 'xavier', 'orthogonal')",
+    "lr": "train with this learning rate",
+    "lr_factor": "multiply the learning rate by this factor (when the monitor was not told the lr)",
+    "clip_grad_norm": "clip the gradient norm to this value (torch.nn.utils.clip_grad_norm_)",
+    "unfreeze": "give these layers' parameters to the optimizer (and set requires_grad=True)",
+    "replace_output": "replace the model's last module by this ('identity': drop the softmax/sigmoid/ReLU)",
+    "loss": "use this loss: 'cross_entropy' (raw logits), 'bce_with_logits' (one logit per sample)",
+    "out_features": "give the output layer this many units (one per class)",
+    "target_range": "map the targets into this [low, high] range",
+    "standardize_inputs": "standardize every input feature with the training set's mean and std",
+    "epochs": "stop training after this epoch (early stopping)",
+    "residual": "add residual connections (dd.mlp(..., residual=True))",
+}
+
+
 def severity_rank(severity: str) -> int:
     """0 for info, 1 for warning, 2 for error."""
     try:
@@ -59,8 +76,11 @@ def json_safe(value):
 @dataclass(frozen=True)
 class Finding:
     """A pathology: `code` (one of ``CODES``), `severity`, a one-sentence `summary`, the `evidence`
-    numbers, a `remedy` specific to what was seen, the offending `layers`, and the `step` (optimizer
-    step, or epoch for curve findings) at which it was seen, when known."""
+    numbers, a `remedy` specific to what was seen, the offending `layers`, the `step` (optimizer
+    step, or epoch for curve findings) at which it was seen, when known, and `fix`: the remedy in
+    machine-readable form where one exists (a JSON-safe dict such as ``{"init": "he"}``,
+    ``{"lr": 0.01}``, ``{"standardize_inputs": True}``, ``{"replace_output": "identity"}``; keys in
+    ``FIX_KEYS``), else None."""
 
     code: str
     severity: str
@@ -69,6 +89,7 @@ class Finding:
     remedy: str = ""
     layers: list = field(default_factory=list)
     step: int | None = None
+    fix: dict | None = None
 
     def __post_init__(self):
         if not isinstance(self.code, str) or not self.code:
@@ -78,6 +99,10 @@ class Finding:
             raise TypeError(f"evidence={self.evidence!r} must be a dict of numbers")
         object.__setattr__(self, "evidence", json_safe(self.evidence))
         object.__setattr__(self, "layers", [str(n) for n in self.layers])
+        if self.fix is not None:
+            if not isinstance(self.fix, dict):
+                raise TypeError(f"fix={self.fix!r} must be a dict such as {{'lr': 0.01}} or None")
+            object.__setattr__(self, "fix", json_safe(self.fix))
 
     @property
     def rank(self) -> int:

@@ -25,21 +25,36 @@ capacity/2 and capacity rows, evenly spread from the first step to the last. Uni
 and saturated units) are kept per window of `window` recorded steps: the current and the previous
 window, so units that die during training are seen once a whole window passes without them firing.
 Epoch curves are kept in full (one row per epoch).
+
+Update sizes. At every recorded step the weights are compared with a copy taken at the previous
+recorded step (one fused subtract/norm/copy into preallocated buffers, on the device): ‖Δw‖/‖w‖ per
+step for the stalled-updates rule; weights bit-identical across checks are "frozen".
+
+Early warning. ``check()`` may be called at any time and returns the findings so far; with
+``on_finding`` the monitor checks by itself every `check_every` optimizer steps (one host sync each)
+and calls ``on_finding(finding)`` once per new finding (new = a (code, layers) pair not reported
+before), with ``finding.step`` set to the step at which it was first seen. A callback that raises does
+not break the training loop: the first error is reported once as a ``RuntimeWarning`` and kept in
+``callback_errors``. The first training forward pass also records the input batch's per-feature
+statistics (unscaled_inputs), and, when `loss_fn` is given, the output, its last module and (for a loss
+module) the targets (output_loss_mismatch): host syncs on that step only.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ._validate import check_number
-from .diagnose import judge_curves, judge_layers
+from .diagnose import (judge_curves, judge_layers, oscillating_loss, output_loss_mismatch, stalled_updates,
+                       unscaled_inputs)
 from .findings import Finding, sort_findings
-from .stats import Recorder, build_rows
+from .stats import IOProbe, Recorder, build_rows, input_facts, loss_kind, output_facts
 
-STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm")
+STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 
 
@@ -61,10 +76,16 @@ class Monitor:
     training loss for the underfitting rule (ln n_classes for cross-entropy, Var(y) for MSE).
     log_dir: when given, ``close()`` writes the statistics there as TensorBoard scalars and
     histograms (see ``to_tensorboard``).
+    loss_fn: the loss (module or function) the loop uses: its first call is checked against the
+    model's output (output_loss_mismatch). on_finding: called once per new finding (early warning);
+    check_every: optimizer steps between its automatic checks. optimizer / lr / batch_size: hints for
+    the oscillation and stalled-update remedies (the lr is read from ``optimizer.param_groups[0]``).
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, capacity: int = 256, window: int = 50,
-                 n_classes: int | None = None, baseline: float | None = None, log_dir=None):
+                 n_classes: int | None = None, baseline: float | None = None, log_dir=None, loss_fn=None,
+                 on_finding=None, check_every: int = 10, optimizer=None, lr: float | None = None,
+                 batch_size: int | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_number("every", every, low=1, integer=True)
@@ -76,6 +97,25 @@ class Monitor:
             check_number("n_classes", n_classes, low=2, integer=True)
         if baseline is not None:
             check_number("baseline", baseline, low=0.0, low_inclusive=False)
+        if on_finding is not None and not callable(on_finding):
+            raise TypeError(f"on_finding must be callable (finding -> None), got {on_finding!r}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (e.g. torch.nn.CrossEntropyLoss()), got {loss_fn!r}")
+        check_number("check_every", check_every, low=1, integer=True)
+        if optimizer is not None and not hasattr(optimizer, "param_groups"):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if lr is not None:
+            check_number("lr", lr, low=0.0, low_inclusive=False)
+        if batch_size is not None:
+            check_number("batch_size", batch_size, low=1, integer=True)
+        self.loss_fn, self.on_finding, self.check_every = loss_fn, on_finding, check_every
+        self.optimizer, self._lr_hint, self._bs_hint = optimizer, lr, batch_size
+        self.callback_errors: list[BaseException] = []
+        self._first_seen: dict[tuple, int] = {}  # (code, layers) -> step first seen
+        self._notified: set[tuple] = set()
+        self._io_findings: list[Finding] | None = None
+        self._batch_seen: int | None = None
+        self.probe = IOProbe(model, loss_fn)
         self.model, self.every, self.capacity, self.window = model, every, capacity, window
         self.n_classes, self.baseline, self.log_dir = n_classes, baseline, log_dir
         self.rec = Recorder(model)
@@ -100,6 +140,8 @@ class Monitor:
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
         s = self.steps
+        if self._io_findings is None and self.probe.results:
+            self._judge_io(s)
         if s % self.every == 0:
             if loss is not None:
                 self._track_loss(s, loss)
@@ -110,6 +152,68 @@ class Monitor:
             self.rec.attach() if self.rec.discovered else None
         elif self.rec.discovered:
             self.rec.detach()
+        if self.on_finding is not None and (s + 1) % self.check_every == 0:
+            self.check()
+
+    @property
+    def lr(self) -> float | None:
+        """The learning rate: the optimizer's (first parameter group), else the ``lr=`` hint."""
+        if self.optimizer is not None:
+            return float(self.optimizer.param_groups[0]["lr"])
+        return self._lr_hint
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._bs_hint or self._batch_seen
+
+    def _judge_io(self, s: int) -> None:
+        """output_loss_mismatch / unscaled_inputs from the first training forward pass (host syncs, once)."""
+        seen = self.probe.results[0]
+        self.probe.remove()
+        x, out = seen.get("input"), seen.get("output")
+        self._batch_seen = int(x.shape[0]) if x is not None and x.dim() else None
+        found = []
+        kind = loss_kind(self.loss_fn)
+        if kind is not None and out is not None:
+            found += output_loss_mismatch(output_facts(out, seen.get("last_module"), kind, seen.get("target"),
+                                                       seen.get("last_name")), step=s)
+        facts = input_facts(x)
+        if facts is not None:
+            first = next((si for si in self.rec.sites if si.kind == "weight"), None)
+            facts["first_layer"] = first.name if first is not None else None
+            found += unscaled_inputs(facts, step=s)
+        self.probe.results = []
+        self._io_findings = found
+        for f in found:  # seen at this step, whenever check() next runs
+            self._first_seen.setdefault((f.code, tuple(f.layers)), s)
+
+    def check(self) -> list[Finding]:
+        """The findings so far (any time during training), each with ``step`` = the optimizer step at
+        which it was first seen; calls ``on_finding`` once for each finding not seen before."""
+        now = max(0, self.steps - 1)
+        if self._io_findings is None and self.probe.results:
+            self._judge_io(now)
+        out = []
+        for f in self.diagnose():
+            key = (f.code, tuple(f.layers))
+            new = key not in self._notified
+            self._notified.add(key)
+            self._first_seen.setdefault(key, now)
+            f = replace(f, step=self._first_seen[key])
+            out.append(f)
+            if new and self.on_finding is not None:
+                self._notify(f)
+        return out
+
+    def _notify(self, f: Finding) -> None:
+        try:
+            self.on_finding(f)
+        except Exception as e:  # the user's training loop must not break because of a callback
+            self.callback_errors.append(e)
+            if len(self.callback_errors) == 1:
+                warnings.warn(f"deepdiag Monitor: on_finding raised {type(e).__name__}: {e} (for {f.code}); "
+                              f"later errors are not reported again (see monitor.callback_errors)",
+                              RuntimeWarning, stacklevel=3)
 
     def epoch(self, train_loss=None, val_loss=None, train_acc=None, val_acc=None) -> None:
         """Record one epoch's curves (floats or 0-d tensors, read lazily)."""
@@ -131,6 +235,8 @@ class Monitor:
         self._buf = torch.full((self.capacity, len(sites), len(STATS)), math.nan, dtype=torch.float32, device=dev)
         self._loss = torch.full((self.capacity,), math.nan, dtype=torch.float32, device=dev)
         self._weights = [(s.index, s.module.weight) for s in sites if s.kind == "weight"]
+        self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
+        self._prev_step = None
         self._nan = torch.full((), math.nan, dtype=torch.float32, device=dev)
         self._scale = None
         if self._bad_step is None:
@@ -141,6 +247,15 @@ class Monitor:
         if self._buf is None:
             self._setup()
         latest, sites, nan = self.rec.latest, self.rec.sites, self._nan
+        ws = [w.detach() for _, w in self._weights]
+        if ws and self._prev_step is not None:  # ‖Δw‖ per step since the previous recorded step: fused, no sync
+            gap = max(1, s - self._prev_step)
+            upd = [u / gap for u in torch._foreach_norm(torch._foreach_sub(ws, self._prev))]
+        else:
+            upd = [nan] * len(ws)
+        if ws:
+            torch._foreach_copy_(self._prev, ws)
+        self._prev_step = s
         for site in sites:  # per-unit evidence: every recorded step
             d = latest.get(site.index)
             if d is not None and "positions" in d:
@@ -155,18 +270,18 @@ class Monitor:
         if self._n == self.capacity:
             self._decimate()
         # weight and gradient norms of every weight layer: two fused kernels, no host sync
-        ws = [w for _, w in self._weights]
+        ws = [w for _, w in self._weights]  # (the parameters themselves: .grad is read below)
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]
-        wmap = {i: (wn[k], gn[k]) for k, (i, _) in enumerate(self._weights)}
+        wmap = {i: (wn[k], gn[k], upd[k]) for k, (i, _) in enumerate(self._weights)}
         vals, scale = [], []  # 0-d tensors, and the constant each is divided by (norm -> RMS / per sample)
         for site in sites:
             d = latest.get(site.index, {})
-            w = wmap.get(site.index, (nan, nan))
-            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0]]
+            w = wmap.get(site.index, (nan, nan, nan))
+            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2]]
             scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
-                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0]
+                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0]
         key = tuple(scale)
         if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
             self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.device))
@@ -282,7 +397,19 @@ class Monitor:
                 m["unit_count"] = cur.cpu().tolist()  # host sync (per unit layer)
                 m["positions"] = c[1] + c[3]
             meas[site.index] = m
-        return build_rows(self.rec.sites, meas)
+        rows = build_rows(self.rec.sites, meas)
+        upd = recent[:, :, 5]  # (recent steps, n_sites): ‖Δw‖ per step
+        for site, r in zip(self.rec.sites, rows):
+            if site.kind != "weight":
+                continue
+            u = upd[:, site.index]
+            u = u[~torch.isnan(u)]
+            w = getattr(site.module, "weight", None)
+            r["trainable"] = bool(w.requires_grad) if isinstance(w, Tensor) else None
+            if len(u) >= 2 and r["weight_norm"]:
+                r["update_rel"] = float(u.median()) / r["weight_norm"]
+                r["frozen"] = bool((u == 0).all())
+        return rows
 
     def diagnose(self, baseline: float | None = None, n_classes: int | None = None) -> list[Finding]:
         """Findings from the layer statistics (their current state) and the epoch/step loss curves,
@@ -291,15 +418,22 @@ class Monitor:
         n_classes = n_classes or self.n_classes
         base = baseline or self.baseline or (math.log(n_classes) if n_classes else None)
         last = steps[-1] if steps else None
-        findings = judge_layers(self.rows(), step=last) if steps else []
+        rows = self.rows() if steps else []
+        findings = judge_layers(rows, step=last) if steps else []
+        if rows:
+            findings += stalled_updates(rows, step=last, lr=self.lr, knows_optimizer=self.optimizer is not None)
+        findings += self._io_findings or []
         ep = self._epoch_rows()
         bad = int(self._bad_step) if self._bad_step is not None else -1  # host sync
         curve = lambda k: [r[k] for r in ep if r[k] is not None] if ep else None  # noqa: E731
         step_loss = losses.double().tolist() if losses is not None and len(steps) else None
         if step_loss is not None and all(math.isnan(x) for x in step_loss):
             step_loss = None
-        findings += judge_curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"),
-                                 base, step_loss, steps if step_loss else None, bad if bad >= 0 else None)
+        curves = judge_curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"),
+                              base, step_loss, steps if step_loss else None, bad if bad >= 0 else None)
+        findings += curves
+        if step_loss and not any(f.code == "divergence" for f in curves):
+            findings += oscillating_loss(step_loss, steps, lr=self.lr, batch_size=self.batch_size)
         return sort_findings(findings)
 
     # -- cleanup --
@@ -314,6 +448,7 @@ class Monitor:
         """Remove every hook (and export to ``log_dir`` if one was given); safe to call twice.
         Recorded statistics stay readable."""
         self.rec.detach()
+        self.probe.remove()
         if self.log_dir is not None and not self.closed:
             self.to_tensorboard(self.log_dir)
         self.closed = True
@@ -327,4 +462,4 @@ class Monitor:
     @property
     def n_hooks(self) -> int:
         """Hooks currently registered by this monitor."""
-        return len(self.rec.hooks) + len(self.rec._discovery_hooks)
+        return len(self.rec.hooks) + len(self.rec._discovery_hooks) + len(self.probe.hooks)

@@ -1,0 +1,253 @@
+"""Diagnosis II: oscillating_loss, stalled_updates, output_loss_mismatch, unscaled_inputs (plain torch),
+healthy controls beside each, and early warning (check(), on_finding, first-seen step)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepdiag as dd
+from deepdiag.monitor import Monitor
+
+DIGITS = dd.data.load("digits", seed=0)
+
+
+def mlp(act=nn.ReLU, out=10, n_in=64, head=None):
+    torch.manual_seed(0)
+    layers = [nn.Linear(n_in, 64), act(), nn.Linear(64, 64), act(), nn.Linear(64, out)]
+    return nn.Sequential(*layers, *([head] if head is not None else []))
+
+
+def train(model, opt="sgd", lr=0.05, bs=32, steps=300, momentum=0.0, frozen=(), data=DIGITS, **mon_kw):
+    params = [p for n, m in model.named_children() if n not in frozen for p in m.parameters()]
+    o = torch.optim.SGD(params, lr=lr, momentum=momentum) if opt == "sgd" else torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(0)
+    mon = Monitor(model, optimizer=o, **mon_kw)
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.x_train), (bs,), generator=g)
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        o.zero_grad()
+        loss.backward()
+        o.step()
+        mon.step(loss)
+    return mon
+
+
+def warned(findings):
+    return {f.code for f in findings if f.severity in ("warning", "error")}
+
+
+def one(findings, code):
+    hits = [f for f in findings if f.code == code]
+    assert hits, [(f.code, f.severity) for f in findings]
+    return hits[0]
+
+
+# ---- oscillating_loss ----
+
+def test_oscillating_batch_size_one():
+    mon = train(mlp(), lr=0.1, bs=1)
+    f = one(mon.diagnose(), "oscillating_loss")
+    assert f.severity == "warning" and f.evidence["swing"] > 0.2 and f.evidence["trend_ratio"] >= 0.9
+    assert f.evidence["batch_size"] == 1 and f.evidence["lr"] == 0.1
+    assert f.fix == {"lr": 0.01, "batch_size": 32}
+    mon.close()
+
+
+def test_oscillating_large_learning_rate():
+    mon = train(mlp(), lr=1.0, bs=32)
+    f = one(mon.diagnose(), "oscillating_loss")
+    assert 0.04 <= f.evidence["swing"] < 0.2 and f.evidence["reversal_rate"] > 0.3
+    assert f.fix == {"lr": 0.1} and "lr=1" in f.summary
+    mon.close()
+
+
+@pytest.mark.parametrize("opt,lr,bs,momentum", [("sgd", 0.05, 32, 0.9), ("sgd", 0.1, 64, 0.0), ("sgd", 0.01, 32, 0.0),
+                                                ("adam", 1e-3, 32, 0.0), ("adam", 1e-3, 64, 0.0)],
+                         ids=["sgd_mom_b32", "sgd0.1_b64", "sgd0.01_b32", "adam_b32", "adam_b64"])
+def test_converging_noisy_runs_do_not_oscillate(opt, lr, bs, momentum):
+    mon = train(mlp(), opt=opt, lr=lr, bs=bs, momentum=momentum)
+    assert warned(mon.diagnose()) == set(), [str(f) for f in mon.diagnose()]
+    mon.close()
+
+
+def test_oscillating_rule_pure():
+    from deepdiag.diagnose import oscillating_loss
+    zigzag = [2.3] * 5 + [1.0 + (0.6 if i % 2 else -0.6) for i in range(60)]
+    (f,) = oscillating_loss(zigzag, list(range(65)), lr=0.5)
+    assert f.evidence["reversal_rate"] > 0.9 and f.step == 64
+    decaying = [2.3 * 0.97 ** i + (0.05 if i % 2 else -0.05) for i in range(80)]
+    assert oscillating_loss(decaying) == []  # still falling: not oscillating
+    assert oscillating_loss(zigzag[:30]) == []  # too few points
+
+
+# ---- stalled_updates ----
+
+def test_stalled_tiny_learning_rate():
+    mon = train(mlp(), lr=1e-5)
+    f = one(mon.diagnose(), "stalled_updates")
+    assert f.severity == "warning" and f.evidence["median_update_rel"] < 1e-5
+    assert f.fix == {"lr": 0.01} and set(f.layers) == {"0", "2", "4"}
+    mon.close()
+
+
+def test_layer_left_out_of_optimizer_is_frozen():
+    mon = train(mlp(), lr=0.05, frozen=("2",))
+    f = one(mon.diagnose(), "stalled_updates")
+    assert f.severity == "warning" and f.layers == ["2"] and f.fix == {"unfreeze": ["2"]}
+    assert f.evidence["update_rel"]["2"] == 0.0 and f.evidence["update_rel"]["0"] > 1e-4
+    mon.close()
+
+
+def test_requires_grad_false_is_only_info():
+    model = mlp()
+    model[0].requires_grad_(False)
+    mon = train(model, lr=0.05)
+    f = one(mon.diagnose(), "stalled_updates")
+    assert f.severity == "info" and f.layers == ["0"]
+    mon.close()
+
+
+# ---- output_loss_mismatch (checkup) ----
+
+class SoftmaxInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+
+    def forward(self, x):
+        return F.softmax(self.body(x), dim=1)
+
+
+X, Y = DIGITS.x_train[:128], DIGITS.y_train[:128]
+MISMATCH = {  # id: (model, targets, loss, expected mismatch, fix)
+    "double_softmax_module": (lambda: mlp(head=nn.Softmax(dim=1)), Y, nn.CrossEntropyLoss(), "double_softmax",
+                              {"replace_output": "identity"}),
+    "double_softmax_functional": (SoftmaxInForward, Y, F.cross_entropy, "double_softmax",
+                                  {"replace_output": "identity"}),
+    "double_sigmoid": (lambda: mlp(out=1, head=nn.Sigmoid()), (Y % 2).float()[:, None], nn.BCEWithLogitsLoss(),
+                       "double_sigmoid", {"replace_output": "identity"}),
+    "relu_into_cross_entropy": (lambda: mlp(head=nn.ReLU()), Y, nn.CrossEntropyLoss(), "relu_output",
+                                {"replace_output": "identity"}),
+    "cross_entropy_one_unit": (lambda: mlp(out=1), (Y % 2).float()[:, None], nn.CrossEntropyLoss(),
+                               "single_unit_cross_entropy", {"loss": "bce_with_logits"}),
+    "class_count": (lambda: mlp(out=5), Y, nn.CrossEntropyLoss(), "class_count", {"out_features": 10}),
+    "bce_targets_pm1": (lambda: mlp(out=1), (Y % 2).float()[:, None] * 2 - 1, nn.BCEWithLogitsLoss(),
+                        "target_range", {"target_range": [0, 1]}),
+    "nll_on_logits": (lambda: mlp(), Y, nn.NLLLoss(), "nll_without_log_softmax", {"loss": "cross_entropy"}),
+}
+
+
+@pytest.mark.parametrize("name", MISMATCH)
+def test_output_loss_mismatch(name):
+    make, y, loss, kind, fix = MISMATCH[name]
+    report = dd.checkup(make(), X, y, loss_fn=loss)
+    f = [f for f in report.findings if f.code == "output_loss_mismatch"]
+    assert [x.evidence["mismatch"] for x in f] == [kind] and f[0].fix == fix
+    assert f[0].evidence["out_width"] == make()(X[:2]).shape[1]
+    if kind == "double_softmax":
+        assert f[0].evidence["rows_sum_to_one"] and 0 <= f[0].evidence["out_min"] <= f[0].evidence["out_max"] <= 1
+    if kind == "class_count":
+        assert f[0].severity == "error" and f[0].evidence["target_max"] == 9
+
+
+@pytest.mark.parametrize("name", ["logits_ce", "log_softmax_nll", "sigmoid_bce", "default_loss", "mse"])
+def test_output_loss_controls(name):
+    yb = (Y % 2).float()[:, None]
+    model, y, loss = {
+        "logits_ce": (mlp(), Y, nn.CrossEntropyLoss()),
+        "log_softmax_nll": (mlp(head=nn.LogSoftmax(dim=1)), Y, nn.NLLLoss()),
+        "sigmoid_bce": (mlp(out=1, head=nn.Sigmoid()), yb, nn.BCELoss()),
+        "default_loss": (mlp(), Y, None),
+        "mse": (mlp(out=1), yb, nn.MSELoss()),
+    }[name]
+    assert "output_loss_mismatch" not in {f.code for f in dd.checkup(model, X, y, loss_fn=loss).findings}
+
+
+def test_monitor_sees_mismatch_at_the_first_step():
+    seen = []
+    model = mlp(head=nn.Softmax(dim=1))
+    mon = train(model, steps=3, loss_fn=nn.CrossEntropyLoss(), on_finding=seen.append, check_every=1)
+    f = one(seen, "output_loss_mismatch")
+    assert f.step == 0 and f.evidence["last_module"] == "Softmax"
+    assert mon.n_hooks and not mon.probe.hooks.items  # the probe removed itself after the first pass
+    mon.close()
+
+
+# ---- unscaled_inputs ----
+
+def test_unscaled_breast_cancer_features():
+    raw = dd.data.load("breast_cancer", seed=0, standardize=False)
+    report = dd.checkup(mlp(nn.Tanh, out=2, n_in=30), raw.x_train[:128], raw.y_train[:128])
+    f = one(report.findings, "unscaled_inputs")
+    assert f.evidence["max_feature_rms"] > 500 and f.evidence["n_features"] == 30
+    assert f.fix == {"standardize_inputs": True} and f.layers == ["0"]
+    assert f.evidence["first_layer_out_std"] > 10
+    assert "saturated_units" in warned(report.findings)  # what the unscaled inputs do to tanh
+
+
+@pytest.mark.parametrize("name", ["standardized", "iris_raw", "pixels_0_1"])
+def test_unit_scale_inputs_are_silent(name):
+    if name == "standardized":
+        x, n = DIGITS.x_train[:128], 64
+    elif name == "iris_raw":
+        x, n = dd.data.load("iris", seed=0, standardize=False).x_train, 4
+    else:
+        x, n = torch.rand(128, 64), 64
+    assert "unscaled_inputs" not in {f.code for f in dd.checkup(mlp(n_in=n), x).findings}
+
+
+def test_monitor_unscaled_inputs():
+    raw = dd.data.load("digits", seed=0, standardize=False)
+    mon = train(mlp(), lr=0.001, steps=2, data=raw)
+    f = one(mon.check(), "unscaled_inputs")
+    assert f.step == 0 and 10 < f.evidence["max_feature_rms"] < 20
+    mon.close()
+
+
+# ---- dead_units control: 15-30 % idle ReLU units ----
+
+@pytest.mark.parametrize("idle", [0.15, 0.3])
+def test_partly_idle_relu_layers_are_not_dead(idle):
+    model = mlp()
+    k = int(idle * 64)
+    with torch.no_grad():
+        for i in (0, 2):
+            model[i].bias[:k] = -100.0  # k of 64 units never fire
+    report = dd.checkup(model, X, Y)
+    rows = {r["name"]: r for r in report.rows}
+    assert k / 64 <= rows["1"]["frac_dead"] <= idle + 0.02  # the forced ones, and at most one more
+    assert "dead_units" not in warned(report.findings)
+
+
+# ---- early warning ----
+
+def test_on_finding_called_once_per_finding_with_its_step():
+    seen = []
+    mon = train(mlp(), lr=1e-5, steps=60, on_finding=seen.append, check_every=5)
+    f = one(seen, "stalled_updates")
+    assert [x.code for x in seen].count("stalled_updates") == 1 and f.step == 4  # first check
+    again = one(mon.check(), "stalled_updates")
+    assert again.step == 4 and len(seen) == len({(x.code, tuple(x.layers)) for x in seen})
+    mon.close()
+
+
+def test_raising_callback_does_not_break_training():
+    calls = []
+
+    def bad(f):
+        calls.append(f)
+        raise ValueError("boom")
+    model = mlp()
+    with pytest.warns(RuntimeWarning, match="boom") as rec:
+        mon = train(model, lr=1e-5, steps=30, on_finding=bad, check_every=5, frozen=("2",))
+    assert mon.steps == 30 and len(calls) >= 1
+    assert len([w for w in rec if "on_finding" in str(w.message)]) == 1  # reported once
+    assert len(mon.callback_errors) == len(calls)
+    mon.close()
+
+
+def test_healthy_run_calls_nothing():
+    seen = []
+    mon = train(mlp(), lr=0.05, momentum=0.9, steps=200, on_finding=seen.append, loss_fn=F.cross_entropy)
+    assert [f for f in seen if f.severity != "info"] == []
+    mon.close()
