@@ -46,6 +46,7 @@ def dask_address(tmp_path_factory):
     from distributed import LocalCluster
 
     cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": ":0"},  # no fixed port 8787
                            local_directory=str(tmp_path_factory.mktemp("dask")))
     yield cluster.scheduler_address
     cluster.close()

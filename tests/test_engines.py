@@ -12,7 +12,9 @@ import deepdiag as dd
 from deepdiag.engines import EngineUnavailable, get_engine
 from deepdiag.engines.local import train_model
 from deepdiag.engines.vectorized import train_group
-from deepdiag.sweep import RunConfig
+from deepdiag.sweep import RunConfig, expand
+
+from conftest import require_extra
 
 BASE = RunConfig(dataset="digits", n_train=200, width=16, depth=2, epochs=2, batch_size=32)
 R = dataclasses.replace
@@ -104,17 +106,75 @@ def test_vectorized_sweep_table_matches_local(local_table):
 
 def test_process_engine_matches_local(local_table):
     df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="process", workers=2, progress=False)
+    assert set(df.engine) == {"process"}
     _assert_same_table(df, local_table)
 
 
-@pytest.mark.parametrize("name, module", [("dask", "distributed"), ("ray", "ray")])
-def test_cluster_engines_match_local(name, module, local_table, tmp_path):
-    if importlib.util.find_spec(module) is None:
-        if os.environ.get("REQUIRE_ENGINES") == "1":
-            pytest.fail(f"REQUIRE_ENGINES=1 but {module} is missing: pip install \"deepdiag[{name}]\"")
-        pytest.skip(f"engine {name!r} needs its extra: pip install \"deepdiag[{name}]\"")
-    df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine=name, store=tmp_path, progress=False)
+def test_dask_engine_matches_local(dask_address, local_table, tmp_path):
+    """On the session's LocalCluster through address=, results committed to a store on disk."""
+    df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="dask", address=dask_address, store=tmp_path,
+                  progress=False)
+    assert df.attrs["engine"] == "dask" and set(df.engine) == {"dask"}
     _assert_same_table(df, local_table)
+    again = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="dask", address=dask_address,
+                     store=tmp_path, progress=False)  # resume: nothing left to run, same table
+    _assert_same_table(again, local_table)
+
+
+def test_dask_engine_starts_and_closes_its_own_cluster(tmp_path):
+    """No address: a temporary LocalCluster (here one worker) starts with the sweep and is gone after."""
+    require_extra("dask", "distributed")
+    from deepdiag.engines.dask import DaskEngine
+
+    engine = DaskEngine(workers=1, local_directory=str(tmp_path))
+    configs = expand(SMALL, {"lr": [0.1]}, seeds=1)
+    try:
+        results = list(engine.run(configs))
+        cluster = engine._cluster
+        assert cluster is not None and len(cluster.workers) == 1
+    finally:
+        engine.shutdown()
+    assert engine._cluster is None and cluster.status.name == "closed"
+    assert [r.status for r in results] == ["done"] and results[0].engine == "dask"
+
+
+def test_ray_engine_starts_and_shuts_down_its_own_instance():
+    """No address and no Ray running: a temporary local Ray (short temp dir, usage stats off) starts with
+    the sweep and is shut down after, its folder removed. Runs before the session's Ray is set up."""
+    require_extra("ray", "ray")
+    import ray
+
+    from deepdiag.engines.ray import RayEngine
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already up in this process (the session fixture's)")
+    engine = RayEngine(workers=1)
+    try:
+        results = list(engine.run(expand(SMALL, {"lr": [0.1]}, seeds=1)))
+        temp = engine._tmp
+        assert ray.is_initialized() and len(temp) < 40 and os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+    finally:
+        engine.shutdown()
+    assert not ray.is_initialized() and not os.path.exists(temp)
+    assert [r.status for r in results] == ["done"] and results[0].engine == "ray"
+
+
+def test_ray_engine_matches_local(ray_local, local_table, tmp_path):
+    """On the session's local Ray (already initialised: the engine uses it and leaves it running)."""
+    df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="ray", store=tmp_path, progress=False)
+    assert df.attrs["engine"] == "ray" and set(df.engine) == {"ray"}
+    _assert_same_table(df, local_table)
+    assert ray_local.is_initialized()
+
+
+def test_cluster_engine_options_are_checked():
+    for name, module in (("dask", "distributed"), ("ray", "ray")):
+        if importlib.util.find_spec(module) is None:
+            continue
+        with pytest.raises(TypeError, match="address="):
+            get_engine(name, address=8786)
+        with pytest.raises(ValueError, match="workers="):
+            get_engine(name, address="tcp://127.0.0.1:1", workers=2)
 
 
 def test_unknown_or_uninstalled_engine_says_so(monkeypatch):
@@ -126,3 +186,13 @@ def test_unknown_or_uninstalled_engine_says_so(monkeypatch):
         get_engine("ray")
     with pytest.raises(EngineUnavailable, match=r"engine='dask'.*pip install \"deepdiag\[dask\]\""):
         get_engine("dask")
+
+
+def test_load_results_exposes_the_sweep_store(tmp_path):
+    """dd.load_results(DIR).sweeps is the store's table; a directory with only a store still loads."""
+    df = dd.sweep(SMALL, {"lr": [0.1]}, seeds=2, engine="local", store=tmp_path, progress=False)
+    res = dd.load_results(tmp_path)
+    assert list(res.sweeps.hash) == list(df.hash) and set(res.sweeps.status) == {"done"}
+    assert res.studies.empty and "verdict" in res.studies and res.checks.empty and res.runs.empty
+    with pytest.raises(ValueError, match="no study results"):
+        dd.load_results(tmp_path / "empty")

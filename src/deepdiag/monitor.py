@@ -343,7 +343,7 @@ class Monitor:
                     v = arr[k, site.index]
                     recs.append({"step": step, "layer": site.name, "kind": site.kind, "act_rms": v[0],
                                  "in_rms": v[1], "signal_norm": v[2], "grad_norm": v[3], "weight_norm": v[4],
-                                 "grad_rel": v[3] / v[4] if v[4] > 0 else math.nan})
+                                 "grad_rel": v[3] / v[4] if 0 < v[4] < math.inf else math.nan})
         layers = pd.DataFrame(recs, columns=["step", "layer", "kind", "act_rms", "in_rms", "signal_norm",
                                              "grad_norm", "weight_norm", "grad_rel"])
         step_df = pd.DataFrame({"step": steps, "loss": losses.double().numpy() if losses is not None else []})

@@ -2,8 +2,9 @@
 
 Layout: ``DIR/<study>/result.json`` (claim, verdict, checks, config, environment), ``DIR/<study>/data.csv``
 (every run or measurement), ``DIR/<study>/<figure>.png`` and ``<figure>.json`` (its spec for the
-interactive report). ``load_results`` turns that into pandas DataFrames; ``write_tables`` adds
-``DIR/studies.csv`` and ``DIR/checks.csv`` (and Parquet files when pyarrow is installed).
+interactive report), and ``DIR/runs.sqlite``, the store of ``dd.sweep(..., store=DIR)``. ``load_results``
+turns that into pandas DataFrames; ``write_tables`` adds ``DIR/studies.csv`` and ``DIR/checks.csv`` (and
+Parquet files when pyarrow is installed).
 """
 from __future__ import annotations
 
@@ -16,19 +17,24 @@ import pandas as pd
 
 @dataclass
 class Results:
-    """Everything in a results directory: one row per study, one row per check, each study's data."""
+    """Everything in a results directory: one row per study, one row per check, each study's data, and
+    ``sweeps``: the runs in the directory's sweep store (``DIR/runs.sqlite``; empty when there is none)."""
 
     directory: Path
     studies: pd.DataFrame
     checks: pd.DataFrame
     data: dict[str, pd.DataFrame] = field(default_factory=dict)
     raw: dict[str, dict] = field(default_factory=dict)
+    sweeps: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def runs(self) -> pd.DataFrame:
         """All studies' data in one table, with a ``study`` column."""
         frames = [df.assign(study=name) for name, df in self.data.items()]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+STUDY_COLUMNS = ["study", "verdict", "passed", "total", "wall_time", "quick", "seeds", "claim"]
 
 
 def _study_folders(directory: Path) -> list[Path]:
@@ -40,16 +46,22 @@ def _study_folders(directory: Path) -> list[Path]:
 
 
 def load_results(directory: str | Path) -> Results:
-    """Read a results directory into DataFrames; ValueError when it holds no study results.
+    """Read a results directory into DataFrames; ValueError when it holds neither study results nor a
+    sweep store. A directory with only a store gives empty ``studies`` and ``checks`` and its ``sweeps``.
 
     >>> res = dd.load_results("results/")
     >>> res.studies[["study", "verdict", "passed", "total"]]
+    >>> res.sweeps.groupby(["width", "lr"]).val_loss.mean()   # runs of dd.sweep(..., store="results/")
     """
+    from .store import FILENAME, load_runs
+
     directory = Path(directory)
     folders = _study_folders(directory) if directory.is_dir() else []
-    if not folders:
+    has_store = directory.is_dir() and (directory / FILENAME).exists()
+    if not folders and not has_store:
         raise ValueError(f"no study results in directory={str(directory)!r}; "
                          f"write some with: deepdiag run all --quick --out {directory}")
+    sweeps = load_runs(directory) if has_store else pd.DataFrame()
     studies, checks, data, raw = [], [], {}, {}
     for folder in folders:
         result = json.loads((folder / "result.json").read_text())
@@ -62,7 +74,8 @@ def load_results(directory: str | Path) -> Results:
         checks += [{"study": name, **c} for c in result["checks"]]
         csv = folder / "data.csv"
         data[name] = pd.read_csv(csv) if csv.exists() and csv.stat().st_size > 1 else pd.DataFrame()
-    return Results(directory, pd.DataFrame(studies), pd.DataFrame(checks), data, raw)
+    return Results(directory, pd.DataFrame(studies, columns=STUDY_COLUMNS),
+                   pd.DataFrame(checks) if checks else pd.DataFrame(columns=["study"]), data, raw, sweeps)
 
 
 def write_tables(directory: str | Path) -> list[Path]:

@@ -60,7 +60,9 @@ class Engine:
     def run(self, configs: list[RunConfig]) -> Iterator[RunResult]:
         futures = [self.submit(b) for b in self.batches(configs)]
         for future in as_completed(futures):
-            yield from future.result()
+            for result in future.result():
+                result.engine = self.name  # workers ran the local loop; the table names the engine
+                yield result
 
     def shutdown(self, cancel: bool = False) -> None:
         pass
