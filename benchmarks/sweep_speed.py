@@ -1,7 +1,7 @@
 """Sweep speed: local vs vectorized vs process vs a plain torch.func ensemble, on the same configs.
 
     PYTHONPATH=src python benchmarks/sweep_speed.py [--epochs 5] [--seeds 64] [--widths 16 64 256]
-                                                    [--threads 1] [--repeat 3] [--no-compile]
+                                                    [--threads 2] [--repeat 3] [--no-compile]
 
 Workload (the issue's): digits, MLP depth 3, batch 64, SGD momentum 0.9, `seeds` runs per width that
 differ only in seed (init and batch order). Prints wall time (the best of `repeat` runs), speed-up vs
@@ -11,11 +11,12 @@ Every contender does the same work as ``dd.fit``: the training steps *and* a ful
 validation loss and accuracy, read to the host) after every epoch. (The torch.func baseline used to skip
 the evaluation, which flattered it by the evaluation's share of the time.)
 
-Threads: the in-process contenders use ``--threads`` torch threads (default 1). These models are tiny
-(a 64x64 matmul is a few microseconds), so a second intra-op thread buys little and, on a machine whose
-cores are shared with other work, costs a lot: OpenMP's barrier waits for a thread that the scheduler
-has parked, and single measurements came out 5-25x slower and erratic (local at width 16 once took
-180 s instead of 3 s, which made the torch.func baseline look 50-86x faster than local). The process
+Threads: the in-process contenders use ``--threads`` torch threads (default 2, the machine's cores).
+These models are tiny (a 64x64 matmul takes microseconds), so on a machine whose cores are busy with
+other work a second intra-op thread costs a lot: OpenMP's barrier waits for a thread the scheduler has
+parked, and single measurements came out 5-25x slower and erratic (local at width 16 once took 180 s
+instead of 2 s, which made the torch.func baseline look 50-86x faster than local). Hence the best of
+``--repeat`` runs, and ``--threads 1`` when the load average is above the core count. The process
 engine is how a sweep uses the second core: ``--workers`` processes with one thread each. It is timed
 cold (a fresh pool: spawning the workers and importing torch, ~3-4 s, is part of a sweep's cost) and
 warm (the same pool, already started). Ratios measured side by side, best of `repeat`, hold better
@@ -128,7 +129,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=64)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 64, 256])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the in-process contenders")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads of the in-process contenders (1 on a busy machine)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="report the best of this many runs")
     ap.add_argument("--no-compile", action="store_true")

@@ -61,6 +61,9 @@ def build_report(directory: str | Path, title: str = "deepdiag report") -> Path:
 
     res = load_results(directory)
     directory = Path(directory)
+    if not res.raw:
+        raise ValueError(f"no study results in directory={str(directory)!r} (only a sweep store); "
+                         f"write some with: deepdiag run all --quick --out {directory}")
     sections = []
     for name, result in res.raw.items():
         folder = directory / name
