@@ -177,3 +177,18 @@ def test_check_bad_targets(factory_file, target, words):
     result = invoke("check", target.format(f=factory_file))
     assert result.exit_code == 2, result.output
     assert words in one_error_line(result)
+
+
+def test_end_to_end_real_study_then_report(tmp_path):
+    """deepdiag run <a real quick study> --out DIR, then deepdiag report DIR rebuilds the page from DIR."""
+    run = invoke("run", "vanishing", "--quick", "--out", tmp_path)
+    assert run.exit_code == 0, run.output
+    assert "vanishing" in run.stdout and "reproduced" in run.stdout
+    saved = json.loads((tmp_path / "vanishing" / "result.json").read_text())
+    assert saved["verdict"] == "reproduced" and saved["figures"]
+    (tmp_path / "report.html").unlink()
+    rebuilt = invoke("report", tmp_path)
+    assert rebuilt.exit_code == 0 and rebuilt.stdout.strip() == str(tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="vanishing"' in html and html.count('class="figure"') == len(saved["figures"])
+    assert "https://" not in html.split("<script>")[0]  # no external stylesheet or font

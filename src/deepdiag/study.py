@@ -262,7 +262,7 @@ def environment() -> dict:
     from . import __version__
 
     return {"deepdiag": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "device": "cpu"}
+            "threads": torch.get_num_threads(), "device": "cpu", "engine": "local"}
 
 
 def run_study(name: str, quick: bool = False, out: str | Path | None = None,
