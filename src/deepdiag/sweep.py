@@ -37,6 +37,7 @@ log = logging.getLogger("deepdiag.sweep")
 DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "cuda")
 STATUSES = ("done", "diverged", "failed")
+STOP_ON = (None, "warning", "error")  # dd.sweep(stop_on=...): the least severity of a finding that ends a run
 HASH_SCHEMA = "deepdiag.RunConfig/1"  # part of the hashed JSON: bump only when a field's meaning changes
 
 
@@ -128,7 +129,7 @@ class RunConfig:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "batch_loss", "best_epoch", "best_val_loss",
-           "epochs_run", "steps", "diverged_step")
+           "epochs_run", "steps", "diverged_step", "stopped", "stop_code", "stop_severity", "stop_step")
 
 
 @dataclass
@@ -164,19 +165,46 @@ def versions() -> dict[str, str]:
     return {"deepdiag": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
-def metrics_from_history(h: dict) -> dict[str, Any]:
-    """Final-epoch metrics of a ``History.to_dict()`` (None where a value was not finite)."""
+def metrics_from_history(h: dict, stop=None) -> dict[str, Any]:
+    """Final-epoch metrics of a ``History.to_dict()`` (None where a value was not finite). `stop`: the
+    ``Finding`` that ended the run early under ``sweep(stop_on=...)``, or None."""
     last = lambda k: h[k][-1] if h.get(k) else None  # noqa: E731
     return {"train_loss": last("train_loss"), "train_acc": last("train_acc"), "val_loss": last("val_loss"),
             "val_acc": last("val_acc"), "batch_loss": last("batch_loss"), "best_epoch": h.get("best_epoch"),
             "best_val_loss": h.get("best_val_loss"), "epochs_run": len(h.get("epoch", [])),
-            "steps": h.get("steps"), "diverged_step": h.get("diverged_step")}
+            "steps": h.get("steps"), "diverged_step": h.get("diverged_step"),
+            "stopped": stop is not None, "stop_code": getattr(stop, "code", None),
+            "stop_severity": getattr(stop, "severity", None),
+            "stop_step": None if stop is None or stop.step is None else stop.step + 1,
+            **({"stop_finding": stop.to_dict(strict=True)} if stop is not None else {})}
 
 
-def result_from_history(config: RunConfig, hist, wall_time: float, engine: str) -> RunResult:
+def result_from_history(config: RunConfig, hist, wall_time: float, engine: str, stop=None) -> RunResult:
+    """A finished run; `stop` is the finding that stopped it early (``stop_on``), recorded in its metrics
+    (``stopped``, ``stop_code``, ``stop_severity``, ``stop_step``, ``stop_finding``). The status stays
+    ``done`` or ``diverged``."""
     d = hist.to_dict()
-    return RunResult(config, "diverged" if hist.diverged else "done", d, metrics_from_history(d),
+    return RunResult(config, "diverged" if hist.diverged else "done", d, metrics_from_history(d, stop),
                      None, wall_time, versions(), engine)
+
+
+def check_stop_on(stop_on) -> str | None:
+    """``stop_on`` validated: None, "warning" or "error" (ValueError naming the allowed values)."""
+    if stop_on is None or (isinstance(stop_on, str) and stop_on in STOP_ON):
+        return stop_on
+    raise ValueError(f"stop_on={stop_on!r} is not allowed; allowed values: None, 'warning', 'error'")
+
+
+def still_finished(result: RunResult, stop_on: str | None) -> bool:
+    """Whether a stored finished run is reused by a sweep with this ``stop_on``: a run that was stopped
+    early counts only when this sweep would have stopped it too (its finding is at least ``stop_on``)."""
+    from .findings import severity_rank
+
+    m = result.metrics or {}
+    if not m.get("stopped"):
+        return True
+    sev = m.get("stop_severity")
+    return stop_on is not None and sev is not None and severity_rank(sev) >= severity_rank(stop_on)
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -249,6 +277,7 @@ def sweep(
     store=None,
     resume: bool = True,
     progress: bool = True,
+    stop_on: str | None = None,
     **engine_options,
 ):
     """Run every config of the grid and return a DataFrame, one row per run (config columns, ``hash``,
@@ -258,6 +287,13 @@ def sweep(
     process, dask, ray. store: a results directory (``DIR/runs.sqlite``), a ``.sqlite`` file, a
     ``deepdiag.store.Store``, or None (an in-memory store). resume: skip runs the store already holds
     as done or diverged. engine_options go to the engine (e.g. ``workers=4``, ``address="tcp://..."``).
+
+    stop_on: None (train every run to the end), "warning" or "error": attach a ``dd.Monitor`` to each run
+    and end it at the end of the epoch in which a finding of that severity or worse appears (divergence,
+    dead or symmetric units, stalled updates, ...). Such a run keeps status ``done`` (or ``diverged``) with
+    ``stopped=True``, ``stop_code``, ``stop_severity`` and ``stop_step`` (the optimizer step, 1-based, at
+    which the finding was first seen); ``steps`` counts the steps it actually trained. Needs the local or
+    process engine (``auto`` picks local). See docs/sweeps.md, "Stopping doomed runs".
     """
     from .engines import choose_engine, get_engine
     from .store import Store, open_store
@@ -266,15 +302,27 @@ def sweep(
     name = check_choice("engine", engine, ("auto",) + _engine_names())
     if not isinstance(resume, bool):
         raise TypeError(f"resume={resume!r} must be a bool")
+    stop_on = check_stop_on(stop_on)
+    if stop_on is not None and name not in ("auto",) + STOP_ENGINES:
+        raise ValueError(f"stop_on={stop_on!r} needs a per-run Monitor, which engine={name!r} does not "
+                         f"attach; use engine='auto', {', '.join(map(repr, STOP_ENGINES))} (or stop_on=None)")
     owned = not isinstance(store, Store)
     db = open_store(store)
     try:
         finished = db.finished_hashes() if resume else set()
+        if finished:  # a run stopped early is redone unless this sweep would have stopped it as well
+            finished = {r.hash for r in db.results([c.hash for c in configs if c.hash in finished])
+                        if still_finished(r, stop_on)}
         todo = [c for c in configs if c.hash not in finished]
-        if name == "auto":
+        if name == "auto" and stop_on is not None:
+            name = "local"
+            log.info("engine=auto chose 'local': stop_on=%r attaches a Monitor to each run, which the "
+                     "vectorized engine cannot do per member", stop_on)
+        elif name == "auto":
             name, why = choose_engine(todo)
             log.info("engine=auto chose %r: %s", name, why)
         runner = get_engine(name, **engine_options)
+        runner.stop_on = stop_on
         _drive(runner, todo, db, len(configs) - len(todo), len(configs), progress)
         table = db.table([c.hash for c in configs])
     finally:
@@ -282,6 +330,9 @@ def sweep(
             db.close()
     table.attrs["engine"] = name
     return table
+
+
+STOP_ENGINES = ("local", "process")  # engines that train each run through dd.fit with a Monitor
 
 
 def _engine_names() -> tuple[str, ...]:
@@ -300,7 +351,7 @@ def _drive(runner, todo: list[RunConfig], db, already: int, total: int, progress
                 for result in runner.run(todo):
                     db.put(result)  # one transaction per finished run
                     committed += 1
-                    bar.advance(result.status)
+                    bar.advance("stopped" if (result.metrics or {}).get("stopped") else result.status)
     except KeyboardInterrupt:
         runner.shutdown(cancel=True)
         print(f"\ninterrupted: {already + committed} of {total} runs are in the store {db.where}; "
@@ -315,7 +366,7 @@ class _Progress:
 
     def __init__(self, total: int, done: int, enabled: bool):
         self.enabled, self.total, self.done = enabled, total, done
-        self.counts = {"diverged": 0, "failed": 0}
+        self.counts = {"diverged": 0, "stopped": 0, "failed": 0}
         self._p = None
 
     def __enter__(self):
@@ -335,7 +386,7 @@ class _Progress:
         if status in self.counts:
             self.counts[status] += 1
         if self._p is not None:
-            extra = f"diverged {self.counts['diverged']}  failed {self.counts['failed']}"
+            extra = "  ".join(f"{k} {v}" for k, v in self.counts.items())
             self._p.update(self._task, advance=1, extra=extra)
 
     def __exit__(self, *exc):

@@ -49,6 +49,7 @@ class Engine:
     name = "engine"
     batches_per_worker = 4  # smaller batches: results reach the store sooner; larger: less overhead
     workers = 1
+    stop_on: str | None = None  # set by dd.sweep(stop_on=...); honoured by local and process
 
     def submit(self, batch: list[RunConfig]) -> Future:
         raise NotImplementedError

@@ -3,6 +3,10 @@
 Every other engine is tested against this one. ``train_run(config)`` is the single place a RunConfig
 becomes a model, a data set and a ``dd.fit`` call; the process, Dask and Ray engines call it in their
 workers.
+
+With ``stop_on`` (``dd.sweep(..., stop_on="error")``) each run trains with a ``dd.Monitor`` attached
+(``on_step`` -> ``monitor.step()``, a check every ``CHECK_EVERY`` steps and at every epoch end) and
+ends at the end of the epoch in which a finding of severity ``stop_on`` or worse was first seen.
 """
 from __future__ import annotations
 
@@ -39,31 +43,101 @@ def build_model(config: RunConfig, ds) -> torch.nn.Module:
     return model.to(device=check_device(config.device), dtype=getattr(torch, config.dtype))
 
 
-def train_model(config: RunConfig):
-    """(model, History) of one run through ``dd.fit``: the reference."""
-    from ..train import fit
+CHECK_EVERY = 10  # optimizer steps between a stopping monitor's checks (one host sync and diagnose each)
+STOP_FIRST = ("divergence",)  # named first when several findings cross the threshold at the same step
+
+
+class Stopper:
+    """A ``Monitor`` on one run that says when to stop: a finding of severity ``stop_on`` or worse.
+
+    Findings are collected through ``on_finding`` (checks every `check_every` steps) and by a check at
+    each epoch end (after the epoch's curves are handed to the monitor); ``on_epoch`` returns True once
+    one was seen, so ``dd.fit`` ends the run there. ``finding`` is the reason: the earliest such finding
+    (divergence first, then the most severe, among those first seen at the same step).
+    """
+
+    def __init__(self, model: torch.nn.Module, stop_on: str, config: RunConfig, ds, loss_fn,
+                 check_every: int = CHECK_EVERY):
+        from ..findings import severity_rank
+        from ..monitor import Monitor
+
+        self.rank = severity_rank(stop_on)
+        self.hits = []
+        out = getattr(ds, "out_features", None)
+        classify = getattr(ds, "task", "classification") == "classification"
+        n_classes = (max(2, out) if out else None) if classify else None
+        self.monitor = Monitor(model, every=1, loss_fn=loss_fn, on_finding=self._seen, check_every=check_every,
+                               lr=config.lr, batch_size=config.batch_size, n_classes=n_classes)
+
+    def _seen(self, finding) -> None:
+        if finding.rank >= self.rank:
+            self.hits.append(finding)
+
+    def on_step(self) -> None:
+        self.monitor.step()
+
+    def on_epoch(self, hist) -> bool:
+        self.monitor.epoch(train_loss=hist.train_loss[-1], val_loss=hist.val_loss[-1],
+                           train_acc=hist.train_acc[-1], val_acc=hist.val_acc[-1])
+        self.monitor.check()
+        return bool(self.hits)
+
+    @property
+    def finding(self):
+        if not self.hits:
+            return None
+        big = 1 << 62
+        return min(self.hits, key=lambda f: (big if f.step is None else f.step, f.code not in STOP_FIRST, -f.rank))
+
+    def close(self) -> None:
+        self.monitor.close()
+
+
+def train_model(config: RunConfig, stop_on: str | None = None):
+    """(model, History) of one run through ``dd.fit``: the reference. With `stop_on`: (model, History,
+    the Finding that stopped it or None)."""
+    from ..train import default_loss, fit
 
     ds = dataset(config.dataset, config.n_train, config.data_seed)
     model = build_model(config, ds)
-    return model, fit(model, ds, config.train_config())
-
-
-def train_run(config: RunConfig) -> RunResult:
-    """One run as a RunResult; an exception becomes status ``failed`` with its traceback."""
-    start = time.perf_counter()
+    if stop_on is None:
+        return model, fit(model, ds, config.train_config())
+    with torch.no_grad():
+        out_features = model.eval()(torch.as_tensor(ds.x_train[:1]).to(
+            device=next(model.parameters()).device, dtype=getattr(torch, config.dtype))).shape[1]
+    model.train()
+    loss_fn = default_loss(getattr(ds, "task", "classification"), out_features)  # what fit would pick
+    stopper = Stopper(model, stop_on, config, ds, loss_fn)
     try:
-        _, hist = train_model(config)
+        hist = fit(model, ds, config.train_config(), loss_fn=loss_fn, on_step=stopper.on_step,
+                   on_epoch=stopper.on_epoch)
+    finally:
+        stopper.close()
+    return model, hist, stopper.finding
+
+
+def train_run(config: RunConfig, stop_on: str | None = None) -> RunResult:
+    """One run as a RunResult; an exception becomes status ``failed`` with its traceback. With
+    `stop_on` ("warning" / "error") the run is monitored and may end early (see ``Stopper``)."""
+    start = time.perf_counter()
+    stop = None
+    try:
+        if stop_on is None:
+            _, hist = train_model(config)
+        else:
+            _, hist, stop = train_model(config, stop_on)
     except Exception:  # a failed run is data, not a crash of the sweep
         return RunResult(config, "failed", error=traceback.format_exc(limit=8),
                          wall_time=time.perf_counter() - start, versions=versions(), engine="local")
-    return result_from_history(config, hist, time.perf_counter() - start, "local")
+    return result_from_history(config, hist, time.perf_counter() - start, "local", stop)
 
 
-def train_batch(configs: list[RunConfig], threads: int | None = None) -> list[RunResult]:
+def train_batch(configs: list[RunConfig], threads: int | None = None,
+                stop_on: str | None = None) -> list[RunResult]:
     """A batch of runs in this process (what remote workers execute)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    return [train_run(c) for c in configs]
+    return [train_run(c) if stop_on is None else train_run(c, stop_on) for c in configs]
 
 
 class LocalEngine(Engine):
@@ -77,4 +151,4 @@ class LocalEngine(Engine):
 
     def run(self, configs: list[RunConfig]) -> Iterator[RunResult]:
         for config in configs:
-            yield train_run(config)
+            yield train_run(config) if self.stop_on is None else train_run(config, self.stop_on)

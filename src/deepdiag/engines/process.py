@@ -2,7 +2,8 @@
 
 A ``ProcessPoolExecutor`` (``spawn`` start method: no forked torch state) starts ``workers`` processes
 once per sweep (default: the number of cores); each imports torch and loads the data set once, then
-takes batches of configs and trains them with the local loop. So the ~3 s of importing torch and the
+takes batches of configs and trains them with the local loop (with a Monitor per run under
+``dd.sweep(stop_on=...)``). So the ~3 s of importing torch and the
 first step is paid once per worker, not once per run. Batches are small (about four per worker) so
 results reach the store soon after they finish.
 """
@@ -52,7 +53,9 @@ class ProcessEngine(Engine):
         return self._pool
 
     def submit(self, batch: list[RunConfig]) -> Future:
-        return self._executor().submit(train_batch, batch)
+        if self.stop_on is None:
+            return self._executor().submit(train_batch, batch)
+        return self._executor().submit(train_batch, batch, None, self.stop_on)
 
     def shutdown(self, cancel: bool = False) -> None:
         if self._pool is None:
