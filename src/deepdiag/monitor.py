@@ -56,6 +56,7 @@ from .stats import IOProbe, Recorder, build_rows, input_facts, loss_kind, output
 
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
+UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 
 
 @dataclass
@@ -237,6 +238,7 @@ class Monitor:
         self._weights = [(s.index, s.module.weight) for s in sites if s.kind == "weight"]
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
+        self._upd = None  # latest ‖Δw‖ per step of each weight layer (device tensors)
         self._nan = torch.full((), math.nan, dtype=torch.float32, device=dev)
         self._scale = None
         if self._bad_step is None:
@@ -248,14 +250,17 @@ class Monitor:
             self._setup()
         latest, sites, nan = self.rec.latest, self.rec.sites, self._nan
         ws = [w.detach() for _, w in self._weights]
-        if ws and self._prev_step is not None:  # ‖Δw‖ per step since the previous recorded step: fused, no sync
+        if ws and self._prev_step is not None:
+            # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
+            # no sync. Snapshots are taken every UPDATE_EVERY recorded steps (a copy of every weight
+            # costs as much as the rest of the statistics); rows in between carry the value forward.
             gap = max(1, s - self._prev_step)
-            upd = [u / gap for u in torch._foreach_norm(torch._foreach_sub(ws, self._prev))]
-        else:
-            upd = [nan] * len(ws)
-        if ws:
+            self._upd = [u / gap for u in torch._foreach_norm(torch._foreach_sub(ws, self._prev))]
+            self._prev_step = None
+        if ws and self.recorded % UPDATE_EVERY == 0:
             torch._foreach_copy_(self._prev, ws)
-        self._prev_step = s
+            self._prev_step = s
+        upd = self._upd if self._upd is not None else [nan] * len(ws)
         for site in sites:  # per-unit evidence: every recorded step
             d = latest.get(site.index)
             if d is not None and "positions" in d:
