@@ -251,3 +251,74 @@ def test_healthy_run_calls_nothing():
     mon = train(mlp(), lr=0.05, momentum=0.9, steps=200, on_finding=seen.append, loss_fn=F.cross_entropy)
     assert [f for f in seen if f.severity != "info"] == []
     mon.close()
+
+
+# ---- epoch curves in the oscillation rule; causes of underfitting; pathologies that appear in training ----
+
+def test_epoch_curve_settles_noisy_steps_and_catches_epoch_reversals():
+    from deepdiag.diagnose import oscillating_loss
+
+    g = torch.Generator().manual_seed(0)
+    # step losses that swing 5 % of the start around a flat trend (what the step rule alone calls oscillating)
+    steps = [0.10] * 5 + [0.03 + 0.025 * float(torch.rand((), generator=g)) for _ in range(95)]
+    assert [f.code for f in oscillating_loss(steps)] == ["oscillating_loss"]
+    # ... but the full-data epoch loss keeps falling: noise of a converging run
+    assert oscillating_loss(steps, epoch_loss=[0.034, 0.033, 0.032, 0.030, 0.029]) == []
+    # smooth, falling step losses, but the epoch loss jumps up 10 % and back: overshoot between epochs
+    smooth = [2.3 * 0.98 ** i for i in range(100)]
+    assert oscillating_loss(smooth) == []
+    (f,) = oscillating_loss(smooth, epoch_loss=[1.3, 1.2, 0.65, 1.85, 1.27])
+    assert f.evidence["epoch_swings"] == 1
+    # reversals under 10 % are not counted
+    assert oscillating_loss(smooth, epoch_loss=[1.3, 1.2, 1.21, 1.1, 1.0]) == []
+
+
+def test_noisy_mse_regression_is_not_oscillating():
+    """MSE on the teacher set: batch losses swing ~17 % of their level (chi-square noise of 32 squared
+    errors) while the run converges; given its epoch curve the monitor stays silent."""
+    teacher = dd.data.load("teacher", seed=0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    with Monitor(model, optimizer=opt, baseline=float(teacher.y_train.var())) as mon:
+        for _ in range(5):
+            for _ in range(60):
+                idx = torch.randint(0, len(teacher.x_train), (32,), generator=g)
+                loss = F.mse_loss(model(teacher.x_train[idx]), teacher.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                mon.step(loss)
+            with torch.no_grad():
+                mon.epoch(train_loss=float(F.mse_loss(model(teacher.x_train), teacher.y_train)))
+        assert warned(mon.diagnose()) == set()
+
+
+def test_underfitting_cause():
+    from deepdiag.diagnose import underfitting, underfitting_cause
+
+    flat = underfitting([2.30, 2.30, 2.31, 2.30, 2.30], baseline=2.3026)[0]
+    assert underfitting_cause(flat, weight_decay=0.5, lr=0.05, weight_ratio=0.2).fix == {"weight_decay": 0.05}
+    assert underfitting_cause(flat, weight_decay=0.5, lr=0.05, weight_ratio=0.9).fix is None  # weights kept
+    assert underfitting_cause(flat, weight_decay=0.0, lr=0.05, weight_ratio=0.2).fix is None  # no decay
+    slow = underfitting([2.30, 2.29, 2.27, 2.26, 2.24], baseline=2.3026)[0]
+    f = underfitting_cause(slow, lr=0.002)
+    assert f.fix == {"lr": 0.02} and "still falling" in f.summary
+    assert underfitting_cause(slow).fix == {"lr_factor": 10.0}
+
+
+def _relu_run(lr, momentum=0.9, bias=0.0):
+    torch.manual_seed(0)
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias.fill_(bias), model[2].bias.fill_(bias)
+    return train(model, lr=lr, momentum=momentum).diagnose()
+
+
+def test_units_that_die_during_training_blame_the_learning_rate():
+    during = [f for f in _relu_run(0.5) if f.code == "dead_units" and f.rank >= 1]
+    assert during and all(f.fix == {"lr": 0.05} for f in during)
+    assert all(f.evidence["healthy_at_step"] is not None for f in during)
+    at_start = [f for f in _relu_run(0.05, momentum=0.0, bias=-5.0) if f.code == "dead_units" and f.rank >= 1]
+    assert at_start and all(f.fix == {"init": "he"} for f in at_start)

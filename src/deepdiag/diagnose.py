@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .findings import Finding, sort_findings
 from .stats import unit_family
@@ -317,6 +318,30 @@ def judge_layers(rows, step: int | None = None) -> list[Finding]:
     return sort_findings(f for rule in LAYER_RULES for f in rule(rows, step))
 
 
+TRAINING_CAUSED = ("dead_units", "saturated_units", "vanishing_gradients", "exploding_gradients",
+                   "vanishing_activations", "exploding_activations")
+
+
+def appeared_in_training(f: Finding, healthy_step: int | None, lr: float | None = None) -> Finding:
+    """`f` (a layer finding of a Monitor) re-aimed at the learning rate when the same rule was silent on
+    the layers at the start of training (step `healthy_step`). Why: the init and the data were the same
+    then, so what changed the layers is the updates; units that die (a large step pushes every
+    pre-activation of a ReLU negative, and a dead unit gets no gradient to come back), saturate or a
+    signal that collapses or blows up mid-training are the classic symptoms of a step too large for the
+    curvature. Re-initialising would only restart the same path; the fix is a 10× smaller learning rate
+    (``{"lr": lr/10}`` when the lr is known, else ``{"lr_factor": 0.1}``). Other findings pass unchanged."""
+    if f.code not in TRAINING_CAUSED or f.rank < 1 or healthy_step is None:
+        return f
+    fix = {"lr": _pow10_round(lr / 10)} if lr else {"lr_factor": 0.1}
+    what = f"lr={_fmt(fix['lr'])}" if "lr" in fix else "a 10× smaller learning rate"
+    return replace(f, summary=f"{f.summary} It appeared during training (the layers were healthy at step "
+                                 f"{healthy_step}), so the updates caused it.",
+                   evidence={**f.evidence, "healthy_at_step": healthy_step, "lr": lr},
+                   remedy=f"Lower the learning rate ({what}) or add warm-up; clip gradients "
+                          f"(torch.nn.utils.clip_grad_norm_). Re-initialising alone would retrace the same path.",
+                   fix=fix)
+
+
 # ---- curves ----
 
 OVERFIT_RISE = 0.10  # val loss >= 10 % above its minimum ...
@@ -394,6 +419,45 @@ def underfitting(train_loss: Sequence[float], baseline: float | None,
                     "Train longer or with a larger learning rate, give the model more capacity (width/depth), "
                     "check its initialisation (dd.checkup) and lower any regularization (l2, dropout).",
                     [], len(t))]
+
+
+UNDERFIT_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
+UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: still learning, too slowly
+
+
+def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
+                       weight_ratio: float | None = None) -> Finding:
+    """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
+
+    * weight decay that crushes the weights: ``weight_decay`` > 0 and the total weight norm fell below
+      half of its value at the start (``weight_ratio`` < 0.5) → ``{"weight_decay": wd/10}``. Why: init
+      schemes set the weight scale that keeps unit signals; a net that learns grows or keeps it, while
+      SGD's decay step lr·wd·w shrinks w geometrically unless the loss gradient pushes back, so weights
+      shrinking at a loss near chance mean the decay term dominates.
+    * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
+      leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
+      steps point the right way but are too small for the budget.
+    Otherwise the finding is returned as it is (capacity, data or a bug: no single knob to name).
+    """
+    if f.code != "underfitting" or f.rank < 1:
+        return f
+    t = f.evidence.get("train_loss") or []
+    if weight_decay and weight_ratio is not None and weight_ratio < UNDERFIT_SHRINK:
+        fix = {"weight_decay": _pow10_round(weight_decay / 10)}
+        return replace(f, summary=f"{f.summary} Weight decay {_fmt(weight_decay)} shrank the weights to "
+                                     f"{weight_ratio:.0%} of their starting norm.",
+                       evidence={**f.evidence, "weight_decay": weight_decay, "weight_norm_ratio": weight_ratio},
+                       remedy=f"Lower the weight decay (weight_decay={_fmt(fix['weight_decay'])}): it outweighs "
+                              f"the loss gradient and pins the weights near 0.", fix=fix)
+    k = UNDERFIT_EPOCH_FALL
+    if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
+        fix = {"lr": _pow10_round(lr * 10)} if lr else {"lr_factor": 10.0}
+        what = f"lr={_fmt(fix['lr'])}" if "lr" in fix else "a 10× larger learning rate"
+        return replace(f, summary=f"{f.summary} The loss is still falling, slowly, in every recent epoch.",
+                       evidence={**f.evidence, "lr": lr, "weight_norm_ratio": weight_ratio},
+                       remedy=f"Take larger steps ({what}) or train longer: the updates point the right way "
+                              f"but are too small for this budget.", fix=fix)
+    return f
 
 
 def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[float] | None = None,
@@ -514,6 +578,8 @@ OSC_MIN_POINTS = 40  # ... once there are >= 40 of them
 OSC_SMOOTH = 4  # trend: moving mean over 2·4 + 1 = 9 steps
 OSC_SWING = 0.04  # swing (MAD of loss − trend) >= 4 % of the starting loss ...
 OSC_SETTLED = 0.9  # ... while the trend no longer falls (last quarter >= 90 % of the quarter before)
+OSC_EPOCH_GAP, OSC_EPOCH_PAIRS = 0.10, 0.2  # or: epoch-loss reversals >= 10 % apart, >= 0.2 per epoch
+OSC_EPOCH_FALL = 0.05  # ... and the epoch loss, when given, has not fallen >= 5 % over the last two epochs
 
 
 def _median(xs):
@@ -526,12 +592,11 @@ def _pow10_round(x: float) -> float:
     """x rounded to one significant digit (lr suggestions read like 0.003, not 0.00317)."""
     if not x > 0 or not math.isfinite(x):
         return x
-    e = math.floor(math.log10(x))
-    return round(x / 10 ** e) * 10 ** e
+    return float(f"{x:.0e}")
 
 
 def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = None, lr: float | None = None,
-                     batch_size: int | None = None) -> list[Finding]:
+                     batch_size: int | None = None, epoch_loss: Sequence[float] | None = None) -> list[Finding]:
     """oscillating_loss: the step-level training loss swings around its trend instead of settling.
 
     Over the last ≤ 100 recorded step losses (≥ 40 needed), the trend is a 9-step moving mean of the
@@ -545,6 +610,16 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     Dividing by the starting loss rather than the current level is what keeps the converged, noisy
     run silent; requiring a flat trend keeps a still-improving run silent (AUTOTRAINER's own rule,
     on epoch accuracy, counts reversals ≥ 0.03 apart; reversals are reported here as evidence).
+
+    With per-epoch training losses (``epoch_loss``, ≥ 3 finite), a run whose epoch loss is still falling
+    — the last epoch ≥ 5 % below the one two epochs before and not above the one before — is settling,
+    whatever its steps do: step losses are mini-batch estimates, and their noise relative to the
+    starting loss can exceed 4 % without any overshoot when little is left to learn (measured: an MSE
+    regression starting at 0.10 with a noise of 0.005 per batch of 32, epoch loss falling 0.032 → 0.029).
+    An overshooting run's epoch loss stalls or jumps up, which is the second way to fire: the epoch
+    loss reverses (neighbouring local extrema ≥ 10 % apart, AUTOTRAINER's rule moved from accuracy to
+    loss) at least max(1, 0.2 × epochs) times. A full-data loss that rises by 10 % and falls again
+    between epochs is not sampling noise.
     """
     x = [float(v) for v in (step_loss or []) if v is not None and math.isfinite(float(v))]
     if len(x) < OSC_MIN_POINTS:
@@ -563,11 +638,14 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     drift = late / before if before > 0 else math.inf
     d = [b - a for a, b in zip(tail, tail[1:])]
     reversals = sum(1 for a, b in zip(d, d[1:]) if a * b < 0) / max(1, len(d) - 1)
-    if swing < OSC_SWING or drift < OSC_SETTLED:
+    epoch_pairs = epoch_swings(epoch_loss)
+    by_epochs = epoch_pairs >= max(1.0, OSC_EPOCH_PAIRS * len(epoch_loss or []))
+    if not by_epochs and (swing < OSC_SWING or drift < OSC_SETTLED or still_falling(epoch_loss)):
         return []
     ev = {"swing": swing, "swing_vs_level": _median(resid) / max(_median(tail), 1e-12), "trend_ratio": drift,
           "reversal_rate": reversals, "start_loss": start, "level": _median(tail), "points": len(w),
-          "lr": lr, "batch_size": batch_size, "threshold": OSC_SWING}
+          "lr": lr, "batch_size": batch_size, "threshold": OSC_SWING, "epoch_swings": epoch_pairs,
+          "epoch_loss": [float(v) for v in epoch_loss or []]}
     step = int(steps[-1]) if steps is not None and len(steps) else None
     small_batch = batch_size is not None and batch_size < 8
     if lr is not None:
@@ -585,6 +663,22 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
                     f"The training loss swings by {swing:.0%} of its starting value around a trend that no longer "
                     f"falls{lr_txt}{bs_txt}: the steps overshoot instead of settling.", ev,
                     how[0].upper() + how[1:] + "; or add a learning-rate schedule that decays it.", [], step, fix=fix)]
+
+
+def epoch_swings(epoch_loss: Sequence[float] | None) -> int:
+    """Pairs of neighbouring local extrema of the epoch loss that differ by ≥ 10 % of the larger."""
+    e = [float(v) for v in (epoch_loss or []) if v is not None and math.isfinite(float(v))]
+    ext = [e[i] for i in range(1, len(e) - 1) if (e[i] - e[i - 1]) * (e[i + 1] - e[i]) < 0]
+    return sum(1 for a, b in zip(ext, ext[1:]) if abs(a - b) >= OSC_EPOCH_GAP * max(abs(a), abs(b)))
+
+
+def still_falling(epoch_loss: Sequence[float] | None) -> bool:
+    """The last of ≥ 3 finite epoch losses is ≥ 5 % below the one two epochs before and not above the
+    previous one (see oscillating_loss)."""
+    e = [float(v) for v in (epoch_loss or []) if v is not None]
+    if len(e) < 3 or not all(math.isfinite(v) for v in e[-3:]):
+        return False
+    return e[-1] <= e[-2] and e[-1] <= (1 - OSC_EPOCH_FALL) * e[-3]
 
 
 STALL = 1e-5  # update-to-weight ratio ‖Δw‖/‖w‖ per step below this: the layer barely moves

@@ -49,14 +49,25 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_number
-from .diagnose import (judge_curves, judge_layers, oscillating_loss, output_loss_mismatch, stalled_updates,
-                       unscaled_inputs)
+from .diagnose import (MIN_POSITIONS, appeared_in_training, judge_curves, judge_layers, oscillating_loss,
+                       output_loss_mismatch, stalled_updates, underfitting_cause, unscaled_inputs)
 from .findings import Finding, sort_findings
 from .stats import IOProbe, Recorder, build_rows, input_facts, loss_kind, output_facts
 
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
+
+
+def _weight_norm(rows) -> float:
+    """√Σ‖W_l‖² over the weight layers of `rows`."""
+    return math.sqrt(sum(r["weight_norm"] ** 2 for r in rows if r.get("kind") == "weight" and r.get("weight_norm")))
+
+
+def _start_key(f: Finding) -> tuple:
+    """What identifies a layer finding across time: per layer for unit rules, per network otherwise (the
+    offending layers of a gradient-flow finding shift as training goes on)."""
+    return (f.code, tuple(f.layers)) if f.code in ("dead_units", "saturated_units", "symmetric_units") else (f.code,)
 
 
 @dataclass
@@ -133,6 +144,9 @@ class Monitor:
         self._in_window = 0
         self._epochs: list[dict] = []
         self._weights: list[tuple[int, Tensor]] = []
+        self._start: set | None = None  # layer findings present at the start of training (see _take_start)
+        self._start_step: int | None = None
+        self._start_weight: float | None = None  # total weight norm at the start
         self.rec.attach()
 
     # -- the loop --
@@ -148,6 +162,8 @@ class Monitor:
                 self._track_loss(s, loss)
             if self.rec.latest:
                 self._commit(s, loss)
+                if self._start is None and self._start_ready():
+                    self._take_start(s)
         self.steps += 1
         if self.steps % self.every == 0:
             self.rec.attach() if self.rec.discovered else None
@@ -155,6 +171,20 @@ class Monitor:
             self.rec.detach()
         if self.on_finding is not None and (s + 1) % self.check_every == 0:
             self.check()
+
+    def _start_ready(self) -> bool:
+        """Enough seen to judge the start: every unit layer has >= MIN_POSITIONS samples, or RECENT
+        recorded steps have passed."""
+        seen = [c[1] + c[3] for c in self._counts.values()]
+        return self.recorded >= RECENT or not seen or min(seen) >= MIN_POSITIONS
+
+    def _take_start(self, s: int) -> None:
+        """Judge the layers once, at the start of training (host syncs, once): a layer pathology seen
+        later but not here appeared during training, which the learning rate, not the init, explains."""
+        rows = self.rows()
+        self._start = {_start_key(f) for f in judge_layers(rows) if f.rank >= 1}
+        self._start_step = s
+        self._start_weight = _weight_norm(rows)
 
     @property
     def lr(self) -> float | None:
@@ -425,6 +455,9 @@ class Monitor:
         last = steps[-1] if steps else None
         rows = self.rows() if steps else []
         findings = judge_layers(rows, step=last) if steps else []
+        if self._start is not None:
+            findings = [f if _start_key(f) in self._start else appeared_in_training(f, self._start_step, self.lr)
+                        for f in findings]
         if rows:
             findings += stalled_updates(rows, step=last, lr=self.lr, knows_optimizer=self.optimizer is not None)
         findings += self._io_findings or []
@@ -436,9 +469,12 @@ class Monitor:
             step_loss = None
         curves = judge_curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"),
                               base, step_loss, steps if step_loss else None, bad if bad >= 0 else None)
-        findings += curves
+        ratio = _weight_norm(rows) / self._start_weight if rows and self._start_weight else None
+        wd = float(self.optimizer.param_groups[0].get("weight_decay", 0.0)) if self.optimizer is not None else None
+        findings += [underfitting_cause(f, wd, self.lr, ratio) for f in curves]
         if step_loss and not any(f.code == "divergence" for f in curves):
-            findings += oscillating_loss(step_loss, steps, lr=self.lr, batch_size=self.batch_size)
+            findings += oscillating_loss(step_loss, steps, lr=self.lr, batch_size=self.batch_size,
+                                         epoch_loss=curve("train_loss"))
         return sort_findings(findings)
 
     # -- cleanup --
