@@ -322,3 +322,22 @@ def test_units_that_die_during_training_blame_the_learning_rate():
     assert all(f.evidence["healthy_at_step"] is not None for f in during)
     at_start = [f for f in _relu_run(0.05, momentum=0.0, bias=-5.0) if f.code == "dead_units" and f.rank >= 1]
     assert at_start and all(f.fix == {"init": "he"} for f in at_start)
+
+
+def test_on_finding_reports_a_finding_again_when_it_escalates():
+    """An info (validation gap) that becomes a warning (validation loss rising) is a new finding."""
+    torch.manual_seed(0)
+    model = mlp()
+    got = []
+    mon = Monitor(model, on_finding=got.append, check_every=1)
+    x, y = DIGITS.x_train[:64], DIGITS.y_train[:64]
+    curves = [(1.0, 0.5), (0.5, 1.6), (0.3, 1.62), (0.2, 1.64)] + [(0.1, 2.0)] * 4
+    for tl, vl in curves:
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        mon.epoch(train_loss=tl, val_loss=vl)
+    mon.check()
+    seen = [(f.code, f.severity) for f in got if f.code == "overfitting"]
+    assert seen == [("overfitting", "info"), ("overfitting", "warning")]
+    info, warning = (f for f in got if f.code == "overfitting")
+    assert warning.step > info.step

@@ -178,11 +178,11 @@ class Outcome:
         return -self.val_loss if math.isfinite(self.val_loss) else -math.inf
 
 
-def run(c: Case) -> Outcome:
+def run(c: Case, **monitor_kw) -> Outcome:
     """checkup, then c.steps SGD/Adam steps (mini-batches drawn with replacement) split into c.epochs
     epochs under a Monitor given the loss and optimizer; each epoch hands the monitor the full training
     and validation losses. A loss that cannot run (class ids out of range, outputs outside BCE's range)
-    ends training: the model is scored as it stands."""
+    ends training: the model is scored as it stands. monitor_kw go to the Monitor (e.g. on_finding)."""
     d = data(c)
     model = build(c)
     loss_fn = loss_of(c)
@@ -194,7 +194,7 @@ def run(c: Case) -> Outcome:
     per_epoch = c.steps // c.epochs
     chance = {"n_classes": d.n_classes} if d.task == "classification" else {"baseline": float(d.y_train.var())}
     train_curve = []
-    with Monitor(model, loss_fn=loss_fn, optimizer=opt, **chance) as mon:
+    with Monitor(model, loss_fn=loss_fn, optimizer=opt, **chance, **monitor_kw) as mon:
         try:
             for _ in range(c.epochs):
                 for _ in range(per_epoch):

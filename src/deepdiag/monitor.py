@@ -32,7 +32,7 @@ step for the stalled-updates rule; weights bit-identical across checks are "froz
 
 Early warning. ``check()`` may be called at any time and returns the findings so far; with
 ``on_finding`` the monitor checks by itself every `check_every` optimizer steps (one host sync each)
-and calls ``on_finding(finding)`` once per new finding (new = a (code, layers) pair not reported
+and calls ``on_finding(finding)`` once per new finding (new = a (code, layers, severity) not reported
 before), with ``finding.step`` set to the step at which it was first seen. A callback that raises does
 not break the training loop: the first error is reported once as a ``RuntimeWarning`` and kept in
 ``callback_errors``. The first training forward pass also records the input batch's per-feature
@@ -62,6 +62,12 @@ UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-w
 def _weight_norm(rows) -> float:
     """√Σ‖W_l‖² over the weight layers of `rows`."""
     return math.sqrt(sum(r["weight_norm"] ** 2 for r in rows if r.get("kind") == "weight" and r.get("weight_norm")))
+
+
+def _seen_key(f: Finding) -> tuple:
+    """A finding is new for on_finding when its (code, layers, severity) was not reported before: an info
+    that grows into a warning (a validation gap that starts rising) is reported again."""
+    return (f.code, tuple(f.layers), f.severity)
 
 
 def _start_key(f: Finding) -> tuple:
@@ -123,7 +129,7 @@ class Monitor:
         self.loss_fn, self.on_finding, self.check_every = loss_fn, on_finding, check_every
         self.optimizer, self._lr_hint, self._bs_hint = optimizer, lr, batch_size
         self.callback_errors: list[BaseException] = []
-        self._first_seen: dict[tuple, int] = {}  # (code, layers) -> step first seen
+        self._first_seen: dict[tuple, int] = {}  # (code, layers, severity) -> step first seen
         self._notified: set[tuple] = set()
         self._io_findings: list[Finding] | None = None
         self._batch_seen: int | None = None
@@ -216,7 +222,7 @@ class Monitor:
         self.probe.results = []
         self._io_findings = found
         for f in found:  # seen at this step, whenever check() next runs
-            self._first_seen.setdefault((f.code, tuple(f.layers)), s)
+            self._first_seen.setdefault(_seen_key(f), s)
 
     def check(self) -> list[Finding]:
         """The findings so far (any time during training), each with ``step`` = the optimizer step at
@@ -226,7 +232,7 @@ class Monitor:
             self._judge_io(now)
         out = []
         for f in self.diagnose():
-            key = (f.code, tuple(f.layers))
+            key = _seen_key(f)
             new = key not in self._notified
             self._notified.add(key)
             self._first_seen.setdefault(key, now)
