@@ -92,7 +92,9 @@ def test_not_reproduced_exits_1(tmp_path):
     (["run", "clitoy", "--set", "width=wide"], "expected int"),
     (["run", "clitoy", "--set", "novalue"], "KEY=VALUE"),
     (["run", "clitoy", "--set", "width=-1", "--quick"], None),
-    (["run", "clitoy", "--engine", "dask"], "engine 'dask'"),
+    (["run", "clitoy", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["run", "clitoy", "--engine", "local", "--workers", "2"], "engine 'local' takes no --workers"),
+    (["run", "clitoy", "--engine", "process", "--address", "tcp://x:1"], "engine 'process' takes no --address"),
     (["report", "/nonexistent/dir"], "no study results"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
@@ -177,6 +179,36 @@ def test_check_bad_targets(factory_file, target, words):
     result = invoke("check", target.format(f=factory_file))
     assert result.exit_code == 2, result.output
     assert words in one_error_line(result)
+
+
+def test_run_missing_extra_is_one_line_with_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("ray", "distributed") else real(n, *a))
+    for engine, extra in (("ray", "ray"), ("dask", "dask")):
+        result = invoke("run", "clitoy", "--quick", "--out", tmp_path, "--engine", engine)
+        assert result.exit_code == 2, result.output
+        line = one_error_line(result)
+        assert f"engine='{engine}'" in line and f'pip install "deepdiag[{extra}]"' in line, line
+    assert not (tmp_path / "clitoy").exists()  # refused before any study ran
+
+
+def test_run_real_study_trains_through_the_engine_into_the_store(tmp_path):
+    """deepdiag run depth --quick --engine local --out DIR: the runs land in DIR/runs.sqlite; --fresh
+    retrains them, a plain rerun keeps the result."""
+    from deepdiag.store import Store
+
+    run = invoke("run", "depth", "--quick", "--engine", "local", "--out", tmp_path, "--json")
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["studies"][0]["verdict"] == "reproduced"
+    with Store(tmp_path / "runs.sqlite") as s:
+        results = s.results()
+    assert len(results) == 7 and {r.engine for r in results} == {"local"}  # 2 families × 3 depths + identity
+    saved = json.loads((tmp_path / "depth" / "result.json").read_text())
+    assert saved["environment"]["engine"] == "local"
+    sweeps = dd.load_results(tmp_path).sweeps
+    assert len(sweeps) == 7 and set(sweeps.status) == {"done"}
 
 
 def test_end_to_end_real_study_then_report(tmp_path):

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,15 +22,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 STATE = {"debug": False}
-
-
-class Engine(str, Enum):
-    auto = "auto"
-    local = "local"
-    vectorized = "vectorized"
-    process = "process"
-    dask = "dask"
-    ray = "ray"
 
 
 class Device(str, Enum):
@@ -49,7 +41,7 @@ class UsageError(Exception):
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)  # e.g. "deepdiag[dask]" stays
     return typer.Exit(code)
 
 
@@ -169,10 +161,30 @@ def _cached(folder: Path, quick: bool, seeds, knob_values: dict):
     return saved if same else None
 
 
-def _check_engine(engine: Engine, device: Device) -> None:
-    if engine not in (Engine.auto, Engine.local):
-        raise UsageError(f"engine {engine.value!r} is not available in this version of deepdiag; "
-                         "use --engine local (or auto)")
+# --engine values and the options each takes (--address, --workers)
+ENGINE_OPTIONS = {"local": (), "process": ("workers",), "dask": ("address", "workers"),
+                  "ray": ("address", "workers"), "vectorized": (), "auto": ()}
+
+
+def engine_options(engine: str, address: Optional[str], workers: Optional[int]) -> dict:
+    """The engine checked (one line naming an unknown engine, or the extra to install) and its options
+    (--address, --workers) as the engine's keyword arguments, their values checked by building it once."""
+    from .engines import check_engine, get_engine
+
+    if engine not in ENGINE_OPTIONS:
+        raise UsageError(f"unknown engine {engine!r} (--engine); allowed: {', '.join(ENGINE_OPTIONS)}")
+    options = {k: v for k, v in (("address", address), ("workers", workers)) if v is not None}
+    for key in options:
+        if key not in ENGINE_OPTIONS[engine]:
+            takes = [e for e, keys in ENGINE_OPTIONS.items() if key in keys]
+            raise UsageError(f"engine {engine!r} takes no --{key}; it applies to --engine {', '.join(takes)}")
+    if engine != "auto":
+        check_engine(engine)
+        get_engine(engine, **options).shutdown()  # constructors check the values and start nothing
+    return options
+
+
+def _check_device(device: Device) -> None:
     if device == Device.cuda:
         import torch
 
@@ -188,28 +200,36 @@ def run(
     out_dir: Annotated[Path, typer.Option("--out", help="results directory")] = Path("results"),
     seeds: Annotated[Optional[int], typer.Option(min=1, help="number of seeds (default: the study's)")] = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="a study knob, KEY=VALUE")] = None,
-    engine: Annotated[Engine, typer.Option(help="where runs execute")] = Engine.auto,
+    engine: Annotated[str, typer.Option(help="where training runs execute: local (the reference), process, "
+                                        "dask, ray, vectorized or auto")] = "local",
     address: Annotated[Optional[str], typer.Option(help="scheduler address for dask/ray")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes (process, or a temporary "
+                                                   "dask/ray cluster); default: the number of cores")] = None,
     device: Annotated[Device, typer.Option(help="device for training")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary instead of the table")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="rerun studies that already have results")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="rerun studies that already have results, "
+                                        "retraining their runs")] = False,
 ) -> None:
-    """Run studies, write their results and the HTML report, print the verdicts."""
+    """Run studies, write their results and the HTML report, print the verdicts.
+
+    Every training run goes through the sweep layer on --engine and is committed to DIR/runs.sqlite
+    the moment it ends: after Ctrl-C, the same command retrains only what had not finished."""
     from .report import build_report
     from .results import write_tables
     from .study import run_study
 
     names = _select(studies or [])
     knob_values = parse_sets(sets or [], names)
-    _check_engine(engine, device)
+    runs = {"engine": engine, "engine_options": engine_options(engine, address, workers), "resume": not fresh}
+    _check_device(device)
     _threads()
     rows = []
     try:
         for name in names:
-            rows.append(_run_one(name, quick, out_dir, seeds, knob_values[name], fresh, run_study))
+            rows.append(_run_one(name, quick, out_dir, seeds, knob_values[name], fresh, run_study, runs))
     except KeyboardInterrupt:
-        err.print(f"interrupted: {len(rows)} finished studies are saved in {out_dir}; "
-                  "run the same command again to resume")
+        err.print(f"interrupted: {len(rows)} finished studies are saved in {out_dir}, and every finished "
+                  f"training run in {out_dir / 'runs.sqlite'}; run the same command again to resume")
         raise typer.Exit(130) from None
     write_tables(out_dir)
     report = build_report(out_dir)
@@ -220,14 +240,17 @@ def run(
     raise typer.Exit(0 if all(r["verdict"] == "reproduced" for r in rows) else 1)
 
 
-def _run_one(name, quick, out_dir, seeds, values, fresh, run_study) -> dict:
+def _run_one(name, quick, out_dir, seeds, values, fresh, run_study, runs: dict) -> dict:
+    """One study: its saved result when an identical one exists (unless --fresh), else run it with the
+    engine settings `runs` (a progress bar of its training runs on a terminal)."""
     cached = None if fresh else _cached(out_dir / name, quick, seeds, values)
     if cached is not None:
         err.print(f"{name}: kept earlier result ({cached['verdict']}); --fresh reruns it")
         result = cached
     else:
-        with err.status(f"running {name} ({'quick' if quick else 'full'})…"):
-            result = run_study(name, quick=quick, out=out_dir, seeds=seeds, **values).to_dict(with_data=False)
+        err.print(f"running {name} ({'quick' if quick else 'full'}, engine {runs['engine']})…")
+        result = run_study(name, quick=quick, out=out_dir, seeds=seeds, progress=True, **runs,
+                           **values).to_dict(with_data=False)
         err.print(f"{name}: {result['verdict']} in {result['wall_time']:.1f} s")
     passed = sum(c["passed"] is True for c in result["checks"])
     return {"study": name, "verdict": result["verdict"], "passed": passed, "total": len(result["checks"]),

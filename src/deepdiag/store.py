@@ -5,6 +5,9 @@ Schema (one table)::
     runs(hash TEXT PRIMARY KEY, config JSON, status TEXT, result JSON, error TEXT,
          wall_time REAL, versions JSON, engine TEXT, finished_at REAL)
 
+``result`` holds ``{"history": ..., "metrics": ..., "probes": ...}``: the run's curves, final metrics and
+the outputs of its post-training probes (``deepdiag.probes``; absent in runs stored before probes).
+
 Durability: WAL journal, ``synchronous=NORMAL`` (a committed run survives the process being killed; an
 OS crash may lose the last few), and each finished run is written in its own ``BEGIN IMMEDIATE``
 transaction, so ``kill -9`` of the driver loses only the runs still in flight. Concurrency: several
@@ -73,8 +76,8 @@ class Store:
     def put(self, result: RunResult) -> None:
         """Commit one finished run (its own transaction)."""
         row = (result.hash, result.config.canonical_json(), result.status,
-               _json({"history": result.history, "metrics": result.metrics}), result.error,
-               result.wall_time, _json(result.versions), result.engine, time.time())
+               _json({"history": result.history, "metrics": result.metrics, "probes": result.probes}),
+               result.error, result.wall_time, _json(result.versions), result.engine, time.time())
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
@@ -109,14 +112,17 @@ class Store:
             res = json.loads(result) if result else {}
             out.append(RunResult(RunConfig.from_dict(json.loads(config)), status, res.get("history", {}),
                                  res.get("metrics", {}), error, wall or 0.0, json.loads(vers or "{}"),
-                                 engine or ""))
+                                 engine or "", res.get("probes", {})))
         return out
 
     def table(self, hashes: Iterable[str] | None = None) -> pd.DataFrame:
-        """One row per run: config columns, hash, status, final metrics, error, wall_time, engine."""
-        rows = [r.row() for r in self.results(hashes)]
-        columns = [*FIELDS, "hash", "status", *METRICS, "error", "wall_time", "engine"]
-        return pd.DataFrame(rows, columns=columns)
+        """One row per run: config columns, hash, status, final metrics, the probes' scalar values (one
+        column per key, in order of first appearance; empty where a run had not that probe), error,
+        wall_time, engine."""
+        results = self.results(hashes)
+        probed = dict.fromkeys(k for r in results for k in r.probe_values())
+        columns = [*FIELDS, "hash", "status", *METRICS, *probed, "error", "wall_time", "engine"]
+        return pd.DataFrame([r.row() for r in results], columns=columns)
 
     def close(self) -> None:
         self._db.close()

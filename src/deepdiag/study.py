@@ -9,12 +9,20 @@ the knob values of its quick mode, and two functions:
 ``run_study`` validates the knobs, runs the study, computes the verdict from the checks and, with
 ``out=``, writes ``out/<study>/result.json``, ``data.csv`` and the PNG figures.
 
+Training runs go through the sweep layer. A study's ``measure`` lists its runs as ``RunConfig``s
+and calls ``train_runs(configs)``, which hands them to ``deepdiag.sweep.run_configs`` with the engine,
+store, resume and progress settings of the ``run_study`` call in progress. With ``out=`` the store is
+``out/runs.sqlite``: every finished run is committed there the moment it ends, so running the study
+again (or after Ctrl-C) retrains nothing that finished and gives the same numbers. Measurements
+on the trained models are the runs' probes (``deepdiag.probes``), taken in the worker.
+
 Verdicts are computed, never stated: "reproduced" when every check passed, "not reproduced" when any
 check failed, "inconclusive" when none failed but some could not be measured (``passed=None``, e.g. a
 run that diverged where the check needed its loss).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import importlib
 import json
@@ -29,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._validate import check_number
+from ._validate import check_choice, check_number
 
 ORDER = ("capacity", "l2", "dropout", "vanishing", "init", "depth", "precision")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
@@ -255,19 +263,96 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def environment() -> dict:
-    """Versions and machine facts recorded with every result."""
+def environment(engine: str = "local") -> dict:
+    """Versions and machine facts recorded with every result; `engine`: where its runs trained."""
     import torch
 
     from . import __version__
 
     return {"deepdiag": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "device": "cpu", "engine": "local"}
+            "threads": torch.get_num_threads(), "device": "cpu", "engine": engine}
+
+
+# ---------------------------------------------------------------------------------- training runs
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where and how a study's runs train: what ``train_runs`` passes to ``sweep.run_configs``."""
+
+    engine: str = "local"
+    store: Any = None  # a results directory, .sqlite file or Store; None: in memory (per call)
+    resume: bool = True
+    progress: bool = False
+    engine_options: dict = field(default_factory=dict)
+    label: str = "runs"
+
+
+# measure() called directly (tests, notebooks) trains with these defaults; run_study sets its own
+_SETTINGS: contextvars.ContextVar[RunSettings] = contextvars.ContextVar("deepdiag_run_settings",
+                                                                        default=RunSettings())
+
+
+def train_runs(configs) -> list:
+    """Train a study's runs through the sweep layer and return their ``RunResult``s in order (with
+    histories, metrics and probes): the engine, store, resume and progress of the ``run_study`` call in
+    progress (outside one: the local engine, an in-memory store). A failed run stops the study with its
+    error: a study's checks need every run."""
+    from .sweep import run_configs
+
+    s = _SETTINGS.get()
+    results = run_configs(configs, engine=s.engine, store=s.store, resume=s.resume, progress=s.progress,
+                          label=s.label, **s.engine_options)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        last = (failed[0].error or "").strip().splitlines()[-1:] or ["no error text"]
+        raise RuntimeError(f"{len(failed)} of {len(results)} training run(s) failed; the first "
+                           f"({failed[0].hash[:12]}): {last[0]}")
+    return results
+
+
+@contextmanager
+def run_settings(settings: RunSettings):
+    """Make `settings` the ones ``train_runs`` uses inside the block."""
+    token = _SETTINGS.set(settings)
+    try:
+        yield settings
+    finally:
+        _SETTINGS.reset(token)
+
+
+def _check_run_args(engine: str, resume: bool, progress: bool, engine_options) -> dict:
+    """The engine options as a dict, after checking every argument (an engine whose optional extra is
+    missing fails here, before any run, with the install command)."""
+    from .engines import check_engine
+    from .sweep import _engine_names
+
+    if check_choice("engine", engine, ("auto",) + _engine_names()) != "auto":
+        check_engine(engine)
+    for name, value in (("resume", resume), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} must be a bool")
+    if engine_options is not None and not isinstance(engine_options, dict):
+        raise TypeError(f"engine_options={engine_options!r} must be a dict of engine options, "
+                        "e.g. {'workers': 4} or {'address': 'tcp://host:8786'}")
+    return dict(engine_options or {})
 
 
 def run_study(name: str, quick: bool = False, out: str | Path | None = None,
-              seeds: int | Sequence[int] | None = None, **knob_values) -> StudyResult:
+              seeds: int | Sequence[int] | None = None, *, engine: str = "local", store=None,
+              resume: bool = True, progress: bool = False, engine_options: dict | None = None,
+              **knob_values) -> StudyResult:
     """Run one study and return its ``StudyResult``; with `out`, also write its files and figures.
+
+    Its training runs go through ``dd.sweep``'s layer: `engine` (local, process, dask, ray, vectorized,
+    auto) with `engine_options` (e.g. ``{"workers": 4}``, ``{"address": "tcp://host:8786"}``). The
+    default, ``local``, is the reference loop; process, dask and ray run that same loop in their
+    workers and give the same numbers. ``vectorized`` (and ``auto``, which picks it for runs of one
+    shape) agrees with it only to float rounding, which a deep plain net can amplify (init's 30-layer
+    runs), so a study's numbers may move, though not its verdict. The store is `store` (a results
+    directory, a ``.sqlite`` file or a ``Store``), else ``out/runs.sqlite`` when `out` is given, else in
+    memory. With `resume` (default) runs the store already holds are not retrained, so a second call,
+    or one after Ctrl-C, finishes quickly with identical numbers. `progress`: a progress bar of the
+    runs on stderr (in a terminal).
 
     >>> result = dd.run_study("vanishing", quick=True, out="results/")
     >>> result.verdict, [c.passed for c in result.checks]
@@ -275,14 +360,17 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
     study = get_study(name)
     config = make_config(study, quick, knob_values)
     seed_list = _seeds(study, quick, seeds)
+    options = _check_run_args(engine, resume, progress, engine_options)
+    runs_in = store if store is not None else out  # a directory holds its store as runs.sqlite
+    settings = RunSettings(engine, runs_in, resume, progress, options, label=study.name)
     start = time.perf_counter()
-    with torch_threads(study.threads):
+    with torch_threads(study.threads), run_settings(settings):
         measured = study.measure(config, seed_list)
     result = StudyResult(
         name=study.name, claim=study.claim, theory=study.theory, verdict=verdict(measured.checks),
         checks=measured.checks, data=measured.data, config=_json_safe(dataclasses.asdict(config)),
         seeds=seed_list, quick=quick, wall_time=time.perf_counter() - start, notes=measured.notes,
-        environment=environment(),
+        environment=environment(engine),
     )
     if out is not None:
         folder = Path(out) / study.name

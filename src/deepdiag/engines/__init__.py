@@ -69,12 +69,19 @@ class Engine:
         pass
 
 
-def get_engine(name: str, **options) -> Engine:
-    """An engine by name; ValueError for an unknown one, EngineUnavailable when its extra is missing."""
+def check_engine(name: str) -> str:
+    """`name` if it is an engine whose extra is installed: ValueError listing the engines for an unknown
+    one, EngineUnavailable (one line naming the engine and the install command) for a missing extra."""
     name = check_choice("engine", name, ENGINES)
-    module, cls, extra = ENGINES[name]
+    extra = ENGINES[name][2]
     if extra is not None and importlib.util.find_spec(extra[0]) is None:
         raise EngineUnavailable(f"engine={name!r} needs the optional {extra[0]!r} package: {extra[1]}")
+    return name
+
+
+def get_engine(name: str, **options) -> Engine:
+    """An engine by name; ValueError for an unknown one, EngineUnavailable when its extra is missing."""
+    module, cls, _ = ENGINES[check_engine(name)]
     return getattr(importlib.import_module(module), cls)(**options)
 
 
@@ -91,4 +98,4 @@ def choose_engine(configs: list[RunConfig]) -> tuple[str, str]:
                           f"batched group(s); the other {len(configs) - batched} go to the local loop")
 
 
-__all__ = ["Engine", "EngineUnavailable", "ENGINES", "get_engine", "choose_engine"]
+__all__ = ["Engine", "EngineUnavailable", "ENGINES", "check_engine", "get_engine", "choose_engine"]

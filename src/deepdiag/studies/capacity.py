@@ -46,9 +46,14 @@ true and once with random labels; accuracy on the 1000 test images is measured e
 Labels. Each trained model gets a ``dd.Monitor`` (with the chance loss as its underfitting baseline)
 fed its curves through ``monitor.epoch``; its ``underfitting``/``overfitting`` findings of severity
 warning or above are the run's labels, and the check ``labels_agree`` holds them against the capacity
-(smallest: underfitting only; largest: overfitting only). Where ``dd.Monitor`` is missing (a build
-without the diagnosis core) ``curve_labels`` applies the same rules to the curves, and the check names
-which source it used.
+(smallest: underfitting only; largest: overfitting only). The Monitor runs as the ``curve_findings``
+probe, on the trained model where it trained. ``curve_labels`` writes the same rules out on the
+curves alone (a reference for the tests).
+
+Runs. Every training run of both parts is a ``RunConfig`` (``noise``, ``random_labels``, the test split
+as the per-epoch curve, and the stop rule ``stop_at_train_acc=1.0`` among its fields), and all of them
+train in one call through the sweep layer (``deepdiag.study.train_runs``: the engine, store and resume
+of ``run_study``).
 
 What the figures show
 ---------------------
@@ -71,10 +76,10 @@ their validation loss triples).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -83,7 +88,9 @@ import torch
 import deepdiag as dd
 
 from .._validate import check_choice, check_number
-from ..study import Measurement, Study, check_rule
+from ..engines.local import dataset_of
+from ..study import Measurement, Study, check_rule, train_runs
+from ..sweep import RunConfig
 
 DATASETS = ("circles", "moons")
 UNDERFIT_FRACTION = 0.9  # curve_labels: best train loss ≥ 90 % of the chance loss = underfitting
@@ -199,56 +206,61 @@ QUICK = dict(widths=(1, 4, 128), depths=(0, 1, 3), epochs=250, rl_n_train=300, r
 
 # ---- experiments --------------------------------------------------------------------------------
 
-def _capacity_runs(config: Config, seed: int) -> tuple[list[dict], list[dict]]:
-    """Every model of both sweeps on one seed: (summary rows, per-epoch curve rows)."""
-    ds = dd.data.load(config.dataset, n_train=config.n_train, noise=config.noise, seed=seed)
-    baseline = chance_loss(ds.y_train, ds.n_classes)
+def _capacity_configs(config: Config, seed: int) -> list[tuple[str, RunConfig]]:
+    """Every model of both sweeps on one seed, as (sweep, run): full-batch Adam on the noisy set drawn
+    and split by `seed`; the largest model belongs to both sweeps (one run, listed twice)."""
+    base = RunConfig(dataset=config.dataset, n_train=config.n_train, noise=config.noise, data_seed=seed,
+                     activation=config.activation, optimizer="adam", lr=config.lr, batch_size=None,
+                     epochs=config.epochs, seed=seed, probes=("n_params", "curve_findings"))
     big_w, big_d = max(config.widths), max(config.depths)
     models = [("width", big_d, w) for w in config.widths] + [("depth", d, big_w) for d in config.depths]
-    done: dict[tuple[int, int], dict] = {}
-    summary, curves = [], []
-    for sweep, depth, width in models:
-        if (depth, width) not in done:
-            model = dd.mlp(ds.in_features, ds.n_classes, width=width, depth=depth,
-                           activation=config.activation, seed=seed)
-            hist = dd.fit(model, ds, optimizer="adam", lr=config.lr, batch_size=None,
-                          epochs=config.epochs, seed=seed)
-            labels, source = monitor_labels(model, hist.train_loss, hist.val_loss, baseline)
-            done[(depth, width)] = dict(
-                hist=hist, labels=labels, source=source,
-                n_params=sum(p.numel() for p in model.parameters()))
+    return [(sweep, dataclasses.replace(base, depth=d, width=w)) for sweep, d, w in models]
+
+
+def _capacity_rows(runs: list[tuple[str, RunConfig]], results) -> tuple[list[dict], list[dict]]:
+    """(summary rows, per-epoch curve rows) of one seed's trained runs."""
+    summary, curves, seen = [], [], set()
+    for (sweep, run), result in zip(runs, results):
+        hist, probes = result.to_history(), result.probe_values()
+        depth, width, seed = run.depth, run.width, run.seed
+        if run.hash not in seen:
+            seen.add(run.hash)
             for e, tl, vl in zip(hist.epoch, hist.train_loss, hist.val_loss):
                 curves.append(dict(experiment="curve", seed=seed, depth=depth, width=width, epoch=e,
                                    train_loss=tl, val_loss=vl))
-        run = done[(depth, width)]
-        hist = run["hist"]
+        labels = set(probes["curve_findings"].split(",")) & {"underfitting", "overfitting"}
         summary.append(dict(
-            experiment=sweep, seed=seed, depth=depth, width=width, n_params=run["n_params"],
+            experiment=sweep, seed=seed, depth=depth, width=width, n_params=probes["n_params"],
             train_loss=hist.train_loss[-1], min_train_loss=min(hist.train_loss),
             val_loss=hist.val_loss[-1], best_val_loss=hist.best_val_loss, best_epoch=hist.best_epoch,
             epochs=hist.epoch[-1], train_acc=hist.train_acc[-1], val_acc=hist.val_acc[-1],
-            chance_loss=baseline, labels=",".join(sorted(run["labels"])) or "none",
-            label_source=run["source"]))
+            chance_loss=probes["chance_loss"], labels=",".join(sorted(labels)) or "none",
+            label_source="dd.Monitor"))
     return summary, curves
 
 
-def _fit_until_memorised(model, data, config: Config, seed: int) -> dd.History:
-    """``dd.fit`` until training accuracy reaches 100 % (``on_epoch`` stops it) or rl_max_epochs."""
-    return dd.fit(model, data, optimizer="adam", lr=config.rl_lr, batch_size=config.rl_batch_size,
-                  epochs=config.rl_max_epochs, seed=seed, on_epoch=lambda hist: hist.train_acc[-1] >= 1.0)
+def _capacity_runs(config: Config, seed: int) -> tuple[list[dict], list[dict]]:
+    """Every model of both sweeps on one seed, trained: (summary rows, per-epoch curve rows)."""
+    runs = _capacity_configs(config, seed)
+    return _capacity_rows(runs, train_runs([run for _, run in runs]))
 
 
-def _random_label_runs(config: Config, seed: int) -> list[dict]:
-    """True vs random labels on rl_n_train MNIST images; test accuracy on the 1000 test images."""
+def _random_label_configs(config: Config, seed: int) -> list[RunConfig]:
+    """True and random labels on rl_n_train MNIST images: Adam until training accuracy reaches 100 %
+    (or rl_max_epochs); the per-epoch "val" curve is the test split here."""
+    base = RunConfig(dataset="mnist", n_train=config.rl_n_train, data_seed=seed, width=config.rl_width,
+                     depth=1, optimizer="adam", lr=config.rl_lr, batch_size=config.rl_batch_size,
+                     epochs=config.rl_max_epochs, seed=seed, val_split="test", stop_at_train_acc=1.0)
+    return [base, dataclasses.replace(base, random_labels=True)]
+
+
+def _random_label_rows(runs: list[RunConfig], results) -> list[dict]:
     rows = []
-    for labels in ("true", "random"):
-        ds = dd.data.load("mnist", n_train=config.rl_n_train, random_labels=labels == "random", seed=seed)
-        data = SimpleNamespace(x_train=ds.x_train, y_train=ds.y_train, x_val=ds.x_test, y_val=ds.y_test,
-                               task="classification")  # "val" curves are the test split here
-        model = dd.mlp(ds.in_features, ds.n_classes, width=config.rl_width, depth=1, seed=seed)
-        hist = _fit_until_memorised(model, data, config, seed)
+    for run, result in zip(runs, results):
+        hist, ds = result.to_history(), dataset_of(run)
+        labels = "random" if run.random_labels else "true"
         for e, tl, ta, vl, va in zip(hist.epoch, hist.train_loss, hist.train_acc, hist.val_loss, hist.val_acc):
-            rows.append(dict(experiment="random_labels", labels=labels, seed=seed, epoch=e, train_loss=tl,
+            rows.append(dict(experiment="random_labels", labels=labels, seed=run.seed, epoch=e, train_loss=tl,
                              train_acc=ta, test_loss=vl, test_acc=va, n_test=len(ds.y_test),
                              n_classes=ds.n_classes))
     return rows
@@ -366,12 +378,16 @@ def _random_label_checks(rl: pd.DataFrame, n_seeds: int) -> list:
 
 
 def measure(config: Config, seeds: list[int]) -> Measurement:
+    cap = {seed: _capacity_configs(config, seed) for seed in seeds}
+    rand = {seed: _random_label_configs(config, seed) for seed in seeds}
+    runs = [run for seed in seeds for run in [r for _, r in cap[seed]] + rand[seed]]
+    results = iter(train_runs(runs))  # every training run through the sweep layer, one call
     summary, curves, rl = [], [], []
     for seed in seeds:
-        s, c = _capacity_runs(config, seed)
+        s, c = _capacity_rows(cap[seed], [next(results) for _ in cap[seed]])
         summary += s
         curves += c
-        rl += _random_label_runs(config, seed)
+        rl += _random_label_rows(rand[seed], [next(results) for _ in rand[seed]])
     summary_df, rl_df = pd.DataFrame(summary), pd.DataFrame(rl)
     checks = _sweep_checks(summary_df, config, len(seeds)) + _random_label_checks(rl_df, len(seeds))
     source = summary_df.label_source.iloc[0]

@@ -28,6 +28,11 @@ epochs (the issue does not say which optimizer; this is the standard choice of H
 a small problem); 3 seeds. We record the training loss and error on the whole training set (eval mode)
 after every epoch and use the best training loss and the final training error.
 
+Runs. Every training run (the plain and residual nets, and the shallow net of the identity
+construction) is a ``RunConfig`` trained through the sweep layer (``deepdiag.study.train_runs``: the
+engine, store and resume of ``run_study``). The identity construction then rebuilds the trained shallow
+net from its ``state_dict`` probe and extends it: an exact computation, outside the sweep layer.
+
 Checks. (1) degradation: plain-40 training error > plain-4 training error + 10 points — on the
 *training* set, so it is not overfitting; (2) residual-40 training error < 0.25 × plain-40's;
 (3) the identity-map construction: a trained shallow plain net (depth 2, no batch norm) extended to
@@ -70,9 +75,11 @@ from torch import nn
 from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
-from ..models import mlp
-from ..study import Measurement, Study, check_rule, torch_threads
-from ..train import evaluate, fit
+from ..engines.local import build_model, dataset_of
+from ..probes import load_state
+from ..study import Measurement, Study, check_rule, torch_threads, train_runs
+from ..sweep import RunConfig, expand
+from ..train import evaluate
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "extend_with_identity", "identity_bound"]
 
@@ -186,33 +193,40 @@ def measure(config: Config, seeds: list[int]) -> Measurement:
 
 
 def _measure(config: Config, seeds: list[int]) -> Measurement:
-    ds = dd_data.load(config.dataset, seed=config.data_seed)
-    norm = None if config.norm == "none" else config.norm
+    grid = expand(_base(config, depth=config.depths[0], epochs=config.epochs),
+                  {"residual": [False, True], "depth": list(config.depths)}, seeds)
+    shallow = _base(config, depth=config.identity_shallow, epochs=config.identity_epochs, norm=None,
+                    seed=seeds[0], probes=("state_dict",))
+    results = train_runs(grid + [shallow])  # every training run through the sweep layer, one call
     rows = []
-    for residual in (False, True):
-        family = "residual" if residual else "plain"
-        for depth in config.depths:
-            for seed in seeds:
-                model = mlp(ds.in_features, ds.out_features, width=config.width, depth=depth, norm=norm,
-                            residual=residual, seed=seed)
-                hist = fit(model, ds, optimizer=config.optimizer, lr=config.lr, momentum=config.momentum,
-                           batch_size=config.batch_size, epochs=config.epochs, seed=seed)
-                for i, epoch in enumerate(hist.epoch):
-                    rows.append({"experiment": "curve", "family": family, "depth": depth, "seed": seed,
-                                 "epoch": epoch, "train_loss": hist.train_loss[i],
-                                 "train_err": 1 - hist.train_acc[i], "val_err": 1 - hist.val_acc[i]})
-                finite = [v for v in hist.train_loss if math.isfinite(v)]
-                rows.append({"experiment": "final", "family": family, "depth": depth, "seed": seed,
-                             "epoch": hist.epoch[-1], "best_train_loss": min(finite) if finite else math.inf,
-                             "train_loss": hist.train_loss[-1], "train_err": 1 - hist.train_acc[-1],
-                             "val_err": 1 - hist.val_acc[-1], "diverged": hist.diverged})
+    for run, result in zip(grid, results):
+        family, depth, seed = "residual" if run.residual else "plain", run.depth, run.seed
+        hist = result.to_history()
+        for i, epoch in enumerate(hist.epoch):
+            rows.append({"experiment": "curve", "family": family, "depth": depth, "seed": seed,
+                         "epoch": epoch, "train_loss": hist.train_loss[i],
+                         "train_err": 1 - hist.train_acc[i], "val_err": 1 - hist.val_acc[i]})
+        finite = [v for v in hist.train_loss if math.isfinite(v)]
+        rows.append({"experiment": "final", "family": family, "depth": depth, "seed": seed,
+                     "epoch": hist.epoch[-1], "best_train_loss": min(finite) if finite else math.inf,
+                     "train_loss": hist.train_loss[-1], "train_err": 1 - hist.train_acc[-1],
+                     "val_err": 1 - hist.val_acc[-1], "diverged": hist.diverged})
     data = pd.DataFrame(rows)
     final = data[data.experiment == "final"]
     checks = _depth_checks(config, final, seeds)
-    id_rows, id_checks = _identity(config, ds, seeds[0])
+    id_rows, id_checks = _identity(config, shallow, results[-1])
     checks[2:2] = id_checks
     data = pd.concat([data, pd.DataFrame(id_rows)], ignore_index=True)
     return Measurement(checks, data, _notes(final))
+
+
+def _base(config: Config, **run) -> RunConfig:
+    """A run of this study: ``dd.mlp(width, depth, norm, residual, seed)`` trained by ``dd.fit`` with the
+    study's optimizer knobs, on the data set split by ``data_seed``; `run` sets the rest."""
+    norm = None if config.norm == "none" else config.norm
+    return RunConfig(**{**dict(dataset=config.dataset, data_seed=config.data_seed, width=config.width,
+                               norm=norm, optimizer=config.optimizer, lr=config.lr, momentum=config.momentum,
+                               batch_size=config.batch_size), **run})
 
 
 def _depth_checks(config: Config, final: pd.DataFrame, seeds: list[int]) -> list:
@@ -250,12 +264,12 @@ def _depth_checks(config: Config, final: pd.DataFrame, seeds: list[int]) -> list
     return checks
 
 
-def _identity(config: Config, ds, seed: int):
-    """Train a shallow plain net (no norm), extend it with identity layers, compare outputs and loss."""
-    shallow = mlp(ds.in_features, ds.out_features, width=config.width, depth=config.identity_shallow,
-                  seed=seed)
-    hist = fit(shallow, ds, optimizer=config.optimizer, lr=config.lr, momentum=config.momentum,
-               batch_size=config.batch_size, epochs=config.identity_epochs, seed=seed)
+def _identity(config: Config, run: RunConfig, result):
+    """Rebuild the trained shallow plain net (no norm) of `run` from its ``state_dict`` probe, extend it
+    with identity layers, compare outputs and training loss (exact computations, no training here)."""
+    ds = dataset_of(run)
+    seed = run.seed
+    shallow = load_state(build_model(run, ds), result.probes["state_dict"]["state_dict"])
     insert_at = None if config.identity_insert_at < 0 else config.identity_insert_at
     extra = config.identity_deep - config.identity_shallow
     deep = extend_with_identity(shallow, extra, insert_at)

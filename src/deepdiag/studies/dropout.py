@@ -30,6 +30,12 @@ last epoch the training and validation loss and error, the test error, and the g
 (validation minus training loss). Validation takes 2000 images, so that one image is 0.05 % of the
 error and the seed spread, not the counting noise, sets what "beyond seed spread" means.
 
+Runs. Every training run is a ``RunConfig`` (the split, ``standardize`` and ``label_noise`` among
+its data options) trained through the sweep layer (``deepdiag.study.train_runs``); its test error is the
+``test_eval`` probe, and the ``p_moderate`` run of the first seed also carries the ``eval_determinism`` and
+``first_hidden`` probes, measured on the trained net where it trained. The Monte-Carlo scaling checks
+push those stored activations through many fresh dropout masks: exact computations, no training.
+
 Checks. (1) the generalisation gap at the moderate p (0.5) is smaller than without dropout, by more
 than the seed spread; (2) the validation error at p = 0.5 is lower than without dropout, by more than
 the seed spread; (3) too large a p (0.9) underfits: its training error is higher than without dropout
@@ -71,6 +77,7 @@ set is modest (about one point of error here).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +90,8 @@ from torch import nn
 from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
-from ..models import mlp
-from ..study import Measurement, Study, check_close, check_rule, torch_threads
-from ..train import evaluate, fit
+from ..study import Measurement, Study, check_close, check_rule, torch_threads, train_runs
+from ..sweep import RunConfig
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "dropout_mean", "dropout_variance",
            "dropout_zero_fraction", "monte_carlo_moments"]
@@ -197,13 +203,17 @@ QUICK = {"n_train": 1000, "width": 256, "epochs": 20, "batch_size": 32, "ps": (0
 
 # ---- measurement --------------------------------------------------------------------------------
 
-def _train(config: Config, ds, p: float, seed: int):
-    model = mlp(ds.in_features, ds.out_features, width=config.width, depth=config.depth, dropout=float(p),
-                seed=seed)
-    hist = fit(model, ds, optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size,
-               epochs=config.epochs, seed=seed)
-    test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, nn.CrossEntropyLoss(), True)
-    return model, hist, float(test_loss), 1.0 - float(test_acc)
+def _runs(config: Config, seeds: list[int]) -> list[RunConfig]:
+    """p × seeds (seed fastest) on one fixed split; the p_moderate run of the first seed also keeps
+    what the determinism and scaling checks need from its trained model (probes)."""
+    base = RunConfig(dataset=config.dataset, n_train=config.n_train, val_fraction=config.val_fraction,
+                     test_fraction=config.test_fraction, data_seed=config.data_seed,
+                     standardize=config.standardize, label_noise=config.label_noise, width=config.width,
+                     depth=config.depth, optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size,
+                     epochs=config.epochs, probes=("test_eval",))
+    runs = [dataclasses.replace(base, dropout=float(p), seed=seed) for p in config.ps for seed in seeds]
+    return [dataclasses.replace(r, probes=r.probes + ("eval_determinism", "first_hidden"))
+            if (r.dropout, r.seed) == (config.p_moderate, seeds[0]) else r for r in runs]
 
 
 def _spread(values) -> float:
@@ -218,40 +228,28 @@ def measure(config: Config, seeds: list[int]) -> Measurement:
 
 
 def _measure(config: Config, seeds: list[int]) -> Measurement:
-    ds = dd_data.load(config.dataset, n_train=config.n_train, val_fraction=config.val_fraction,
-                      test_fraction=config.test_fraction, seed=config.data_seed,
-                      standardize=config.standardize, label_noise=config.label_noise)
+    runs = _runs(config, seeds)
     rows, kept = [], {}
-    for p in config.ps:
-        for seed in seeds:
-            model, hist, test_loss, test_err = _train(config, ds, p, seed)
-            if p == config.p_moderate and seed == seeds[0]:
-                kept["model"] = model
-            for i, epoch in enumerate(hist.epoch):
-                rows.append({"experiment": "curve", "p": float(p), "seed": seed, "epoch": epoch,
-                             "train_loss": hist.train_loss[i], "val_loss": hist.val_loss[i],
-                             "train_err": 1 - hist.train_acc[i], "val_err": 1 - hist.val_acc[i]})
-            rows.append({"experiment": "final", "p": float(p), "seed": seed, "epoch": hist.epoch[-1],
-                         "train_loss": hist.train_loss[-1], "val_loss": hist.val_loss[-1],
-                         "train_err": 1 - hist.train_acc[-1], "val_err": 1 - hist.val_acc[-1],
-                         "test_loss": test_loss, "test_err": test_err,
-                         "gap": hist.val_loss[-1] - hist.train_loss[-1]})
+    for run, result in zip(runs, train_runs(runs)):  # every training run through the sweep layer
+        p, seed, hist, probes = run.dropout, run.seed, result.to_history(), result.probe_values()
+        if "first_hidden" in result.probes:  # the trained p_moderate net of the first seed
+            kept = {**result.probes["eval_determinism"], **result.probes["first_hidden"]}
+        for i, epoch in enumerate(hist.epoch):
+            rows.append({"experiment": "curve", "p": float(p), "seed": seed, "epoch": epoch,
+                         "train_loss": hist.train_loss[i], "val_loss": hist.val_loss[i],
+                         "train_err": 1 - hist.train_acc[i], "val_err": 1 - hist.val_acc[i]})
+        rows.append({"experiment": "final", "p": float(p), "seed": seed, "epoch": hist.epoch[-1],
+                     "train_loss": hist.train_loss[-1], "val_loss": hist.val_loss[-1],
+                     "train_err": 1 - hist.train_acc[-1], "val_err": 1 - hist.val_acc[-1],
+                     "test_loss": probes["test_loss"], "test_err": 1.0 - probes["test_acc"],
+                     "gap": hist.val_loss[-1] - hist.train_loss[-1]})
     data = pd.DataFrame(rows)
     final = data[data.experiment == "final"]
     checks = _sweep_checks(config, final, len(seeds))
 
-    # eval mode is deterministic; training mode is not (trained p_moderate net, first seed)
-    model = kept["model"]
-    x = ds.x_val[:256]
-    with torch.no_grad():
-        model.eval()
-        a, b = model(x), model(x)
-        model.train()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeds[0])
-            c, d = model(x), model(x)
-        model.eval()
-    eval_diff, train_diff = float((a - b).abs().max()), float((c - d).abs().max())
+    # eval mode is deterministic; training mode is not (the eval_determinism probe of the trained
+    # p_moderate net, first seed: two passes on 256 validation images, training mode seeded by its seed)
+    eval_diff, train_diff = kept["eval_max_diff"], kept["train_max_diff"]
     checks.append(check_rule(
         "eval_deterministic", '"During test time we apply no dropout": eval-mode output is deterministic',
         eval_diff, 0.0, "max |f(x) − f(x)| over two eval-mode passes == 0, and > 0 in training mode",
@@ -262,9 +260,7 @@ def _measure(config: Config, seeds: list[int]) -> Measurement:
             for m, v in (("eval", eval_diff), ("train", train_diff))]
 
     # inverted scaling keeps the expectation: first hidden layer of the trained net, many masks
-    block = model.hidden[0]
-    with torch.no_grad():
-        h = block.act(block.norm(block.linear(ds.x_val[:32])))  # (32, width), eval-mode activations
+    h = torch.tensor(kept["first_hidden"], dtype=torch.float32)  # (32, width), eval-mode activations
     for p in sorted({*config.ps, 0.1, 0.3, 0.7} - {0.0}):
         mc = monte_carlo_moments(nn.Dropout(p), h, config.mc_samples, seed=seeds[0])
         rows.append({"experiment": "scaling", "p": float(p), **mc,

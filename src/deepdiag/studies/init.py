@@ -40,6 +40,11 @@ Set-up, four parts (experiment column of the data):
   layers of width 128 and the output layer) on digits, SGD momentum 0.9, lr 3e-3, batch 32, 30 epochs,
   with Var = 1/n_in (their "Xavier", as Caffe implements it) against He's Var = 2/n_in.
 
+Runs. The ``he2015`` nets are ``RunConfig``s trained through the sweep layer
+(``deepdiag.study.train_runs``). The other parts stay direct: ``variance`` and ``chaos`` are forward
+passes at initialisation (exact computations), and ``circles`` is not a ``dd.mlp`` + ``dd.fit`` run (the
+course's own numpy weight draws and data, trained as one batched float64 model).
+
 Threads: the tensors here are tiny (a 10-unit layer, a 128-wide MLP), where intra-op threading costs more
 than it saves, and far more on a busy machine (one batched step measured 13 ms on 2 contended threads
 against 0.2 ms on 1); ``measure`` therefore runs on one thread and restores the caller's setting.
@@ -60,6 +65,7 @@ sigmoid output they saturate it, which is why randn×10 trains erratically rathe
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -70,11 +76,10 @@ from sklearn import datasets as skd
 
 from .. import meanfield, plots
 from .._validate import check_number
-from ..data import load
 from ..init import init_weights, scheme_std
 from ..models import mlp, seeded
-from ..study import Measurement, Study, check_close, check_rule, torch_threads
-from ..train import fit
+from ..study import Measurement, Study, check_close, check_rule, torch_threads, train_runs
+from ..sweep import RunConfig
 
 LN10 = math.log(10.0)
 # name -> (library scheme, options); "small"/"large" are the seed's low/high random init
@@ -294,18 +299,23 @@ def _circles_rows(config: Config, seeds: list[int]) -> list[dict]:
 
 # --- part 4: He et al. 2015, a 30-layer ReLU MLP ----------------------------------------------------
 
+def _he2015_configs(config: Config, seeds: list[int]) -> list[RunConfig]:
+    """seeds × {lecun, he}: the 30-layer ReLU MLP on digits split by the seed, SGD with momentum 0.9."""
+    base = RunConfig(dataset="digits", width=config.deep_width, depth=config.deep_depth, activation="relu",
+                     optimizer="sgd", lr=config.deep_lr, momentum=0.9, batch_size=config.deep_batch,
+                     epochs=config.deep_epochs)
+    return [dataclasses.replace(base, init=name, seed=seed, data_seed=seed)
+            for seed in seeds for name in ("lecun", "he")]
+
+
 def _he2015_rows(config: Config, seeds: list[int]) -> list[dict]:
+    runs = _he2015_configs(config, seeds)
     rows = []
-    for seed in seeds:
-        data = load("digits", seed=seed)
-        for name in ("lecun", "he"):
-            model = mlp(data.in_features, data.out_features, width=config.deep_width, depth=config.deep_depth,
-                        activation="relu", init=name, seed=seed)
-            hist = fit(model, data, optimizer="sgd", lr=config.deep_lr, momentum=0.9, batch_size=config.deep_batch,
-                       epochs=config.deep_epochs, seed=seed)
-            for epoch, tl, va in zip(hist.epoch, hist.train_loss, hist.val_acc):
-                rows.append({"experiment": "he2015", "init": name, "seed": seed, "epoch": epoch,
-                             "train_loss": tl, "val_acc": va * 100})
+    for run, result in zip(runs, train_runs(runs)):  # the training runs go through the sweep layer
+        hist = result.to_history()
+        for epoch, tl, va in zip(hist.epoch, hist.train_loss, hist.val_acc):
+            rows.append({"experiment": "he2015", "init": run.init, "seed": run.seed, "epoch": epoch,
+                         "train_loss": tl, "val_acc": va * 100})
     return rows
 
 

@@ -37,11 +37,13 @@ The set-up
 unregularised 1×256 tanh MLP (Xavier init) memorises them; validation on 359 held-out images. SGD with
 momentum 0.9, lr 0.1, batch 50, for ``epochs`` epochs, with ``dd.fit(l2=λ)`` for λ on a log grid that
 includes 0 and a very large value (1000: a per-step decay of ηλ/n = 1, still inside the stability bound
-ηλ/n < 2(1 + β) = 3.8 of ``stable_lambda_limit``; the Config refuses λ beyond it). Only end-of-training
-numbers are needed, so ``dd.fit`` runs without per-epoch evaluation and the model is evaluated once. Measured at the end: training
-and validation loss and accuracy, ‖w‖ (all weight matrices, not biases), the spread (std over training
-samples, RMS over units) of the hidden pre-activations and their relative nonlinearity
-‖tanh(z) − z‖/‖z‖. The seed-to-seed spread is the sample standard deviation over seeds, each seed
+ηλ/n < 2(1 + β) = 3.8 of ``stable_lambda_limit``; the Config refuses λ beyond it). These runs are
+``RunConfig``s trained through the sweep layer (``deepdiag.study.train_runs``). Only end-of-training
+numbers are needed, so ``dd.fit`` runs without per-epoch evaluation (``eval_train=False``,
+``val_split=None``) and the trained model is measured once, by the probes ``final_eval``, ``weight_norm``
+and ``hidden_stats``: training and validation loss and accuracy, ‖w‖ (all weight matrices, not biases),
+the spread (std over training samples, RMS over units) of the hidden pre-activations and their relative
+nonlinearity ‖tanh(z) − z‖/‖z‖. The seed-to-seed spread is the sample standard deviation over seeds, each seed
 drawing its own training subset, split, initial weights and batch order. Because the split moves the
 validation loss of *every* λ up or down together, the U-shape check is paired: for each seed the gain
 val(0) − val(λ*) at the grid's best intermediate λ*, and the claim holds when the mean gain exceeds
@@ -54,7 +56,8 @@ Adam + ``l2=λ`` against AdamW(``weight_decay=λ/n``) (same nominal decay, measu
 with the norm of the zero-gradient input weights tracked per epoch against the two predictions above.
 This part standardises digits per feature (``standardize="features"``), so the pixels that are blank in
 every training image become exact zeros and their input weights get exactly zero data gradient (the
-sweep keeps the library's default pooled-pixel scaling).
+sweep keeps the library's default pooled-pixel scaling). It trains directly with ``dd.fit``, outside
+the sweep layer: it needs the parameters after every epoch, which no run result stores.
 
 Reference. The Deep Learning Specialization's regularisation assignment (Course 2, week 1; a 3-layer
 ReLU net on 2-D points, 211 train / 200 test, GD for 30 000 iterations) reports 94.8 % / 91.5 %
@@ -84,10 +87,10 @@ equivalence holds for SGD, not for Adam.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -96,9 +99,9 @@ import torch
 import deepdiag as dd
 
 from .._validate import check_choice, check_number
-from ..regularization import weight_parameters
-from ..study import Measurement, Study, check_rule
-from ..train import evaluate
+from ..engines.local import dataset_of
+from ..study import Measurement, Study, check_rule, train_runs
+from ..sweep import RunConfig
 from .capacity import chance_loss
 
 DLS_REFERENCE = {  # Deep Learning Specialization, Course 2 week 1, "Regularization" assignment
@@ -214,42 +217,29 @@ QUICK = dict(width=128, lams=(0.0, 0.3, 1.0, 10.0, 1000.0), epochs=100, eq_epoch
 
 # ---- experiments --------------------------------------------------------------------------------
 
-def _weight_norm(model) -> float:
-    with torch.no_grad():
-        return float(torch.stack([w.pow(2).sum() for w in weight_parameters(model)]).sum().sqrt())
+def _sweep_configs(config: Config, seeds: list[int]) -> list[RunConfig]:
+    """seeds × λ (λ fastest), each seed drawing its own training subset and split (data_seed = seed).
+    Only end-of-training numbers are needed, so ``dd.fit`` evaluates nothing per epoch
+    (``eval_train=False``, ``val_split=None``) and the probes measure the trained model once."""
+    base = RunConfig(dataset=config.dataset, n_train=config.n_train, width=config.width, depth=config.depth,
+                     activation=config.activation, init=config.init, optimizer="sgd", lr=config.lr,
+                     momentum=config.momentum, batch_size=config.batch_size, epochs=config.epochs,
+                     eval_train=False, val_split=None,
+                     probes=("final_eval", "weight_norm", "hidden_stats"))
+    return [dataclasses.replace(base, l2=float(lam), seed=seed, data_seed=seed)
+            for seed in seeds for lam in config.lams]
 
 
-@torch.no_grad()
-def _hidden_stats(model, x: torch.Tensor) -> dict:
-    """Spread and nonlinearity of the first hidden layer's pre-activations z = W₁x + b₁ on x."""
-    layer = model.hidden[0]
-    z = layer.linear(x)  # (n, width)
-    act = layer.act(z)
-    z_rms = float(z.pow(2).mean().sqrt())
-    spread = float(z.std(dim=0).pow(2).mean().sqrt())  # std over samples, RMS over units
-    nonlin = float((act - z).norm() / z.norm()) if z_rms > 0 else math.nan
-    return dict(z_rms=z_rms, z_spread=spread, nonlinearity=nonlin)
-
-
-def _sweep(config: Config, seed: int) -> list[dict]:
-    ds = dd.data.load(config.dataset, n_train=config.n_train, seed=seed)
-    baseline = chance_loss(ds.y_train, ds.n_classes)
-    train_only = SimpleNamespace(x_train=ds.x_train, y_train=ds.y_train, task="classification")
-    loss_fn = torch.nn.CrossEntropyLoss()
+def _sweep_rows(runs: list[RunConfig], results) -> list[dict]:
     rows = []
-    for lam in config.lams:
-        model = dd.mlp(ds.in_features, ds.out_features, width=config.width, depth=config.depth,
-                       activation=config.activation, init=config.init, seed=seed)
-        w0 = _weight_norm(model)
-        # only end-of-training numbers are needed: no per-epoch evaluation (train_only has no val split)
-        hist = dd.fit(model, train_only, optimizer="sgd", lr=config.lr, momentum=config.momentum,
-                      batch_size=config.batch_size, epochs=config.epochs, l2=lam, seed=seed, eval_train=False)
-        (tl, ta), (vl, va) = (evaluate(model, x, y, loss_fn, True) for x, y in
-                              ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val)))
-        rows.append(dict(experiment="sweep", seed=seed, lam=lam, train_loss=float(tl), val_loss=float(vl),
-                         train_acc=float(ta), val_acc=float(va), weight_norm=_weight_norm(model),
-                         weight_norm_init=w0, chance_loss=baseline, diverged=hist.diverged,
-                         **_hidden_stats(model, ds.x_train)))
+    for run, result in zip(runs, results):
+        p, ds = result.probe_values(), dataset_of(run)
+        rows.append(dict(experiment="sweep", seed=run.seed, lam=run.l2, train_loss=p["final_train_loss"],
+                         val_loss=p["final_val_loss"], train_acc=p["final_train_acc"],
+                         val_acc=p["final_val_acc"], weight_norm=p["weight_norm"],
+                         weight_norm_init=p["weight_norm_init"], chance_loss=chance_loss(ds.y_train, ds.n_classes),
+                         diverged=result.status == "diverged", z_rms=p["z_rms"], z_spread=p["z_spread"],
+                         nonlinearity=p["nonlinearity"]))
     return rows
 
 
@@ -366,7 +356,8 @@ def _checks(sweep: pd.DataFrame, eq: pd.DataFrame, config: Config, n_seeds: int)
 
 
 def measure(config: Config, seeds: list[int]) -> Measurement:
-    sweep = pd.DataFrame([row for seed in seeds for row in _sweep(config, seed)])
+    runs = _sweep_configs(config, seeds)
+    sweep = pd.DataFrame(_sweep_rows(runs, train_runs(runs)))  # every sweep run through the sweep layer
     eq = pd.DataFrame(_equivalence(config, seeds[0]))
     checks = _checks(sweep, eq, config, len(seeds))
     if sweep.diverged.any():

@@ -25,6 +25,9 @@ small tanh net, ε = 1e-7, relative difference ‖g − g_fd‖/(‖g‖ + ‖g_
 Specialization's formula; its threshold 2e-7); the same check in float32 fails, which is why it must
 be done in float64.
 
+Runs. None: gradients at fixed weights in two precisions (and finite differences), exact computations
+that go through no sweep.
+
 Figures. ``error_vs_depth``: relative gradient error against depth on log–log axes, the bound
 √(L·n)·u as a line, points for each net and mode (mean, min–max over seeds and examples).
 ``gradient_check``: the central-difference relative error in float64 and float32 against the threshold.

@@ -25,6 +25,9 @@ the output of every shallower one (the chain is shared: ŷ(L) = w_L·h_(L−1));
 measured on separate nets of several depths. The random chains draw W ~ N(0, a²/n) i.i.d. (n = 256 in
 full mode) for k chains per seed, and record ‖h_l‖ layer by layer.
 
+Runs. None: every number here is an exact forward or backward computation at fixed weights, so nothing
+goes through the sweep layer.
+
 Figures. ``output_vs_depth``: |ŷ|/|w_L x| against L on a log axis, measured points on the lines a^(L−1).
 ``gradients_by_layer``: for the deepest net, the back-propagated signal and each layer's weight gradient
 against the layer index, with their theory lines. ``random_chain``: ln‖h_l‖/‖x‖ of the Gaussian chains
