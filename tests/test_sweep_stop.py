@@ -26,7 +26,7 @@ def test_bad_stop_on_names_the_argument_and_allowed_values(bad):
     assert "stop_on" in msg and "'warning'" in msg and "'error'" in msg and "None" in msg
 
 
-@pytest.mark.parametrize("engine", ["vectorized", "dask", "ray"])
+@pytest.mark.parametrize("engine", ["dask", "ray"])
 def test_stop_on_refuses_engines_without_a_per_run_monitor(engine):
     with pytest.raises(ValueError, match="stop_on"):
         _sweep({"lr": [0.1]}, engine=engine, stop_on="error")
@@ -109,3 +109,26 @@ def test_process_engine_stops_too():
     assert df.attrs["engine"] == "process" and set(df.engine) == {"process"}
     assert not df.loc["he"].stopped and df.loc["he"].steps == FULL
     assert df.loc["zeros"].stopped and df.loc["zeros"].steps < FULL
+
+
+def test_vectorized_engine_stops_the_same_runs_per_member():
+    """Per-member statistics on the stack (divergence, stalled updates, dead units) stop the same doomed
+    runs as the local Monitor, within one epoch of it (they judge the whole training set at epoch ends,
+    the Monitor a window of batches every 10 steps), leave the healthy ones untouched, and record why."""
+    grid = {"lr": [0.1, 50.0, 1e-6], "init": ["he", "zeros"]}
+    for stop_on in ("error", "warning"):
+        local = _sweep(grid, seeds=2, engine="local", stop_on=stop_on).set_index("hash")
+        vec = _sweep(grid, seeds=2, engine="vectorized", stop_on=stop_on).set_index("hash")
+        assert set(vec.engine) == {"vectorized"}
+        vec = vec.loc[local.index]
+        assert list(vec.stopped) == list(local.stopped)
+        assert ((vec.steps - local.steps).abs() <= 7).all()  # one epoch: 400 samples / batch 64
+        assert vec.stopped.any() and not vec.stopped.all()
+        healthy = ~local.stopped
+        pd.testing.assert_series_equal(vec.best_val_loss[healthy], local.best_val_loss[healthy], rtol=1e-5)
+        stopped = vec[vec.stopped]
+        assert set(stopped.stop_code) <= {"divergence", "dead_units", "stalled_updates"}
+        assert (stopped.stop_step <= stopped.steps).all()
+        div = vec[vec.stop_code == "divergence"]
+        assert (div.stop_step == div.diverged_step).all()
+    assert "stalled_updates" in set(stopped.stop_code)  # lr 1e-6 under stop_on="warning"

@@ -382,8 +382,9 @@ def sweep(
     and end it at the end of the epoch in which a finding of that severity or worse appears (divergence,
     dead or symmetric units, stalled updates, ...). Such a run keeps status ``done`` (or ``diverged``) with
     ``stopped=True``, ``stop_code``, ``stop_severity`` and ``stop_step`` (the optimizer step, 1-based, at
-    which the finding was first seen); ``steps`` counts the steps it actually trained. Needs the local or
-    process engine (``auto`` picks local). See docs/sweeps.md, "Stopping doomed runs".
+    which the finding was first seen); ``steps`` counts the steps it actually trained. Engines: local and
+    process (a Monitor, every rule; ``auto`` picks local), or vectorized (per-member divergence, stalled
+    updates and dead units, judged at epoch ends). See docs/sweeps.md, "Stopping doomed runs".
     """
     from .store import Store, open_store
 
@@ -455,8 +456,9 @@ def _train_missing(configs: list[RunConfig], engine: str, db, resume: bool, prog
     todo = [c for c in configs if c.hash not in finished]
     if name == "auto" and stop_on is not None:
         name = "local"
-        log.info("engine=auto chose 'local': stop_on=%r attaches a Monitor to each run, which the "
-                 "vectorized engine cannot do per member", stop_on)
+        log.info("engine=auto chose 'local': stop_on=%r attaches a Monitor (every rule) to each run; "
+                 "engine='vectorized' judges only divergence, stalled updates and dead units per member",
+                 stop_on)
     elif name == "auto":
         name, why = choose_engine(todo)
         log.info("engine=auto chose %r: %s", name, why)
@@ -466,7 +468,9 @@ def _train_missing(configs: list[RunConfig], engine: str, db, resume: bool, prog
     return name
 
 
-STOP_ENGINES = ("local", "process")  # engines that train each run through dd.fit with a Monitor
+# engines that honour stop_on: local / process train each run through dd.fit with a Monitor; vectorized
+# judges per-member statistics with the same rules (divergence, stalled updates, dead units) per epoch
+STOP_ENGINES = ("local", "process", "vectorized")
 
 
 def _engine_names() -> tuple[str, ...]:

@@ -39,6 +39,7 @@ go to the local loop.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -51,8 +52,10 @@ from ..models import _initialise, mlp
 from ..regularization import weight_parameters
 from ..sweep import RunConfig, RunResult, metrics_from_history, versions
 from ..train import History, _prepare
-from . import Engine
+from . import Engine, member_rules
 from .local import check_device, dataset, train_run
+
+log = logging.getLogger("deepdiag.sweep")
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam / AdamW defaults, as dd.fit uses them
 
@@ -118,12 +121,14 @@ class VectorizedEngine(Engine):
                     rest.append(chunk[0])
                     continue
                 try:
-                    results, _ = train_group(chunk, compile=self.compile)
-                except Exception:  # e.g. out of memory: the reference loop records each run's fate
-                    results = [train_run(c) for c in chunk]
+                    results, _ = train_group(chunk, compile=self.compile, stop_on=self.stop_on)
+                except Exception as e:  # e.g. out of memory: the reference loop records each run's fate
+                    log.warning("vectorized group of %d runs failed (%s: %s); training them one by one",
+                                len(chunk), type(e).__name__, e)
+                    results = [train_run(c, self.stop_on) for c in chunk]
                 yield from results
         for c in rest:
-            yield train_run(c)
+            yield train_run(c, self.stop_on)
 
 
 # ------------------------------------------------------------------------------------ batched model
@@ -435,11 +440,13 @@ def _adam(S: _Stack, g: torch.Tensor) -> None:
 
 
 def train_group(configs: list[RunConfig], return_params: bool = False, compile: bool = False,
-                fast: bool | None = None):
+                fast: bool | None = None, stop_on: str | None = None):
     """Train same-shaped configs as one batched model. Returns (results, params) where params is, with
     return_params, each member's final parameters as {name: tensor} (else None).
     fast: the hand-written backward of ``_fast_step`` (plain nets, cross-entropy or MSE); None: wherever
-    it applies and compile=False; False: autograd (``torch.compile``-d forward with compile=True)."""
+    it applies and compile=False; False: autograd (``torch.compile``-d forward with compile=True).
+    stop_on: "warning" / "error": judge each member at every epoch end with the Monitor's rules on
+    per-member statistics (``member_rules``) and end it there when a finding that severe appears."""
     c0 = configs[0]
     if any(shape_key(c) != shape_key(c0) for c in configs) or shape_key(c0) is None:
         raise ValueError("train_group needs configs that share one vectorizable shape_key")
@@ -472,7 +479,9 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
     loss_fn = torch.compile(loss_fn, dynamic=False) if compile else loss_fn
     hists = [History() for _ in configs]
     final: list[dict | None] = [None] * N
+    stops: list = [None] * N
     for epoch in range(1, c0.epochs + 1):
+        before = _weights_now(S) if stop_on else None
         order = torch.stack([torch.randperm(n, generator=shuffles[m]) for m in S.members]).to(device)  # (N, n)
         losses = []
         for xb, target in _batches(x, y, order, batch, kind, fast, ds.out_features):
@@ -487,6 +496,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
         val = (_evaluate(S, x_val, y_val, kind, c0.depth, c0.residual, c0.activation) if x_val is not None
                else (torch.full((len(S.members),), float("nan")),) * 2)
         table = torch.stack([t.double().cpu() for t in (*train, *val)]).tolist()  # host sync
+        judged = _judge_members(S, before, len(losses), x, c0, epoch_losses) if stop_on else None
         alive = []
         for row, m in enumerate(S.members):
             h, col = hists[m], epoch_losses[:, row]
@@ -504,6 +514,9 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
             bad = (~torch.isfinite(col)).nonzero()
             if len(bad):
                 h.diverged, h.diverged_step = True, h.steps - len(losses) + int(bad[0]) + 1
+            if judged is not None:
+                stops[m] = member_rules.first_stop(judged(row, h.steps, h.diverged_step), stop_on)
+            if len(bad) or stops[m] is not None:
                 if return_params:
                     final[m] = {k: p[row].detach().clone() for k, p in S.params.items()}
             else:
@@ -511,7 +524,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
         if len(alive) < len(S.members):
             if not alive:
                 break
-            S.keep(alive)  # diverged members leave the stack
+            S.keep(alive)  # diverged (and stopped) members leave the stack
     if return_params:
         for row, m in enumerate(S.members):
             if final[m] is None:
@@ -519,9 +532,52 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
     wall = (time.perf_counter() - start) / N  # the group's time, shared evenly
     vers = versions()
     results = []
-    for c, h in zip(configs, hists):
+    for c, h, stop in zip(configs, hists, stops):
         h.wall_time = wall
         d = h.to_dict()
-        results.append(RunResult(c, "diverged" if h.diverged else "done", d, metrics_from_history(d),
+        results.append(RunResult(c, "diverged" if h.diverged else "done", d, metrics_from_history(d, stop),
                                  None, wall, vers, "vectorized"))
     return results, (final if return_params else None)
+
+
+# ------------------------------------------------------------------ stop_on: per-member statistics
+
+def _weights_now(S: _Stack) -> dict[str, torch.Tensor]:
+    """A copy of every stacked weight matrix (the params are views of one flat vector)."""
+    return {k: p.detach().clone() for k, p in S.params.items() if k in S.weights}
+
+
+@torch.no_grad()
+def _fired(S: _Stack, x: torch.Tensor, depth: int) -> dict[str, torch.Tensor]:
+    """{hidden ReLU layer: (N, width) bool, the unit's output was > 0 on some row of x} (plain nets)."""
+    N, fired = len(S.members), {}
+    rows = max(1, 2**20 // (N * max(x.shape[1], 64)))
+    for i in range(0, len(x), rows):
+        h = x[i:i + rows].expand(N, *x[i:i + rows].shape)
+        for d in range(depth):
+            w, b = S.params[f"hidden.{d}.linear.weight"], S.params[f"hidden.{d}.linear.bias"]
+            h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)))
+            on = (h > 0).any(dim=1)
+            name = f"hidden.{d}.act"
+            fired[name] = on if name not in fired else fired[name] | on
+    return fired
+
+
+def _judge_members(S: _Stack, before: dict, steps: int, x: torch.Tensor, c0: RunConfig, epoch_losses):
+    """A function (row, steps so far, diverged step or None) -> that member's findings this epoch."""
+    now = {k: p.detach() for k, p in S.params.items() if k in S.weights}
+    ratios = member_rules.update_ratios(now, before, steps)
+    norms = {k: w.norm(dim=tuple(range(1, w.dim()))) for k, w in now.items()}
+    fired = _fired(S, x, c0.depth) if c0.activation == "relu" and not c0.residual else None
+    biases = {f"hidden.{d}.act": S.params[f"hidden.{d}.linear.bias"] for d in range(c0.depth)} if fired else None
+    ratios, norms = ({k: v.cpu() for k, v in t.items()} for t in (ratios, norms))  # host sync, once per epoch
+    fired = {k: v.cpu() for k, v in fired.items()} if fired else None
+    biases = {k: v.detach().cpu() for k, v in biases.items()} if biases else None
+    lrs = [c.lr for c in S.configs]
+
+    def judge(row: int, done: int, diverged_step: int | None):
+        rows = member_rules.layer_rows(row, ratios, norms, fired, len(x), biases)
+        step = (diverged_step if diverged_step is not None else done) - 1  # 0-based, as Monitor steps
+        return member_rules.member_findings(rows, lrs[row], diverged_step, step)
+
+    return judge
