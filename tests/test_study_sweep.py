@@ -3,6 +3,7 @@
 A small l2 study (its sweep runs carry three probes) is the workhorse: a few seconds per run."""
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -175,3 +176,14 @@ def test_a_clashing_probe_fails_the_run(monkeypatch):
     monkeypatch.setitem(probes.PROBES, "clash", lambda model, ds, hist, config: {"val_loss": 0.0})
     result, = run_configs([dataclasses.replace(TINY, probes=("clash",))], engine="local", progress=False)
     assert result.status == "failed" and "probe 'clash' returns key(s) 'val_loss'" in result.error
+
+
+def test_a_probe_value_that_is_not_json_fails_only_its_run(monkeypatch):
+    from deepdiag import probes
+
+    monkeypatch.setitem(probes.PROBES, "numpy", lambda model, ds, hist, config: {"np_value": np.float32(1.5)})
+    monkeypatch.setitem(probes.PROBES, "opaque", lambda model, ds, hist, config: {"thing": object()})
+    ok, bad = run_configs([dataclasses.replace(TINY, probes=("numpy",)),
+                           dataclasses.replace(TINY, probes=("opaque",))], engine="local", progress=False)
+    assert ok.status == "done" and ok.probes["numpy"] == {"np_value": 1.5}
+    assert bad.status == "failed" and "probe 'opaque'" in bad.error

@@ -132,3 +132,18 @@ def test_vectorized_engine_stops_the_same_runs_per_member():
         div = vec[vec.stop_code == "divergence"]
         assert (div.stop_step == div.diverged_step).all()
     assert "stalled_updates" in set(stopped.stop_code)  # lr 1e-6 under stop_on="warning"
+
+
+def test_vectorized_divergence_stop_step_is_the_divergence_step():
+    """A member whose loss turns non-finite is stopped with code divergence at that very step (1-based,
+    as diverged_step), the same step the local engine records."""
+    base = {"dataset": "teacher", "n_train": 200, "width": 16, "depth": 2, "epochs": 3, "batch_size": 16,
+            "momentum": 0.9}
+    grid = {"lr": [0.01, 5.0, 1000.0]}
+    local = dd.sweep(base, grid, seeds=1, engine="local", stop_on="error", progress=False).set_index("hash")
+    vec = dd.sweep(base, grid, seeds=1, engine="vectorized", stop_on="error", progress=False)
+    vec = vec.set_index("hash").loc[local.index]
+    div = vec[vec.status == "diverged"]
+    assert len(div) == 2 and set(div.stop_code) == {"divergence"}
+    assert list(div.stop_step) == list(div.diverged_step) == list(local.diverged_step[div.index])
+    assert not vec.stopped[vec.lr == 0.01].any()

@@ -616,10 +616,11 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     whatever its steps do: step losses are mini-batch estimates, and their noise relative to the
     starting loss can exceed 4 % without any overshoot when little is left to learn (measured: an MSE
     regression starting at 0.10 with a noise of 0.005 per batch of 32, epoch loss falling 0.032 → 0.029).
-    An overshooting run's epoch loss stalls or jumps up, which is the second way to fire: the epoch
+    An overshooting run's epoch loss stalls or jumps up: when the steps swing (≥ 4 %) and the epoch
     loss reverses (neighbouring local extrema ≥ 10 % apart, AUTOTRAINER's rule moved from accuracy to
-    loss) at least max(1, 0.2 × epochs) times. A full-data loss that rises by 10 % and falls again
-    between epochs is not sampling noise.
+    loss) at least max(1, 0.2 × epochs) times, the rule fires even while the step trend still falls. A
+    full-data loss that rises by 10 % and falls again between epochs is not sampling noise; a single
+    bump with calm steps (warm-up, a restart) is not oscillation.
     """
     x = [float(v) for v in (step_loss or []) if v is not None and math.isfinite(float(v))]
     if len(x) < OSC_MIN_POINTS:
@@ -640,7 +641,7 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     reversals = sum(1 for a, b in zip(d, d[1:]) if a * b < 0) / max(1, len(d) - 1)
     epoch_pairs = epoch_swings(epoch_loss)
     by_epochs = epoch_pairs >= max(1.0, OSC_EPOCH_PAIRS * len(epoch_loss or []))
-    if not by_epochs and (swing < OSC_SWING or drift < OSC_SETTLED or still_falling(epoch_loss)):
+    if swing < OSC_SWING or still_falling(epoch_loss) or (drift < OSC_SETTLED and not by_epochs):
         return []
     ev = {"swing": swing, "swing_vs_level": _median(resid) / max(_median(tail), 1e-12), "trend_ratio": drift,
           "reversal_rate": reversals, "start_loss": start, "level": _median(tail), "points": len(w),
@@ -660,8 +661,10 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     lr_txt = f" with lr={_fmt(lr)}" if lr is not None else ""
     bs_txt = f", batch size {batch_size}" if batch_size is not None else ""
     return [Finding("oscillating_loss", "warning",
-                    f"The training loss swings by {swing:.0%} of its starting value around a trend that no longer "
-                    f"falls{lr_txt}{bs_txt}: the steps overshoot instead of settling.", ev,
+                    f"The training loss swings by {swing:.0%} of its starting value "
+                    + (f"around a trend that no longer falls" if drift >= OSC_SETTLED else
+                       f"and the epoch loss reverses {epoch_pairs}× by ≥ {OSC_EPOCH_GAP:.0%}")
+                    + f"{lr_txt}{bs_txt}: the steps overshoot instead of settling.", ev,
                     how[0].upper() + how[1:] + "; or add a learning-rate schedule that decays it.", [], step, fix=fix)]
 
 

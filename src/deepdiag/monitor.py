@@ -179,10 +179,12 @@ class Monitor:
             self.check()
 
     def _start_ready(self) -> bool:
-        """Enough seen to judge the start: every unit layer has >= MIN_POSITIONS samples, or RECENT
-        recorded steps have passed."""
+        """Enough seen to judge the start: every unit layer has >= MIN_POSITIONS samples (what the
+        unit rules need to speak at all; with a batch of 1 that is 32 steps), or there are no unit
+        layers. Judging earlier would find no dead units yet and later blame the lr for units that were
+        dead from the initialisation."""
         seen = [c[1] + c[3] for c in self._counts.values()]
-        return self.recorded >= RECENT or not seen or min(seen) >= MIN_POSITIONS
+        return not seen or min(seen) >= MIN_POSITIONS
 
     def _take_start(self, s: int) -> None:
         """Judge the layers once, at the start of training (host syncs, once): a layer pathology seen
@@ -198,6 +200,14 @@ class Monitor:
         if self.optimizer is not None:
             return float(self.optimizer.param_groups[0]["lr"])
         return self._lr_hint
+
+    @property
+    def base_lr(self) -> float | None:
+        """The learning rate the run was configured with: ``initial_lr`` when a torch scheduler has
+        decayed it (what fixes scale: "lr/10" of a decayed lr would be a 1000× smaller step), else lr."""
+        if self.optimizer is not None and "initial_lr" in self.optimizer.param_groups[0]:
+            return float(self.optimizer.param_groups[0]["initial_lr"])
+        return self.lr
 
     @property
     def batch_size(self) -> int | None:
@@ -462,7 +472,8 @@ class Monitor:
         rows = self.rows() if steps else []
         findings = judge_layers(rows, step=last) if steps else []
         if self._start is not None:
-            findings = [f if _start_key(f) in self._start else appeared_in_training(f, self._start_step, self.lr)
+            findings = [f if _start_key(f) in self._start else appeared_in_training(f, self._start_step,
+                                                                                     self.base_lr)
                         for f in findings]
         if rows:
             findings += stalled_updates(rows, step=last, lr=self.lr, knows_optimizer=self.optimizer is not None)
@@ -477,7 +488,7 @@ class Monitor:
                               base, step_loss, steps if step_loss else None, bad if bad >= 0 else None)
         ratio = _weight_norm(rows) / self._start_weight if rows and self._start_weight else None
         wd = float(self.optimizer.param_groups[0].get("weight_decay", 0.0)) if self.optimizer is not None else None
-        findings += [underfitting_cause(f, wd, self.lr, ratio) for f in curves]
+        findings += [underfitting_cause(f, wd, self.base_lr, ratio) for f in curves]
         if step_loss and not any(f.code == "divergence" for f in curves):
             findings += oscillating_loss(step_loss, steps, lr=self.lr, batch_size=self.batch_size,
                                          epoch_loss=curve("train_loss"))

@@ -34,6 +34,7 @@ state_dict     ``state_dict``: every parameter and buffer as nested lists, to re
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 
@@ -64,6 +65,11 @@ def run_probes(config, model: nn.Module, ds, history) -> dict[str, dict]:
     out = {}
     for name in config.probes:
         values = PROBES[name](model, ds, history, config)
+        try:  # the store writes JSON: a value that is not JSON fails this run here, not the sweep
+            values = json.loads(json.dumps(values, default=_as_list))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"probe {name!r} returned a value that is not JSON-safe ({e}); return plain "
+                            "floats, ints, strings, lists or dicts") from None
         clash = sorted(taken & set(values))
         if clash:
             raise ValueError(f"probe {name!r} returns key(s) {', '.join(map(repr, clash))} that another "
@@ -74,6 +80,13 @@ def run_probes(config, model: nn.Module, ds, history) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+def _as_list(value):
+    """JSON for numpy / torch values (scalars and arrays); anything else is not JSON-safe."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
 
 def _evaluate(model: nn.Module, ds, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(loss, accuracy) of `model` on (x, y) in eval mode with the loss ``dd.fit`` picks for `ds`

@@ -6,13 +6,16 @@ the statistics ``stop_on`` needs are per-member by construction, so they are mea
 each epoch end (no host sync inside the step loop) and judged by the same rule functions:
 
 - divergence: the member's first non-finite batch loss (tracked by the engine) → ``divergence`` (error);
-- stalled updates: u_l = ‖W_l(end) − W_l(start)‖ / (steps · ‖W_l(end)‖) over the epoch, per weight
-  layer (the Monitor measures the same ratio over gaps of 10 recorded steps) → ``stalled_updates``;
+- stalled updates: u_l = ‖W_l(k) − W_l(0)‖ / (k · ‖W_l(k)‖) over the first k = min(10, steps) steps of
+  the epoch, per weight layer — the Monitor's measure (it compares weights 10 recorded steps apart); a
+  whole epoch would underestimate the per-step ratio of noisy SGD, whose steps partly cancel (a random
+  walk grows like √steps) → ``stalled_updates``;
 - dead units: a ReLU hidden unit is dead when its output is 0 on every training example of the
   epoch-end evaluation pass (positions = n_train, far above the rule's 32) → ``dead_units``.
 
 The local engine checks every 10 steps and records the step a finding was first seen; here a finding
-is seen at the end of the epoch in which it appears, so ``stop_step`` is that epoch's last step.
+is seen at the end of the epoch in which it appears, so ``stop_step`` is that epoch's last step (a
+divergence: the member's first non-finite step).
 """
 from __future__ import annotations
 
@@ -22,9 +25,12 @@ from ..diagnose import dead_units, divergence, stalled_updates
 from ..findings import Finding, severity_rank
 
 
+UPDATE_GAP = 10  # steps between the two weight snapshots (the Monitor's UPDATE_EVERY recorded steps)
+
+
 @torch.no_grad()
 def update_ratios(now: dict, before: dict, steps: int) -> dict[str, torch.Tensor]:
-    """{weight name: (N,) per-step ‖ΔW‖/‖W‖ over an epoch of `steps` steps} (N-stacked weights)."""
+    """{weight name: (N,) per-step ‖ΔW‖/‖W‖ over `steps` steps} (N-stacked weights)."""
     out = {}
     for name, w in now.items():
         dims = tuple(range(1, w.dim()))
@@ -55,9 +61,10 @@ def layer_rows(member: int, ratios: dict, weight_norms: dict, fired: dict | None
 
 
 def member_findings(rows: list[dict], lr: float, diverged_step: int | None, step: int) -> list[Finding]:
-    """The findings of one member: divergence, stalled updates, dead units (the rules of diagnose)."""
+    """The findings of one member: divergence (`diverged_step` 1-based, as ``History`` keeps it), stalled
+    updates, dead units (the rules of diagnose); `step` is 0-based, as a Monitor's."""
     if diverged_step is not None:
-        return divergence(first_bad_step=diverged_step)
+        return divergence(first_bad_step=diverged_step - 1)  # Finding steps are 0-based, as a Monitor's
     return stalled_updates(rows, step, lr=lr, knows_optimizer=True) + dead_units(rows, step)
 
 

@@ -253,7 +253,7 @@ def _forward(P: dict, h: torch.Tensor, depth: int, residual: bool, act, drop, sc
     applies each member's dropout (identity in eval mode). Residual nets here have no norm layer, so,
     as in ``deepdiag.models``, each branch is scaled by 1/sqrt(depth). scratch (no autograd): a
     ``_Scratch`` for a plain net's layer outputs, which `act` may then overwrite."""
-    alpha = depth ** -0.5 if residual else 1.0  # the same float deepdiag.models.MLP uses
+    alpha = depth ** -0.5 if residual and depth else 1.0  # the same float deepdiag.models.MLP uses
     N, B = h.shape[:2]
     for i in range(depth):
         w, b = P[f"hidden.{i}.linear.weight"], P[f"hidden.{i}.linear.bias"]  # (N, out, in), (N, out)
@@ -482,6 +482,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
     stops: list = [None] * N
     for epoch in range(1, c0.epochs + 1):
         before = _weights_now(S) if stop_on else None
+        moved = None
         order = torch.stack([torch.randperm(n, generator=shuffles[m]) for m in S.members]).to(device)  # (N, n)
         losses = []
         for xb, target in _batches(x, y, order, batch, kind, fast, ds.out_features):
@@ -491,12 +492,14 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
                 loss = _autograd_step(S, xb, target, loss_fn)
             _update(S)
             losses.append(loss)
+            if stop_on and len(losses) == member_rules.UPDATE_GAP:
+                moved = (_weights_now(S), len(losses))  # the update ratio is measured over these steps
         epoch_losses = torch.stack(losses).double().cpu()  # (steps, N); host sync: once per epoch
         train = _evaluate(S, x, y, kind, c0.depth, c0.residual, c0.activation)
         val = (_evaluate(S, x_val, y_val, kind, c0.depth, c0.residual, c0.activation) if x_val is not None
                else (torch.full((len(S.members),), float("nan")),) * 2)
         table = torch.stack([t.double().cpu() for t in (*train, *val)]).tolist()  # host sync
-        judged = _judge_members(S, before, len(losses), x, c0, epoch_losses) if stop_on else None
+        judged = _judge_members(S, before, moved, len(losses), x, c0) if stop_on else None
         alive = []
         for row, m in enumerate(S.members):
             h, col = hists[m], epoch_losses[:, row]
@@ -516,6 +519,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
                 h.diverged, h.diverged_step = True, h.steps - len(losses) + int(bad[0]) + 1
             if judged is not None:
                 stops[m] = member_rules.first_stop(judged(row, h.steps, h.diverged_step), stop_on)
+                h.stopped_early = stops[m] is not None and epoch < c0.epochs
             if len(bad) or stops[m] is not None:
                 if return_params:
                     final[m] = {k: p[row].detach().clone() for k, p in S.params.items()}
@@ -563,10 +567,13 @@ def _fired(S: _Stack, x: torch.Tensor, depth: int) -> dict[str, torch.Tensor]:
     return fired
 
 
-def _judge_members(S: _Stack, before: dict, steps: int, x: torch.Tensor, c0: RunConfig, epoch_losses):
-    """A function (row, steps so far, diverged step or None) -> that member's findings this epoch."""
+def _judge_members(S: _Stack, before: dict, moved: tuple | None, steps: int, x: torch.Tensor, c0: RunConfig):
+    """A function (row, steps so far, diverged step or None) -> that member's findings this epoch.
+    `before`: the weights at the epoch's start; `moved`: (weights, k) after its first k = UPDATE_GAP
+    steps, or None for a shorter epoch (then the whole epoch is the gap)."""
     now = {k: p.detach() for k, p in S.params.items() if k in S.weights}
-    ratios = member_rules.update_ratios(now, before, steps)
+    after, gap = moved if moved is not None else (now, steps)
+    ratios = member_rules.update_ratios(after, before, gap)
     norms = {k: w.norm(dim=tuple(range(1, w.dim()))) for k, w in now.items()}
     fired = _fired(S, x, c0.depth) if c0.activation == "relu" and not c0.residual else None
     biases = {f"hidden.{d}.act": S.params[f"hidden.{d}.linear.bias"] for d in range(c0.depth)} if fired else None
