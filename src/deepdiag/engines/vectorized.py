@@ -109,7 +109,10 @@ class VectorizedEngine(Engine):
 
     name = "vectorized"
 
-    def __init__(self, max_members: int = 128, compile: bool = False):
+    def __init__(self, max_members: int = 128, compile: bool = False, **options):
+        if options:
+            raise TypeError(f"engine='vectorized' takes the options max_members and compile; got "
+                            f"{', '.join(map(repr, options))}")
         self.max_members, self.compile = max_members, compile
 
     def run(self, configs: list[RunConfig]) -> Iterator[RunResult]:
