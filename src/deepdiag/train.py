@@ -83,6 +83,25 @@ class History:
     diverged_step: int | None = None
     stopped_early: bool = False
 
+    def record_epoch(self, epoch: int, step_losses, train_loss: float, train_acc: float, val_loss: float,
+                     val_acc: float, has_val: bool) -> None:
+        """Append one epoch: its batch losses (a 1-d CPU tensor, one per step), the evaluations; update the
+        best epoch (lowest finite val loss, or train loss without a validation split), the step count and,
+        at the first non-finite batch loss, ``diverged`` / ``diverged_step`` (1-based)."""
+        self.epoch.append(epoch)
+        self.batch_loss.append(float(step_losses.mean()))
+        self.train_loss.append(train_loss)
+        self.train_acc.append(train_acc)
+        self.val_loss.append(val_loss)
+        self.val_acc.append(val_acc)
+        score = val_loss if has_val else train_loss
+        if math.isfinite(score) and score < self.best_val_loss:
+            self.best_epoch, self.best_val_loss = epoch, score
+        self.steps += len(step_losses)
+        bad = (~torch.isfinite(step_losses)).nonzero()
+        if len(bad) and not self.diverged:
+            self.diverged, self.diverged_step = True, self.steps - len(step_losses) + int(bad[0]) + 1
+
     def to_frame(self):
         """The per-epoch curves as a pandas DataFrame, one row per epoch."""
         import pandas as pd
@@ -229,11 +248,7 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
             if on_step is not None:
                 on_step()
         epoch_losses = torch.stack(losses).double().cpu()  # host sync: once per epoch
-        bad = (~torch.isfinite(epoch_losses)).nonzero()
         _record(hist, model, epoch, epoch_losses, x, y, x_val, y_val, loss_fn, classify, config)
-        hist.steps += len(losses)
-        if len(bad):
-            hist.diverged, hist.diverged_step = True, hist.steps - len(losses) + int(bad[0]) + 1
         improved = hist.best_epoch == epoch
         if improved and config.restore_best:
             best_state = copy.deepcopy(model.state_dict())
@@ -257,12 +272,4 @@ def _record(hist, model, epoch, epoch_losses, x, y, x_val, y_val, loss_fn, class
     train = evaluate(model, x, y, loss_fn, classify) if config.eval_train else (nan, nan)
     val = evaluate(model, x_val, y_val, loss_fn, classify) if x_val is not None else (nan, nan)
     tl, ta, vl, va = torch.stack([t.double() for t in (*train, *val)]).tolist()  # host sync
-    hist.epoch.append(epoch)
-    hist.batch_loss.append(float(epoch_losses.mean()))
-    hist.train_loss.append(tl)
-    hist.train_acc.append(ta)
-    hist.val_loss.append(vl)
-    hist.val_acc.append(va)
-    score = vl if x_val is not None else tl
-    if math.isfinite(score) and score < hist.best_val_loss:
-        hist.best_epoch, hist.best_val_loss = epoch, score
+    hist.record_epoch(epoch, epoch_losses, tl, ta, vl, va, x_val is not None)

@@ -505,25 +505,12 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
         judged = _judge_members(S, before, moved, len(losses), x, c0) if stop_on else None
         alive = []
         for row, m in enumerate(S.members):
-            h, col = hists[m], epoch_losses[:, row]
-            tl, ta, vl, va = (table[k][row] for k in range(4))
-            h.epoch.append(epoch)
-            h.batch_loss.append(float(col.mean()))
-            h.train_loss.append(tl)
-            h.train_acc.append(ta)
-            h.val_loss.append(vl)
-            h.val_acc.append(va)
-            score = vl if x_val is not None else tl
-            if score == score and abs(score) != float("inf") and score < h.best_val_loss:
-                h.best_epoch, h.best_val_loss = epoch, score
-            h.steps += len(losses)
-            bad = (~torch.isfinite(col)).nonzero()
-            if len(bad):
-                h.diverged, h.diverged_step = True, h.steps - len(losses) + int(bad[0]) + 1
+            h = hists[m]
+            h.record_epoch(epoch, epoch_losses[:, row], *(table[k][row] for k in range(4)), x_val is not None)
             if judged is not None:
                 stops[m] = member_rules.first_stop(judged(row, h.steps, h.diverged_step), stop_on)
                 h.stopped_early = stops[m] is not None and epoch < c0.epochs
-            if len(bad) or stops[m] is not None:
+            if h.diverged or stops[m] is not None:
                 if return_params:
                     final[m] = {k: p[row].detach().clone() for k, p in S.params.items()}
             else:
