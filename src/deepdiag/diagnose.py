@@ -332,7 +332,7 @@ def appeared_in_training(f: Finding, healthy_step: int | None, lr: float | None 
     (``{"lr": lr/10}`` when the lr is known, else ``{"lr_factor": 0.1}``). Other findings pass unchanged."""
     if f.code not in TRAINING_CAUSED or f.rank < 1 or healthy_step is None:
         return f
-    fix = {"lr": _pow10_round(lr / 10)} if lr else {"lr_factor": 0.1}
+    fix = lr_fix(lr, 0.1)
     what = f"lr={_fmt(fix['lr'])}" if "lr" in fix else "a 10× smaller learning rate"
     return replace(f, summary=f"{f.summary} It appeared during training (the layers were healthy at step "
                                  f"{healthy_step}), so the updates caused it.",
@@ -451,7 +451,7 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                               f"the loss gradient and pins the weights near 0.", fix=fix)
     k = UNDERFIT_EPOCH_FALL
     if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
-        fix = {"lr": _pow10_round(lr * 10)} if lr else {"lr_factor": 10.0}
+        fix = lr_fix(lr, 10.0)
         what = f"lr={_fmt(fix['lr'])}" if "lr" in fix else "a 10× larger learning rate"
         return replace(f, summary=f"{f.summary} The loss is still falling, slowly, in every recent epoch.",
                        evidence={**f.evidence, "lr": lr, "weight_norm_ratio": weight_ratio},
@@ -595,6 +595,15 @@ def _pow10_round(x: float) -> float:
     return float(f"{x:.0e}")
 
 
+def lr_fix(lr: float | None, factor: float) -> dict:
+    """The learning-rate remedy as data: ``{"lr": lr·factor}`` to one significant digit when the lr is
+    known (a factor < 1 divides by its inverse, so 0.1 gives exactly lr/10), else ``{"lr_factor":
+    factor}`` (also to one digit)."""
+    if not lr:
+        return {"lr_factor": _pow10_round(factor)}
+    return {"lr": _pow10_round(lr * factor if factor >= 1 else lr / (1 / factor))}
+
+
 def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = None, lr: float | None = None,
                      batch_size: int | None = None, epoch_loss: Sequence[float] | None = None) -> list[Finding]:
     """oscillating_loss: the step-level training loss swings around its trend instead of settling.
@@ -649,12 +658,9 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
           "epoch_loss": [float(v) for v in epoch_loss or []]}
     step = int(steps[-1]) if steps is not None and len(steps) else None
     small_batch = batch_size is not None and batch_size < 8
-    if lr is not None:
-        fix = {"lr": _pow10_round(lr / 10)}
-        how = f"lower the learning rate 10× (lr={_fmt(lr)} → {_fmt(fix['lr'])})"
-    else:
-        fix = {"lr_factor": 0.1}
-        how = "lower the learning rate 10×"
+    fix = lr_fix(lr, 0.1)
+    how = (f"lower the learning rate 10× (lr={_fmt(lr)} → {_fmt(fix['lr'])})" if "lr" in fix
+           else "lower the learning rate 10×")
     if small_batch:
         how += f", or use larger batches than {batch_size} (e.g. 32)"
         fix["batch_size"] = 32
@@ -741,12 +747,9 @@ def stalled_updates(rows, step: int | None = None, lr: float | None = None,
     slow = [r for r in moving if r["update_rel"] < STALL]
     if len(slow) == len(moving):
         factor = min(1e4, max(10.0, TARGET_UPDATE / med))
-        if lr is not None:
-            fix = {"lr": _pow10_round(lr * factor)}
-            how = f"raise the learning rate from {_fmt(lr)} to about {_fmt(fix['lr'])}"
-        else:
-            fix = {"lr_factor": _pow10_round(factor)}
-            how = f"raise the learning rate about {_fmt(fix['lr_factor'])}×"
+        fix = lr_fix(lr, factor)
+        how = (f"raise the learning rate from {_fmt(lr)} to about {_fmt(fix['lr'])}" if "lr" in fix
+               else f"raise the learning rate about {_fmt(fix['lr_factor'])}×")
         return [Finding("stalled_updates", "warning",
                         f"Every layer's weights move by only {_fmt(med)} of their size per step (median ‖Δw‖/‖w‖; "
                         f"< {STALL:g}): training has all but stopped.",

@@ -23,6 +23,7 @@ import torch
 
 from ..diagnose import dead_units, divergence, stalled_updates
 from ..findings import Finding, severity_rank
+from .local import STOP_FIRST
 
 
 UPDATE_GAP = 10  # steps between the two weight snapshots (the Monitor's UPDATE_EVERY recorded steps)
@@ -69,8 +70,9 @@ def member_findings(rows: list[dict], lr: float, diverged_step: int | None, step
 
 
 def first_stop(findings: list[Finding], stop_on: str) -> Finding | None:
-    """The finding that stops the run: at least `stop_on`, divergence first, then the most severe."""
+    """The finding that stops the run: at least `stop_on`; the local ``Stopper``'s order (``STOP_FIRST``
+    codes, then the most severe) among these findings, which are all seen at the same step."""
     hits = [f for f in findings if severity_rank(f.severity) >= severity_rank(stop_on)]
     if not hits:
         return None
-    return min(hits, key=lambda f: (f.code != "divergence", -f.rank))
+    return min(hits, key=lambda f: (f.code not in STOP_FIRST, -f.rank))
