@@ -68,3 +68,18 @@ def ray_local():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ framework adapters (optional extras)
+
+def require_integration(extra: str, module: str) -> None:
+    """At the top of a test module: skip the module (or, with REQUIRE_INTEGRATIONS=1 as CI sets it, fail)
+    when the framework an adapter needs is not installed."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec(module) is None:
+        hint = f"pip install 'deepdiag[{extra}]'"
+        if os.environ.get("REQUIRE_INTEGRATIONS") == "1":
+            pytest.fail(f"REQUIRE_INTEGRATIONS=1 but {module!r} is missing: {hint}", pytrace=False)
+        pytest.skip(f"the {extra} integration needs its extra: {hint}", allow_module_level=True)
