@@ -228,3 +228,25 @@ def test_monitor_argument_errors():
         Monitor("net")
     with pytest.raises(ValueError, match="capacity"):
         Monitor(nn.Linear(2, 2), capacity=7)
+
+
+def test_unit_windows_keep_the_current_and_the_previous_window():
+    """A ReLU unit counts as fired over the last two windows only: one that fired in the window before
+    the previous one is dead now (it died during training); saturation counts add up over both."""
+    from deepdiag.measure.history import UnitWindows
+
+    w = UnitWindows(window=2)
+    w.add(0, {"unit_max": torch.tensor([1.0, 0.0, -1.0]), "positions": 8})  # unit 0 fires
+    w.add(1, {"unit_count": torch.tensor([3, 0]), "positions": 8})
+    w.tick()
+    assert w.units[0].counts().tolist() == [1, 0, 0] and w.min_seen() == 8
+    w.add(0, {"unit_max": torch.tensor([-1.0, 2.0, -1.0]), "positions": 8})  # unit 1 fires
+    w.add(1, {"unit_count": torch.tensor([1, 1]), "positions": 8})
+    w.tick()  # window full: it becomes the previous one
+    assert w.units[0].counts().tolist() == [1, 1, 0] and w.units[1].counts().tolist() == [4, 1]
+    for _ in range(2):
+        w.add(0, {"unit_max": torch.tensor([-1.0, -1.0, -1.0]), "positions": 8})
+        w.add(1, {"unit_count": torch.tensor([0, 0]), "positions": 8})
+        w.tick()
+    assert w.units[0].counts().tolist() == [0, 0, 0]  # nothing fired in the last two windows
+    assert w.units[1].counts().tolist() == [0, 0] and w.min_seen() == 16  # the new window is still empty

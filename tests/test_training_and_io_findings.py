@@ -1,5 +1,5 @@
-"""Training and input/output findings: oscillating_loss, stalled_updates, output_loss_mismatch, unscaled_inputs (plain torch),
-healthy controls beside each, and early warning (check(), on_finding, first-seen step)."""
+"""Training and input/output findings: oscillating_loss, stalled_updates, output_loss_mismatch,
+unscaled_inputs (plain torch), healthy controls beside each, and early warning (check(), on_finding, first-seen step)."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -2,8 +2,9 @@
 
 Findings are frozen dataclasses with JSON-safe evidence (plain floats, ints, strings, lists, dicts;
 ``deepdiag.jsonsafe``: a non-finite number becomes None), so they cross engines, the results store and
-the command line unchanged. Severity is one of ``SEVERITIES`` in increasing order: ``info`` (worth knowing, nothing to fix), ``warning`` (likely hurts
-training), ``error`` (training cannot work as set up). A healthy model gives no warning or error.
+the command line unchanged. Severity is one of ``SEVERITIES`` in increasing order: ``info`` (worth
+knowing, nothing to fix), ``warning`` (likely hurts training), ``error`` (training cannot work as set up).
+A healthy model gives no warning or error.
 
 >>> f = Finding("dead_units", "warning", "3 of 4 ReLU units never fire.", {"fraction": 0.75},
 ...             "Use dd.init_weights(model, 'he').", ["fc1"])

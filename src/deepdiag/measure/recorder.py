@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..init import fans
 from .hooks import Hooks
-from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, UNIT_FAMILIES, Site, first_tensor, infer_family, module_kind,
+from .records import UNIT_FAMILIES
+from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, Site, first_tensor, infer_family, module_kind,
                     ptr, reduce_dims, safe_norm, unit_counts)
 
 

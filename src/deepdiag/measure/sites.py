@@ -37,8 +37,6 @@ import torch
 from torch import Tensor, nn
 
 from ..init import NORM_LAYERS
-from .records import UNIT_FAMILIES
-
 WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 CONV_LAYERS = (nn.modules.conv._ConvNd,)
 ACTIVATION_FAMILIES = {

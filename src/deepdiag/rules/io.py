@@ -12,8 +12,9 @@ LOGIT_LOSSES = ("cross_entropy", "bce_with_logits")  # losses that apply the sof
 
 
 def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> list[Finding]:
-    """output_loss_mismatch: the output layer and the loss do not fit. `facts` (``OutputFacts``, measured by checkup
-    or a Monitor given the loss): ``loss`` (cross_entropy, bce_with_logits, bce, nll, mse or None), ``last_module``
+    """output_loss_mismatch: the output layer and the loss do not fit. `facts` (``OutputFacts``, measured
+    by checkup or a Monitor given the loss): ``loss`` (cross_entropy, bce_with_logits, bce, nll, mse or
+    None), ``last_module``
     (type of the module producing the output), ``out_width``, ``out_min``/``out_max``, ``rows_sum_to_one``,
     ``target_kind`` (int/float), ``target_min``/``target_max``.
 
@@ -92,8 +93,9 @@ UNSCALED = 10.0  # a feature whose RMS (√(mean² + std²)) is >= 10: an order 
 
 
 def unscaled_inputs(facts: InputFacts | None, step: int | None = None) -> list[Finding]:
-    """unscaled_inputs: input features far from unit scale. `facts` (``InputFacts``): ``feature_mean`` and ``feature_std``
-    (per feature over the batch; channels for images), ``first_layer`` and its output's std.
+    """unscaled_inputs: input features far from unit scale. `facts` (``InputFacts``): ``feature_mean``
+    and ``feature_std`` (per feature over the batch; channels for images), ``first_layer`` and its
+    output's std.
 
     Warning when a feature's RMS √(mean² + std²) ≥ 10. Why 10: every init scheme (He, Xavier, LeCun,
     PyTorch's default) sets Var(w) ∝ 1/fan_in *assuming unit-scale inputs*, so a feature 10× larger makes

@@ -12,7 +12,7 @@ a layer finding absent at the start of training is blamed on the learning rate
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, OutputFacts

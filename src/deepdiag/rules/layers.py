@@ -43,6 +43,20 @@ MIN_POSITIONS = 32  # fewer samples than this and "never fired" is not evidence 
 SYM_TOL = 1e-4
 
 
+def _orders(ratio: float) -> str | None:
+    """"vanishing" for a ratio ≤ 10⁻², "exploding" for ≥ 10², else None (also for NaN)."""
+    if ratio <= 1.0 / ORDERS:
+        return "vanishing"
+    return "exploding" if ratio >= ORDERS else None
+
+
+def _init_finding(code: str, error: bool, summary: str, evidence: dict, rows: Sequence[LayerStats], extra: str,
+                  layers: list[str], step: int | None) -> Finding:
+    """A scale finding (error when `error`, else warning) whose remedy is the recommended init (+ `extra`)."""
+    return Finding(code, "error" if error else "warning", summary, evidence, remedy_init(rows, extra), layers, step,
+                   fix={"init": init_advice(rows)[0]})
+
+
 def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
     """vanishing_gradients / exploding_gradients from the back-propagated signal s_l = ‖∂L/∂out_l‖/√B.
 
@@ -82,25 +96,23 @@ def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[F
         "grad_rel": {r.name: r.grad_rel for r in w if r.grad_rel is not None},
         "threshold": ORDERS,
     }
-    if ratio <= 1.0 / ORDERS:
-        sev = "error" if ratio <= 1.0 / ORDERS_ERROR else "warning"
-        offending = [r.name for r in w if r.signal_norm <= last.signal_norm / ORDERS]
+    trend = _orders(ratio)
+    if trend == "vanishing":
         how = ("is exactly 0 (blocked by dead units, or float32 underflow)" if ratio == 0 else
-               f"is {1 / ratio:.3g}× smaller than at the last layer ({fmt(per_layer)}× per layer over {len(w)} layers)")
-        return [Finding("vanishing_gradients", sev,
-                        f"The gradient reaching the first layer {how}, so early layers barely learn.",
-                        evidence, remedy_init(rows, "for deep nets add residual connections "
-                                               "(dd.mlp(..., residual=True)) or normalization"), offending, step,
-                        fix={"init": init_advice(rows)[0]})]
-    if ratio >= ORDERS:
-        sev = "error" if ratio >= ORDERS_ERROR else "warning"
-        offending = [r.name for r in w if r.signal_norm >= last.signal_norm * ORDERS]
-        return [Finding("exploding_gradients", sev,
-                        f"The gradient grows {ratio:.3g}× from the last layer to the first "
-                        f"({fmt(per_layer)}× per layer over {len(w)} layers), so early layers take huge steps.",
-                        evidence, remedy_init(rows, "clip gradients or lower the learning rate; in residual "
-                                               "nets add normalization (norm='layer')"), offending, step,
-                        fix={"init": init_advice(rows)[0]})]
+               f"is {1 / ratio:.3g}× smaller than at the last layer ({fmt(per_layer)}× per layer over "
+               f"{len(w)} layers)")
+        return [_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
+                              f"The gradient reaching the first layer {how}, so early layers barely learn.", evidence,
+                              rows, "for deep nets add residual connections (dd.mlp(..., residual=True)) or "
+                              "normalization", [r.name for r in w if r.signal_norm <= last.signal_norm / ORDERS],
+                              step)]
+    if trend == "exploding":
+        return [_init_finding("exploding_gradients", ratio >= ORDERS_ERROR,
+                              f"The gradient grows {ratio:.3g}× from the last layer to the first ({fmt(per_layer)}× "
+                              f"per layer over {len(w)} layers), so early layers take huge steps.", evidence,
+                              rows, "clip gradients or lower the learning rate; in residual nets add normalization "
+                              "(norm='layer')", [r.name for r in w if r.signal_norm >= last.signal_norm * ORDERS],
+                              step)]
     return []
 
 
@@ -130,22 +142,19 @@ def activation_scale(rows: Sequence[LayerStats], step: int | None = None) -> lis
     evidence = {"ratio_last_first": ratio, "per_layer_factor": per_layer, "depth": len(w),
                 "input_rms": scales, "act_std": {r.name: r.act_std for r in w},
                 "threshold": ORDERS}
-    if ratio <= 1.0 / ORDERS:
-        sev = "error" if ratio <= 1.0 / ORDERS_ERROR else "warning"
-        offending = [r.name for r in w if r.in_rms <= first.in_rms / ORDERS]
-        return [Finding("vanishing_activations", sev,
-                        f"The forward signal shrinks {1 / ratio if ratio else math.inf:.3g}× from the input to the "
-                        f"last layer ({fmt(per_layer)}× per layer), so the output barely depends on the input.",
-                        evidence, remedy_init(rows), offending, step, fix={"init": init_advice(rows)[0]})]
-    if ratio >= ORDERS:
-        sev = "error" if ratio >= ORDERS_ERROR else "warning"
-        offending = [r.name for r in w if not r.in_rms < first.in_rms * ORDERS]
-        return [Finding("exploding_activations", sev,
-                        f"The forward signal grows {ratio:.3g}× from the input to the last layer "
-                        f"({fmt(per_layer)}× per layer).",
-                        evidence, remedy_init(rows, "residual sums need normalization (norm='layer' or "
-                                               "'batch') or branches scaled down"), offending, step,
-                        fix={"init": init_advice(rows)[0]})]
+    trend = _orders(ratio)
+    if trend == "vanishing":
+        return [_init_finding("vanishing_activations", ratio <= 1.0 / ORDERS_ERROR,
+                              f"The forward signal shrinks {1 / ratio if ratio else math.inf:.3g}× from the input to "
+                              f"the last layer ({fmt(per_layer)}× per layer), so the output barely depends on the "
+                              f"input.", evidence, rows, "",
+                              [r.name for r in w if r.in_rms <= first.in_rms / ORDERS], step)]
+    if trend == "exploding":
+        return [_init_finding("exploding_activations", ratio >= ORDERS_ERROR,
+                              f"The forward signal grows {ratio:.3g}× from the input to the last layer "
+                              f"({fmt(per_layer)}× per layer).", evidence, rows,
+                              "residual sums need normalization (norm='layer' or 'batch') or branches scaled down",
+                              [r.name for r in w if not r.in_rms < first.in_rms * ORDERS], step)]
     return []
 
 
