@@ -1,4 +1,5 @@
-"""``Monitor``: per-layer statistics inside the user's own training loop, judged by ``diagnose()``.
+"""``Monitor``: per-layer statistics inside the user's own training loop, judged by ``diagnose()``
+(``deepdiag.rules.judge``, the same rules as ``checkup``).
 
     with dd.Monitor(model, every=1) as mon:
         for epoch in range(epochs):
@@ -19,7 +20,7 @@ is looked for at recorded steps (a diverged run stays NaN, so the step is found 
 unrecorded steps cost nothing. Everything stays on the model's device as tensors until ``diagnose()``
 or ``history`` reads it in one stacked ``.cpu()``.
 
-Bounded memory. Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
+Bounded memory (``deepdiag.measure.history``). Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
 dropped and the stride between kept rows doubles (decimation), so any run length keeps between
 capacity/2 and capacity rows, evenly spread from the first step to the last. Unit counts (for dead
 and saturated units) are kept per window of `window` recorded steps: the current and the previous
