@@ -338,7 +338,7 @@ def test_stats_match_reference():
     x, y = digits(64)
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10))
     report = checkup(net, x, y)
-    rows = {r["name"]: r for r in report.rows}
+    rows = {r.name: r for r in report.rows}
     # reference: plain autograd
     z1 = net[0](x)
     z1.retain_grad()
@@ -351,17 +351,17 @@ def test_stats_match_reference():
     F.cross_entropy(z3, y).backward()
     for name, z in (("0", z1), ("2", z2), ("4", z3)):
         r = rows[name]
-        assert r["act_mean"] == pytest.approx(z.mean().item(), rel=1e-4, abs=1e-6)
-        assert r["act_std"] == pytest.approx(z.std(unbiased=False).item(), rel=1e-4)
-        assert r["signal_norm"] == pytest.approx(z.grad.pow(2).sum(1).mean().sqrt().item(), rel=1e-4)
+        assert r.act_mean == pytest.approx(z.mean().item(), rel=1e-4, abs=1e-6)
+        assert r.act_std == pytest.approx(z.std(unbiased=False).item(), rel=1e-4)
+        assert r.signal_norm == pytest.approx(z.grad.pow(2).sum(1).mean().sqrt().item(), rel=1e-4)
         w = net[int(name)].weight
-        assert r["grad_norm"] == pytest.approx(w.grad.norm().item(), rel=1e-4)
-        assert r["grad_rel"] == pytest.approx((w.grad.norm() / w.norm()).item(), rel=1e-4)
-        assert r["fan_in"] == w.shape[1] and r["fan_out"] == w.shape[0]
-    assert rows["0"]["in_rms"] == pytest.approx(x.pow(2).mean().sqrt().item(), rel=1e-4)
-    assert rows["1"]["frac_zero"] == pytest.approx((h1 == 0).float().mean().item())
-    assert rows["1"]["frac_dead"] == pytest.approx(((h1 > 0).sum(0) == 0).float().mean().item())
-    assert rows["3"]["frac_saturated"] == pytest.approx((z2.abs() > 3).float().mean().item())
+        assert r.grad_norm == pytest.approx(w.grad.norm().item(), rel=1e-4)
+        assert r.grad_rel == pytest.approx((w.grad.norm() / w.norm()).item(), rel=1e-4)
+        assert r.fan_in == w.shape[1] and r.fan_out == w.shape[0]
+    assert rows["0"].in_rms == pytest.approx(x.pow(2).mean().sqrt().item(), rel=1e-4)
+    assert rows["1"].frac_zero == pytest.approx((h1 == 0).float().mean().item())
+    assert rows["1"].frac_dead == pytest.approx(((h1 > 0).sum(0) == 0).float().mean().item())
+    assert rows["3"].frac_saturated == pytest.approx((z2.abs() > 3).float().mean().item())
     assert list(report.layers["name"]) == ["0", "1", "2", "3", "4"]  # forward order
     assert report.layers.loc[0, "init_scheme"] == "default"
     assert report.layers.loc[0, "init_std"] == pytest.approx(1 / math.sqrt(3 * 64))

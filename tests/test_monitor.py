@@ -172,20 +172,20 @@ def test_monitor_stats_match_checkup_reference():
     torch.manual_seed(0)
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    rows = {r["name"]: r for r in dd.checkup(model, x, y).rows}
+    rows = {r.name: r for r in dd.checkup(model, x, y).rows}
     mon = Monitor(model)
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
     mon.step(loss)
     h = mon.history.layers.set_index("layer")
     for name in ("0", "2"):
-        rms = math.sqrt(rows[name]["act_mean"] ** 2 + rows[name]["act_std"] ** 2)
+        rms = math.sqrt(rows[name].act_mean ** 2 + rows[name].act_std ** 2)
         assert h.loc[name, "act_rms"] == pytest.approx(rms, rel=1e-5)
-        assert h.loc[name, "in_rms"] == pytest.approx(rows[name]["in_rms"], rel=1e-5)
-        assert h.loc[name, "signal_norm"] == pytest.approx(rows[name]["signal_norm"], rel=1e-5)
-        assert h.loc[name, "grad_norm"] == pytest.approx(rows[name]["grad_norm"], rel=1e-5)
-    dead = {r["name"]: r for r in mon.rows()}["1"]
-    assert dead["frac_dead"] == pytest.approx(rows["1"]["frac_dead"]) and dead["positions"] == 64
+        assert h.loc[name, "in_rms"] == pytest.approx(rows[name].in_rms, rel=1e-5)
+        assert h.loc[name, "signal_norm"] == pytest.approx(rows[name].signal_norm, rel=1e-5)
+        assert h.loc[name, "grad_norm"] == pytest.approx(rows[name].grad_norm, rel=1e-5)
+    dead = {r.name: r for r in mon.rows()}["1"]
+    assert dead.frac_dead == pytest.approx(rows["1"].frac_dead) and dead.positions == 64
     assert mon.history.steps.loss.item() == pytest.approx(loss.item())
     mon.close()
 
@@ -208,12 +208,13 @@ def test_memory_bounded_over_100k_steps():
             assert not mon.rec.hooks.items
         mon.step()
         if i + 1 in (10_000, 100_000):
-            held = sum(t.numel() for t in (mon._buf, mon._loss)) + sum(c[0].numel() for c in mon._counts.values())
-            sizes[i + 1] = (held, len(mon._kept_steps), len(mon.rec.latest), n_hooks(model))
+            held = (sum(t.numel() for t in (mon._buf.rows, mon._buf.loss))
+                    + sum(u.current.numel() for u in mon._units.units.values()))
+            sizes[i + 1] = (held, len(mon._buf.steps), len(mon.rec.latest), n_hooks(model))
     assert mon.steps == 100_000 and mon.recorded == 10_000
     assert sizes[10_000][0] == sizes[100_000][0]  # same tensors, same sizes
-    kept = mon._kept_steps
-    assert 32 <= len(kept) <= 64 and kept[0] == 0 and kept[-1] >= 100_000 - 2 * 10 * mon._stride
+    kept = mon._buf.steps
+    assert 32 <= len(kept) <= 64 and kept[0] == 0 and kept[-1] >= 100_000 - 2 * 10 * mon._buf.stride
     assert all(b - a == kept[1] - kept[0] for a, b in zip(kept, kept[1:]))  # evenly spread
     assert len(mon.history.layers) == len(kept) * len(mon.rec.sites)
     assert warned(mon.diagnose()) == set()
@@ -227,3 +228,25 @@ def test_monitor_argument_errors():
         Monitor("net")
     with pytest.raises(ValueError, match="capacity"):
         Monitor(nn.Linear(2, 2), capacity=7)
+
+
+def test_unit_windows_keep_the_current_and_the_previous_window():
+    """A ReLU unit counts as fired over the last two windows only: one that fired in the window before
+    the previous one is dead now (it died during training); saturation counts add up over both."""
+    from deepdiag.measure.history import UnitWindows
+
+    w = UnitWindows(window=2)
+    w.add(0, {"unit_max": torch.tensor([1.0, 0.0, -1.0]), "positions": 8})  # unit 0 fires
+    w.add(1, {"unit_count": torch.tensor([3, 0]), "positions": 8})
+    w.tick()
+    assert w.units[0].counts().tolist() == [1, 0, 0] and w.min_seen() == 8
+    w.add(0, {"unit_max": torch.tensor([-1.0, 2.0, -1.0]), "positions": 8})  # unit 1 fires
+    w.add(1, {"unit_count": torch.tensor([1, 1]), "positions": 8})
+    w.tick()  # window full: it becomes the previous one
+    assert w.units[0].counts().tolist() == [1, 1, 0] and w.units[1].counts().tolist() == [4, 1]
+    for _ in range(2):
+        w.add(0, {"unit_max": torch.tensor([-1.0, -1.0, -1.0]), "positions": 8})
+        w.add(1, {"unit_count": torch.tensor([0, 0]), "positions": 8})
+        w.tick()
+    assert w.units[0].counts().tolist() == [0, 0, 0]  # nothing fired in the last two windows
+    assert w.units[1].counts().tolist() == [0, 0] and w.min_seen() == 16  # the new window is still empty

@@ -2,7 +2,8 @@
 states it, the model retrained with the same seed and step budget; the finding must be gone, no other
 warning may appear, and the validation metric must improve. Plain-torch models throughout
 (``nn.Sequential`` and a hand-written residual MLP), digits / breast cancer, a ``dd.Monitor`` in a plain
-training loop with per-epoch curves, ``dd.checkup`` before training."""
+training loop with per-epoch curves, ``dd.checkup`` before training. The repair rate over all scenarios is
+tabulated by ``benchmarks/repair_rate.py``."""
 import copy
 import math
 from dataclasses import dataclass, field
@@ -13,9 +14,6 @@ from torch import nn
 
 import deepdiag as dd
 from deepdiag.monitor import Monitor
-
-REPAIRS: dict = {}  # scenario -> (before, after, fix): printed by the last test
-
 
 @dataclass
 class Case:
@@ -269,7 +267,6 @@ def test_remedy_repairs(case):
         assert f.fix, f"{case.id}: {f.code} has no machine-readable fix"
         fix.update(f.fix)
     after = run(apply(case, fix))
-    REPAIRS[case.id] = (before.score(case.metric), after.score(case.metric), fix)
     assert not serious(after.findings), [str(f) for f in serious(after.findings)]
     assert after.score(case.metric) > before.score(case.metric), (before.score(case.metric),
                                                                   after.score(case.metric), fix)
@@ -286,11 +283,4 @@ def test_degradation_remedy():
     assert f.code == "degradation" and f.severity == "warning" and f.fix == {"residual": True}
     fixed = run(apply(deep, f.fix))
     assert dd.compare_depths({2: s.train_curve, 30: fixed.train_curve}) == []
-    REPAIRS["degradation_depth30"] = (d.acc, fixed.acc, f.fix)
     assert fixed.acc > d.acc
-
-
-def test_repair_rate_report():
-    """Prints the table for the docs (run after the scenarios, -s to see it)."""
-    for k, (b, a, fix) in REPAIRS.items():
-        print(f"{k:40s} {b:8.3f} -> {a:8.3f} {fix}")

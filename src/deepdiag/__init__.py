@@ -15,7 +15,7 @@ from .results import load_results
 from .study import StudyResult, list_studies, run_study
 from .train import History, TrainConfig, fit
 from .checkup import Checkup, checkup
-from .diagnose import compare_depths
+from .rules import compare_depths
 from .findings import Finding
 from .monitor import Monitor
 from .sweep import RunConfig, sweep

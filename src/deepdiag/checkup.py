@@ -8,8 +8,9 @@ The pass runs in the model's current mode (train or eval): that is the mode the 
 In train mode BatchNorm uses batch statistics and updates its running statistics; those buffers are
 snapshotted and restored.
 
-Loss. With `targets`, the loss is ``loss_fn(output, targets)``; `loss_fn` defaults to cross-entropy
-for integer targets and several outputs, BCE-with-logits for one output, MSE for float targets. With
+Loss. With `targets`, the loss is ``loss_fn(output, targets)``; `loss_fn` defaults to what ``dd.fit``
+uses (``deepdiag.train.default_loss``): cross-entropy for integer targets and several outputs,
+BCE-with-logits for one output, MSE for float targets. With
 ``loss_fn`` but no targets, ``loss_fn(output)``. With neither, the surrogate
 
     L = Σ_i ⟨output_i, r_i⟩ / B,   r ~ N(0, 1) of the output's shape, seeded (torch.Generator seed 0)
@@ -29,9 +30,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .diagnose import judge_layers, output_loss_mismatch, unscaled_inputs
-from .findings import Finding, severity_rank, sort_findings
-from .stats import IOProbe, Recorder, build_rows, input_facts, loss_kind, output_facts, safe_norm
+from .findings import Finding, severity_rank
+from .measure.io import IOProbe, input_facts, loss_kind, output_facts
+from .measure.layer_stats import build_layer_stats
+from .measure.recorder import Recorder
+from .measure.records import LayerStats, OutputFacts
+from .measure.sites import safe_norm
+from .rules import judge
+from .rules.io import output_loss_mismatch
+from .train import default_loss
 
 TABLE_COLUMNS = ["name", "type", "family", "fan_in", "fan_out", "weight_std", "init_scheme", "init_std", "act_mean",
                  "act_std", "frac_zero", "frac_dead", "frac_saturated", "signal_norm", "grad_norm", "grad_rel"]
@@ -40,11 +47,11 @@ TABLE_COLUMNS = ["name", "type", "family", "fan_in", "fan_out", "weight_std", "i
 @dataclass
 class Checkup:
     """What ``checkup`` found: ``findings`` (most severe first), ``layers`` (a DataFrame, one row per
-    measured layer in forward order) and ``rows`` (the same as dicts: what the rules read)."""
+    measured layer in forward order) and ``rows`` (the same as ``LayerStats`` records: what the rules read)."""
 
     findings: list[Finding]
     layers: object  # pandas.DataFrame
-    rows: list[dict] = field(default_factory=list)
+    rows: list[LayerStats] = field(default_factory=list)
     loss: float | None = None
     surrogate: bool = False
 
@@ -92,18 +99,19 @@ def _pd():
     return pd
 
 
-def _default_kind(out: Tensor, targets: Tensor) -> str:
-    if not targets.is_floating_point():
-        return "cross_entropy" if out.dim() >= 2 and out.shape[1] > 1 else "bce_with_logits"
-    return "mse"
+def _default_loss(out: Tensor, targets: Tensor) -> tuple[nn.Module, Tensor]:
+    """(``deepdiag.train.default_loss`` for these targets (class ids: classification, floats:
+    regression) and this output width, the targets shaped as that loss expects)."""
+    width = int(out.shape[1]) if out.dim() >= 2 else 1
+    loss = default_loss("regression" if targets.is_floating_point() else "classification", width)
+    if targets.numel() == out.numel():  # one value per output: match the output's shape (MSE), or the
+        targets = targets.reshape(out.shape if targets.is_floating_point() else out.shape[:-1] or out.shape)
+    return loss, targets
 
 
-def _default_loss(out: Tensor, targets: Tensor) -> Tensor:
-    if not targets.is_floating_point():
-        if out.dim() >= 2 and out.shape[1] > 1:
-            return nn.functional.cross_entropy(out, targets)
-        return nn.functional.binary_cross_entropy_with_logits(out.reshape(targets.shape), targets.to(out.dtype))
-    return nn.functional.mse_loss(out, targets.reshape(out.shape) if targets.numel() == out.numel() else targets)
+def _call_default_loss(out: Tensor, targets: Tensor) -> Tensor:
+    loss, targets = _default_loss(out, targets)
+    return loss(out, targets)
 
 
 def surrogate_loss(out: Tensor) -> Tensor:
@@ -156,7 +164,6 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
     devices = sorted({p.device.index for p in params if p.device.type == "cuda" and p.device.index is not None})
     rec = Recorder(model, detail=True).attach()
     probe = IOProbe(model)
-    io_findings: list[Finding] = []
     try:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             for p in params:
@@ -165,17 +172,20 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             out = _output_tensor(_call(model, inputs))
             rec.finish_discovery()
             probe.remove()
-            io_findings = _io_findings(probe, out, targets, loss_fn, rec)
+            seen = probe.results[0] if probe.results else {}
+            output = _output_facts(seen, out, targets, loss_fn)
             surrogate = targets is None and loss_fn is None
             try:
                 if surrogate:
                     loss = surrogate_loss(out)
                 elif targets is None:
                     loss = loss_fn(out)
+                elif loss_fn is None:
+                    loss = _call_default_loss(out, targets)
                 else:
-                    loss = (loss_fn or _default_loss)(out, targets)
+                    loss = loss_fn(out, targets)
             except (IndexError, RuntimeError, ValueError):
-                if not any(f.rank >= 2 for f in io_findings):
+                if not any(f.rank >= 2 for f in output_loss_mismatch(output)):
                     raise
                 loss, surrogate = surrogate_loss(out), True  # the loss cannot run: say why, judge the layers anyway
             if loss.requires_grad:
@@ -187,7 +197,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                     meas[s.index]["grad_norm"] = safe_norm(w.grad)
             meas = _to_host(meas)
             loss_value = float(loss.detach())
-            rows = build_rows(rec.sites, meas)
+            rows = build_layer_stats(rec.sites, meas)
     finally:
         rec.detach()
         probe.remove()
@@ -199,34 +209,23 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             p.requires_grad_(f)
         for m, t in saved_modes:
             m.training = t
-    findings = judge_layers(rows)
-    for f in io_findings:  # the first layer's output scale, now measured, goes with unscaled inputs
-        if f.code == "unscaled_inputs":
-            first = next((r for r in rows if r["kind"] == "weight"), None)
-            if first is not None:
-                f.evidence["first_layer_out_std"] = first["act_std"]
-    findings = sort_findings(findings + io_findings)
-    frame = _pd().DataFrame(rows)
+    first = next((r for r in rows if r.kind == "weight"), None)  # the layer the inputs feed
+    inputs = input_facts(seen.get("input"), first.name if first else None, first.act_std if first else None)
+    findings = judge(rows, output=output, inputs=inputs)
+    frame = _pd().DataFrame([r.to_dict() for r in rows])
     return Checkup(findings, frame, rows, loss_value, surrogate)
 
 
-def _io_findings(probe: IOProbe, out: Tensor, targets, loss_fn, rec: Recorder) -> list[Finding]:
-    """output_loss_mismatch and unscaled_inputs from the batch, the output, its last module and the loss."""
-    seen = probe.results[0] if probe.results else {}
-    kind = loss_kind(loss_fn) if loss_fn is not None else (
-        _default_kind(out, targets) if isinstance(targets, Tensor) else None)
-    findings = []
-    if kind is not None:
-        facts = output_facts(out, seen.get("last_module"), kind, targets, seen.get("last_name"))
-        facts["default_loss"] = loss_fn is None
-        findings += output_loss_mismatch(facts)
-    x = seen.get("input")
-    ifacts = input_facts(x)
-    if ifacts is not None:
-        first = next((s for s in rec.sites if s.kind == "weight"), None)
-        ifacts["first_layer"] = first.name if first is not None else None
-        findings += unscaled_inputs(ifacts)
-    return findings
+def _output_facts(seen: dict, out: Tensor, targets, loss_fn) -> OutputFacts | None:
+    """The output facts output_loss_mismatch reads, for the given loss or the default one (None
+    without a loss to compare with)."""
+    if loss_fn is not None:
+        kind = loss_kind(loss_fn)
+    else:
+        kind = loss_kind(_default_loss(out, targets)[0]) if isinstance(targets, Tensor) else None
+    if kind is None:
+        return None
+    return output_facts(out, seen.get("last_module"), kind, targets, seen.get("last_name"), loss_fn is None)
 
 
 def _to_host(meas: dict) -> dict:

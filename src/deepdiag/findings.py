@@ -1,9 +1,10 @@
 """A ``Finding``: one named pathology, the numbers that show it and what to do about it.
 
-Findings are frozen dataclasses with JSON-safe evidence (plain floats, ints, strings, lists, dicts), so
-they cross engines, the results store and the command line unchanged. Severity is one of
-``SEVERITIES`` in increasing order: ``info`` (worth knowing, nothing to fix), ``warning`` (likely hurts
-training), ``error`` (training cannot work as set up). A healthy model gives no warning or error.
+Findings are frozen dataclasses with JSON-safe evidence (plain floats, ints, strings, lists, dicts;
+``deepdiag.jsonsafe``: a non-finite number becomes None), so they cross engines, the results store and
+the command line unchanged. Severity is one of ``SEVERITIES`` in increasing order: ``info`` (worth
+knowing, nothing to fix), ``warning`` (likely hurts training), ``error`` (training cannot work as set up).
+A healthy model gives no warning or error.
 
 >>> f = Finding("dead_units", "warning", "3 of 4 ReLU units never fire.", {"fraction": 0.75},
 ...             "Use dd.init_weights(model, 'he').", ["fc1"])
@@ -12,18 +13,17 @@ training), ``error`` (training cannot work as set up). A healthy model gives no 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+
+from .jsonsafe import json_safe
 
 SEVERITIES = ("info", "warning", "error")
 
 CODES = (
     "vanishing_gradients", "exploding_gradients", "vanishing_activations", "exploding_activations",
     "symmetric_units", "dead_units", "saturated_units", "overfitting", "underfitting", "divergence",
-    "degradation",
-    # Diagnosis II
-    "oscillating_loss", "stalled_updates", "output_loss_mismatch", "unscaled_inputs",
+    "degradation", "oscillating_loss", "stalled_updates", "output_loss_mismatch", "unscaled_inputs",
 )
 
 
@@ -50,27 +50,6 @@ def severity_rank(severity: str) -> int:
         return SEVERITIES.index(severity)
     except ValueError:
         raise ValueError(f"unknown severity={severity!r}; allowed values: {', '.join(SEVERITIES)}") from None
-
-
-def json_safe(value):
-    """`value` with tensors, numpy scalars and tuples turned into plain floats/ints/lists; non-finite
-    floats stay floats (NaN/Inf are evidence, e.g. of divergence) but can be written with ``to_dict(strict=True)``."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if hasattr(value, "tolist"):  # torch / numpy
-        return json_safe(value.tolist())
-    if isinstance(value, float):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 @dataclass(frozen=True)
@@ -108,26 +87,14 @@ class Finding:
     def rank(self) -> int:
         return severity_rank(self.severity)
 
-    def to_dict(self, strict: bool = False) -> dict:
-        """A JSON-safe dict; with strict=True non-finite floats become strings ('nan', 'inf')."""
-        d = asdict(self)
-        if strict:
-            d["evidence"] = _finite(d["evidence"])
-        return d
+    def to_dict(self, strict: bool = True) -> dict:
+        """The finding as a JSON-safe dict: its evidence and fix already are (non-finite numbers are None),
+        so `strict` changes nothing; it stays for callers that pass it."""
+        return asdict(self)
 
     def __str__(self) -> str:
         where = f" [{', '.join(self.layers[:6])}{', ...' if len(self.layers) > 6 else ''}]" if self.layers else ""
         return f"{self.severity.upper()} {self.code}{where}: {self.summary} Remedy: {self.remedy}"
-
-
-def _finite(v):
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_finite(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:

@@ -1,4 +1,5 @@
-"""``Monitor``: per-layer statistics inside the user's own training loop, judged by ``diagnose()``.
+"""``Monitor``: per-layer statistics inside the user's own training loop, judged by ``diagnose()``
+(``deepdiag.rules.judge``, the same rules as ``checkup``).
 
     with dd.Monitor(model, every=1) as mon:
         for epoch in range(epochs):
@@ -9,7 +10,7 @@
             mon.epoch(train_loss=..., val_loss=...)
         findings = mon.diagnose()                    # one stacked .cpu()
 
-What is recorded. Every `every`-th optimizer step, the hooks of ``deepdiag.stats.Recorder`` measure
+What is recorded. Every `every`-th optimizer step, the hooks of ``deepdiag.measure.recorder.Recorder`` measure
 the training forward/backward pass (forward passes under ``torch.no_grad()``, e.g. evaluation, are
 ignored): per layer the output's mean and variance, the input's RMS, the back-propagated signal's RMS,
 per-unit firing/saturation counts; ``step()`` adds the weight and weight-gradient norms of all layers
@@ -19,7 +20,7 @@ is looked for at recorded steps (a diverged run stays NaN, so the step is found 
 unrecorded steps cost nothing. Everything stays on the model's device as tensors until ``diagnose()``
 or ``history`` reads it in one stacked ``.cpu()``.
 
-Bounded memory. Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
+Bounded memory (``deepdiag.measure.history``). Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
 dropped and the stride between kept rows doubles (decimation), so any run length keeps between
 capacity/2 and capacity rows, evenly spread from the first step to the last. Unit counts (for dead
 and saturated units) are kept per window of `window` recorded steps: the current and the previous
@@ -49,31 +50,29 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_number
-from .diagnose import (MIN_POSITIONS, appeared_in_training, judge_curves, judge_layers, oscillating_loss,
-                       output_loss_mismatch, stalled_updates, underfitting_cause, unscaled_inputs)
-from .findings import Finding, sort_findings
-from .stats import IOProbe, Recorder, build_rows, input_facts, loss_kind, output_facts
+from .findings import Finding
+from .measure.history import StepBuffer, UnitWindows
+from .measure.io import IOProbe, input_facts, loss_kind, output_facts
+from .measure.layer_stats import build_layer_stats
+from .measure.recorder import Recorder
+from .measure.records import LayerStats
+from .rules import Context, Curves, judge, judge_layers, start_key
+from .rules.layers import MIN_POSITIONS
 
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 
 
-def _weight_norm(rows) -> float:
+def _weight_norm(rows: list[LayerStats]) -> float:
     """√Σ‖W_l‖² over the weight layers of `rows`."""
-    return math.sqrt(sum(r["weight_norm"] ** 2 for r in rows if r.get("kind") == "weight" and r.get("weight_norm")))
+    return math.sqrt(sum(r.weight_norm ** 2 for r in rows if r.kind == "weight" and r.weight_norm))
 
 
 def _seen_key(f: Finding) -> tuple:
     """A finding is new for on_finding when its (code, layers, severity) was not reported before: an info
     that grows into a warning (a validation gap that starts rising) is reported again."""
     return (f.code, tuple(f.layers), f.severity)
-
-
-def _start_key(f: Finding) -> tuple:
-    """What identifies a layer finding across time: per layer for unit rules, per network otherwise (the
-    offending layers of a gradient-flow finding shift as training goes on)."""
-    return (f.code, tuple(f.layers)) if f.code in ("dead_units", "saturated_units", "symmetric_units") else (f.code,)
 
 
 @dataclass
@@ -131,7 +130,7 @@ class Monitor:
         self.callback_errors: list[BaseException] = []
         self._first_seen: dict[tuple, int] = {}  # (code, layers, severity) -> step first seen
         self._notified: set[tuple] = set()
-        self._io_findings: list[Finding] | None = None
+        self._io: tuple | None = None  # (output facts, input facts, step) of the first training pass
         self._batch_seen: int | None = None
         self.probe = IOProbe(model, loss_fn)
         self.model, self.every, self.capacity, self.window = model, every, capacity, window
@@ -140,17 +139,12 @@ class Monitor:
         self.steps = 0  # optimizer steps seen
         self.recorded = 0  # steps whose statistics were taken
         self.closed = False
-        self._stride = 1  # keep every _stride-th recorded step in the buffer
-        self._buf: Tensor | None = None  # (capacity, n_sites, len(STATS))
-        self._loss: Tensor | None = None  # (capacity,)
-        self._kept_steps: list[int] = []
-        self._n = 0
+        self._buf: StepBuffer | None = None  # (capacity, n_sites, len(STATS)) statistics, created on the first row
         self._bad_step: Tensor | None = None  # first step with a non-finite loss or gradient, -1 if none
-        self._counts: dict[int, list] = {}  # site -> [cur counts, cur positions, prev counts, prev positions]
-        self._in_window = 0
+        self._units = UnitWindows(window)
         self._epochs: list[dict] = []
         self._weights: list[tuple[int, Tensor]] = []
-        self._start: set | None = None  # layer findings present at the start of training (see _take_start)
+        self._start: frozenset | None = None  # layer findings present at the start of training (_take_start)
         self._start_step: int | None = None
         self._start_weight: float | None = None  # total weight norm at the start
         self.rec.attach()
@@ -161,7 +155,7 @@ class Monitor:
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
         s = self.steps
-        if self._io_findings is None and self.probe.results:
+        if self._io is None and self.probe.results:
             self._judge_io(s)
         if s % self.every == 0:
             if loss is not None:
@@ -183,14 +177,14 @@ class Monitor:
         unit rules need to speak at all; with a batch of 1 that is 32 steps), or there are no unit
         layers. Judging earlier would find no dead units yet and later blame the lr for units that were
         dead from the initialisation."""
-        seen = [c[1] + c[3] for c in self._counts.values()]
-        return not seen or min(seen) >= MIN_POSITIONS
+        seen = self._units.min_seen()
+        return seen is None or seen >= MIN_POSITIONS
 
     def _take_start(self, s: int) -> None:
         """Judge the layers once, at the start of training (host syncs, once): a layer pathology seen
         later but not here appeared during training, which the learning rate, not the init, explains."""
         rows = self.rows()
-        self._start = {_start_key(f) for f in judge_layers(rows) if f.rank >= 1}
+        self._start = frozenset(start_key(f) for f in judge_layers(rows) if f.rank >= 1)
         self._start_step = s
         self._start_weight = _weight_norm(rows)
 
@@ -214,31 +208,28 @@ class Monitor:
         return self._bs_hint or self._batch_seen
 
     def _judge_io(self, s: int) -> None:
-        """output_loss_mismatch / unscaled_inputs from the first training forward pass (host syncs, once)."""
+        """Output and input facts of the first training forward pass (host syncs, once), judged by
+        output_loss_mismatch / unscaled_inputs at every diagnose()."""
         seen = self.probe.results[0]
         self.probe.remove()
         x, out = seen.get("input"), seen.get("output")
         self._batch_seen = int(x.shape[0]) if x is not None and x.dim() else None
-        found = []
         kind = loss_kind(self.loss_fn)
+        output = None
         if kind is not None and out is not None:
-            found += output_loss_mismatch(output_facts(out, seen.get("last_module"), kind, seen.get("target"),
-                                                       seen.get("last_name")), step=s)
-        facts = input_facts(x)
-        if facts is not None:
-            first = next((si for si in self.rec.sites if si.kind == "weight"), None)
-            facts["first_layer"] = first.name if first is not None else None
-            found += unscaled_inputs(facts, step=s)
+            output = output_facts(out, seen.get("last_module"), kind, seen.get("target"), seen.get("last_name"))
+        first = next((si for si in self.rec.sites if si.kind == "weight"), None)
+        inputs = input_facts(x, first.name if first is not None else None)
         self.probe.results = []
-        self._io_findings = found
-        for f in found:  # seen at this step, whenever check() next runs
+        self._io = (output, inputs, s)
+        for f in judge(output=output, inputs=inputs, step=s):  # seen at this step, whenever check() next runs
             self._first_seen.setdefault(_seen_key(f), s)
 
     def check(self) -> list[Finding]:
         """The findings so far (any time during training), each with ``step`` = the optimizer step at
         which it was first seen; calls ``on_finding`` once for each finding not seen before."""
         now = max(0, self.steps - 1)
-        if self._io_findings is None and self.probe.results:
+        if self._io is None and self.probe.results:
             self._judge_io(now)
         out = []
         for f in self.diagnose():
@@ -279,8 +270,7 @@ class Monitor:
         self.rec.finish_discovery()
         sites = self.rec.sites
         dev = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self._buf = torch.full((self.capacity, len(sites), len(STATS)), math.nan, dtype=torch.float32, device=dev)
-        self._loss = torch.full((self.capacity,), math.nan, dtype=torch.float32, device=dev)
+        self._buf = StepBuffer(self.capacity, len(sites), len(STATS), dev)
         self._weights = [(s.index, s.module.weight) for s in sites if s.kind == "weight"]
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
@@ -310,16 +300,10 @@ class Monitor:
         for site in sites:  # per-unit evidence: every recorded step
             d = latest.get(site.index)
             if d is not None and "positions" in d:
-                self._accumulate(site.index, d)
-        self._in_window += 1
-        if self._in_window >= self.window:
-            for c in self._counts.values():
-                c[2], c[3], c[0], c[1] = c[0], c[1], torch.full_like(c[0], c[4]), 0
-            self._in_window = 0
-        if self.recorded % self._stride:
+                self._units.add(site.index, d)
+        self._units.tick()
+        if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
-        if self._n == self.capacity:
-            self._decimate()
         # weight and gradient norms of every weight layer: two fused kernels, no host sync
         ws = [w for _, w in self._weights]  # (the parameters themselves: .grad is read below)
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
@@ -335,50 +319,21 @@ class Monitor:
                       math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0]
         key = tuple(scale)
         if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
-            self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.device))
+            self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.rows.device))
         row = torch.stack(vals) / self._scale[1]  # one kernel each: stack, divide
-        self._buf[self._n] = row.view(len(sites), len(STATS))
-        if loss is not None:
-            self._loss[self._n] = loss.detach().float() if isinstance(loss, Tensor) else float(loss)
-        self._kept_steps.append(s)
-        self._n += 1
+        self._buf.append(s, row.view(len(sites), len(STATS)), loss)
         self._done()
 
     def _done(self) -> None:
         self.recorded += 1
         self.rec.latest = {}
 
-    def _accumulate(self, index: int, d: dict) -> None:
-        """Per-unit evidence of the current window: ReLU maxima (max) or saturation counts (sum).
-        Entry: [current, positions, previous window, its positions, initial value, is_max]."""
-        is_max = "unit_max" in d
-        u = d["unit_max"] if is_max else d["unit_count"]
-        c = self._counts.get(index)
-        if c is None:
-            init = -math.inf if is_max else 0
-            c = self._counts[index] = [torch.full_like(u, init), 0, None, 0, init, is_max]
-        if is_max:
-            torch.maximum(c[0], u, out=c[0])
-        else:
-            c[0] += u
-        c[1] += d["positions"]
-
-    def _decimate(self) -> None:
-        half = self.capacity // 2
-        self._buf[:half] = self._buf[0::2].clone()
-        self._buf[half:] = math.nan
-        self._loss[:half] = self._loss[0::2].clone()
-        self._loss[half:] = math.nan
-        self._kept_steps = self._kept_steps[0::2]
-        self._n = half
-        self._stride *= 2
-
     # -- reading --
     def _host(self):
         """(buffer rows, losses, steps) on the host: one stacked .cpu() each."""
         if self._buf is None:
             return None, None, []
-        return self._buf[:self._n].cpu(), self._loss[:self._n].cpu(), list(self._kept_steps)  # host sync
+        return self._buf.host()  # host sync
 
     @property
     def history(self) -> MonitorHistory:
@@ -420,8 +375,8 @@ class Monitor:
                 r[k] = None if r[k] is None else float(r[k])
         return rows
 
-    def rows(self) -> list[dict]:
-        """The per-layer rows the rules judge: median of the last kept steps, unit counts of the last
+    def rows(self) -> list[LayerStats]:
+        """The per-layer records the rules judge: median of the last kept steps, unit counts of the last
         one or two windows, weights as they are now."""
         buf, _, steps = self._host()
         if buf is None or not len(steps):
@@ -440,59 +395,50 @@ class Monitor:
                 m["signal_norm"], m["signal_numel"] = v[2], 1
             if not math.isnan(v[3]):
                 m["grad_norm"] = v[3]
-            c = self._counts.get(site.index)
-            if c is not None:
-                cur = c[0] if c[2] is None else (torch.maximum(c[0], c[2]) if c[5] else c[0] + c[2])
-                if c[5]:  # ReLU maxima: a unit fired iff its maximum is > 0
-                    cur, m["indicator"] = (cur > 0).long(), True
-                m["unit_count"] = cur.cpu().tolist()  # host sync (per unit layer)
-                m["positions"] = c[1] + c[3]
+            u = self._units.units.get(site.index)
+            if u is not None:
+                m["unit_count"] = u.counts().cpu().tolist()  # host sync (per unit layer)
+                m["positions"], m["indicator"] = u.seen, u.is_max  # ReLU maxima: fired / not, no counts
             meas[site.index] = m
-        rows = build_rows(self.rec.sites, meas)
+        rows = build_layer_stats(self.rec.sites, meas)
         upd = recent[:, :, 5]  # (recent steps, n_sites): ‖Δw‖ per step
-        for site, r in zip(self.rec.sites, rows):
-            if site.kind != "weight":
-                continue
-            u = upd[:, site.index]
-            u = u[~torch.isnan(u)]
-            w = getattr(site.module, "weight", None)
-            r["trainable"] = bool(w.requires_grad) if isinstance(w, Tensor) else None
-            if len(u) >= 2 and r["weight_norm"]:
-                r["update_rel"] = float(u.median()) / r["weight_norm"]
-                r["frozen"] = bool((u == 0).all())
-        return rows
+        return [self._with_updates(site, r, upd[:, site.index]) if site.kind == "weight" else r
+                for site, r in zip(self.rec.sites, rows)]
+
+    @staticmethod
+    def _with_updates(site, r: LayerStats, u: Tensor) -> LayerStats:
+        """`r` with its update ratio (median ‖Δw‖ per step over ‖w‖), frozen and trainable flags."""
+        u = u[~torch.isnan(u)]
+        w = getattr(site.module, "weight", None)
+        more = {"trainable": bool(w.requires_grad) if isinstance(w, Tensor) else None}
+        if len(u) >= 2 and r.weight_norm:
+            more.update(update_rel=float(u.median()) / r.weight_norm, frozen=bool((u == 0).all()))
+        return replace(r, **more)
 
     def diagnose(self, baseline: float | None = None, n_classes: int | None = None) -> list[Finding]:
         """Findings from the layer statistics (their current state) and the epoch/step loss curves,
-        most severe first. `baseline` / `n_classes` override the constructor's for underfitting."""
+        most severe first (``deepdiag.rules.judge``). `baseline` / `n_classes` override the
+        constructor's for underfitting."""
         _, losses, steps = self._host()
         n_classes = n_classes or self.n_classes
         base = baseline or self.baseline or (math.log(n_classes) if n_classes else None)
-        last = steps[-1] if steps else None
         rows = self.rows() if steps else []
-        findings = judge_layers(rows, step=last) if steps else []
-        if self._start is not None:
-            findings = [f if _start_key(f) in self._start else appeared_in_training(f, self._start_step,
-                                                                                     self.base_lr)
-                        for f in findings]
-        if rows:
-            findings += stalled_updates(rows, step=last, lr=self.lr, knows_optimizer=self.optimizer is not None)
-        findings += self._io_findings or []
         ep = self._epoch_rows()
         bad = int(self._bad_step) if self._bad_step is not None else -1  # host sync
         curve = lambda k: [r[k] for r in ep if r[k] is not None] if ep else None  # noqa: E731
         step_loss = losses.double().tolist() if losses is not None and len(steps) else None
         if step_loss is not None and all(math.isnan(x) for x in step_loss):
             step_loss = None
-        curves = judge_curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"),
-                              base, step_loss, steps if step_loss else None, bad if bad >= 0 else None)
-        ratio = _weight_norm(rows) / self._start_weight if rows and self._start_weight else None
+        curves = Curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"), base,
+                        step_loss, steps, bad if bad >= 0 else None)
         wd = float(self.optimizer.param_groups[0].get("weight_decay", 0.0)) if self.optimizer is not None else None
-        findings += [underfitting_cause(f, wd, self.base_lr, ratio) for f in curves]
-        if step_loss and not any(f.code == "divergence" for f in curves):
-            findings += oscillating_loss(step_loss, steps, lr=self.lr, batch_size=self.batch_size,
-                                         epoch_loss=curve("train_loss"))
-        return sort_findings(findings)
+        context = Context(lr=self.lr, base_lr=self.base_lr, batch_size=self.batch_size,
+                          knows_optimizer=self.optimizer is not None, weight_decay=wd,
+                          weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
+                          else None, start=self._start, start_step=self._start_step)
+        output, inputs, io_step = self._io or (None, None, None)
+        return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
+                     step=steps[-1] if steps else None, io_step=io_step)
 
     # -- cleanup --
     def to_tensorboard(self, log_dir):

@@ -161,18 +161,17 @@ def n_params(model, ds, history, config) -> dict:
 
 @probe("curve_findings")
 def curve_findings(model, ds, history, config) -> dict:
-    """The ``dd.Monitor`` findings of severity warning or error for the run's curves: a Monitor on the
-    trained model is fed each epoch's training and validation loss, as a user's loop would, with the
-    chance loss (entropy of the training labels' frequencies) as the underfitting baseline. Codes sorted
-    and comma-joined ("none" when there are none)."""
-    from .monitor import Monitor
+    """The curve findings of severity warning or error for the run (``deepdiag.rules.judge`` on each
+    epoch's training and validation loss, as a ``dd.Monitor`` fed them would give), with the chance loss
+    (entropy of the training labels' frequencies) as the underfitting baseline. Codes sorted and
+    comma-joined ("none" when there are none)."""
+    from .rules import Curves, judge
     from .studies.capacity import chance_loss
 
     baseline = chance_loss(ds.y_train.cpu(), ds.out_features) if ds.task == "classification" else None
-    with Monitor(model, baseline=baseline) as monitor:
-        for tl, vl in zip(history.train_loss, history.val_loss):
-            monitor.epoch(train_loss=float(tl), val_loss=float(vl))
-        findings = monitor.diagnose()
+    n = min(len(history.train_loss), len(history.val_loss))
+    findings = judge(curves=Curves([float(v) for v in history.train_loss[:n]],
+                                   [float(v) for v in history.val_loss[:n]], baseline=baseline))
     codes = sorted({f.code for f in findings if f.severity in ("warning", "error")})
     return {"curve_findings": ",".join(codes) or "none", "chance_loss": baseline}
 

@@ -6,8 +6,9 @@ workers. After training it runs the config's probes (``deepdiag.probes``) on the
 only numbers leave the worker.
 
 With ``stop_on`` (``dd.sweep(..., stop_on="error")``) each run trains with a ``dd.Monitor`` attached
-(``on_step`` -> ``monitor.step()``, a check every ``CHECK_EVERY`` steps and at every epoch end) and
-ends at the end of the epoch in which a finding of severity ``stop_on`` or worse was first seen.
+(``deepdiag.engines.stop.Stopper``: ``on_step`` -> ``monitor.step()``, a check every ``CHECK_EVERY``
+steps and at every epoch end) and ends at the end of the epoch in which a finding of severity
+``stop_on`` or worse was first seen.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 from ..sweep import RunConfig, RunResult, result_from_history, versions
 from . import Engine
+from .stop import Stopper
 
 
 @functools.lru_cache(maxsize=16)
@@ -64,56 +66,6 @@ def build_model(config: RunConfig, ds) -> torch.nn.Module:
 
     model = mlp(ds.in_features, ds.out_features, seed=config.seed, **config.model_kwargs())
     return model.to(device=check_device(config.device), dtype=getattr(torch, config.dtype))
-
-
-CHECK_EVERY = 10  # optimizer steps between a stopping monitor's checks (one host sync and diagnose each)
-STOP_FIRST = ("divergence",)  # named first when several findings cross the threshold at the same step
-
-
-class Stopper:
-    """A ``Monitor`` on one run that says when to stop: a finding of severity ``stop_on`` or worse.
-
-    Findings are collected through ``on_finding`` (checks every `check_every` steps) and by a check at
-    each epoch end (after the epoch's curves are handed to the monitor); ``on_epoch`` returns True once
-    one was seen, so ``dd.fit`` ends the run there. ``finding`` is the reason: the earliest such finding
-    (divergence first, then the most severe, among those first seen at the same step).
-    """
-
-    def __init__(self, model: torch.nn.Module, stop_on: str, config: RunConfig, ds, loss_fn,
-                 check_every: int = CHECK_EVERY):
-        from ..findings import severity_rank
-        from ..monitor import Monitor
-
-        self.rank = severity_rank(stop_on)
-        self.hits = []
-        out = getattr(ds, "out_features", None)
-        classify = getattr(ds, "task", "classification") == "classification"
-        n_classes = (max(2, out) if out else None) if classify else None
-        self.monitor = Monitor(model, every=1, loss_fn=loss_fn, on_finding=self._seen, check_every=check_every,
-                               lr=config.lr, batch_size=config.batch_size, n_classes=n_classes)
-
-    def _seen(self, finding) -> None:
-        if finding.rank >= self.rank:
-            self.hits.append(finding)
-
-    def on_step(self) -> None:
-        self.monitor.step()
-
-    def on_epoch(self, hist) -> bool:
-        self.monitor.epoch(train_loss=hist.train_loss[-1], val_loss=hist.val_loss[-1],
-                           train_acc=hist.train_acc[-1], val_acc=hist.val_acc[-1])
-        self.monitor.check()
-        return bool(self.hits)
-
-    @property
-    def finding(self):
-        if not self.hits:
-            return None
-        big = 1 << 62
-        return min(self.hits, key=lambda f: (big if f.step is None else f.step, f.code not in STOP_FIRST, -f.rank))
-
-    def close(self) -> None:
-        self.monitor.close()
 
 
 def train_model(config: RunConfig, stop_on: str | None = None):

@@ -52,8 +52,9 @@ from ..models import _initialise, mlp
 from ..regularization import weight_parameters
 from ..sweep import RunConfig, RunResult, metrics_from_history, versions
 from ..train import History, _prepare
-from . import Engine, member_rules
+from . import Engine
 from .local import check_device, dataset, train_run
+from .stop import UPDATE_GAP, first_stop, member_findings, member_layer_stats, update_ratios
 
 log = logging.getLogger("deepdiag.sweep")
 
@@ -449,7 +450,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
     fast: the hand-written backward of ``_fast_step`` (plain nets, cross-entropy or MSE); None: wherever
     it applies and compile=False; False: autograd (``torch.compile``-d forward with compile=True).
     stop_on: "warning" / "error": judge each member at every epoch end with the Monitor's rules on
-    per-member statistics (``member_rules``) and end it there when a finding that severe appears."""
+    per-member statistics (``deepdiag.engines.stop``) and end it there when a finding that severe appears."""
     c0 = configs[0]
     if any(shape_key(c) != shape_key(c0) for c in configs) or shape_key(c0) is None:
         raise ValueError("train_group needs configs that share one vectorizable shape_key")
@@ -495,7 +496,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
                 loss = _autograd_step(S, xb, target, loss_fn)
             _update(S)
             losses.append(loss)
-            if stop_on and len(losses) == member_rules.UPDATE_GAP:
+            if stop_on and len(losses) == UPDATE_GAP:
                 moved = (_weights_now(S), len(losses))  # the update ratio is measured over these steps
         epoch_losses = torch.stack(losses).double().cpu()  # (steps, N); host sync: once per epoch
         train = _evaluate(S, x, y, kind, c0.depth, c0.residual, c0.activation)
@@ -508,7 +509,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
             h = hists[m]
             h.record_epoch(epoch, epoch_losses[:, row], *(table[k][row] for k in range(4)), x_val is not None)
             if judged is not None:
-                stops[m] = member_rules.first_stop(judged(row, h.steps, h.diverged_step), stop_on)
+                stops[m] = first_stop(judged(row, h.steps, h.diverged_step), stop_on)
                 h.stopped_early = stops[m] is not None and epoch < c0.epochs
             if h.diverged or stops[m] is not None:
                 if return_params:
@@ -563,7 +564,7 @@ def _judge_members(S: _Stack, before: dict, moved: tuple | None, steps: int, x: 
     steps, or None for a shorter epoch (then the whole epoch is the gap)."""
     now = {k: p.detach() for k, p in S.params.items() if k in S.weights}
     after, gap = moved if moved is not None else (now, steps)
-    ratios = member_rules.update_ratios(after, before, gap)
+    ratios = update_ratios(after, before, gap)
     norms = {k: w.norm(dim=tuple(range(1, w.dim()))) for k, w in now.items()}
     fired = _fired(S, x, c0.depth) if c0.activation == "relu" and not c0.residual else None
     biases = {f"hidden.{d}.act": S.params[f"hidden.{d}.linear.bias"] for d in range(c0.depth)} if fired else None
@@ -573,8 +574,8 @@ def _judge_members(S: _Stack, before: dict, moved: tuple | None, steps: int, x: 
     lrs = [c.lr for c in S.configs]
 
     def judge(row: int, done: int, diverged_step: int | None):
-        rows = member_rules.layer_rows(row, ratios, norms, fired, len(x), biases)
+        rows = member_layer_stats(row, ratios, norms, fired, len(x), biases)
         step = (diverged_step if diverged_step is not None else done) - 1  # 0-based, as Monitor steps
-        return member_rules.member_findings(rows, lrs[row], diverged_step, step)
+        return member_findings(rows, lrs[row], diverged_step, step)
 
     return judge

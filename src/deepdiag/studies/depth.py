@@ -135,7 +135,7 @@ def identity_bound(best_loss_by_depth: dict) -> dict:
 
 def _degradation_fires(best_loss_by_depth: dict) -> bool:
     """Whether ``dd.compare_depths`` reports ``degradation`` for these best training losses."""
-    from ..diagnose import compare_depths
+    from ..rules import compare_depths
 
     return any(f.code == "degradation" for f in compare_depths({int(d): float(v) for d, v in best_loss_by_depth.items()}))
 

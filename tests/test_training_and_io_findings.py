@@ -1,5 +1,5 @@
-"""Diagnosis II: oscillating_loss, stalled_updates, output_loss_mismatch, unscaled_inputs (plain torch),
-healthy controls beside each, and early warning (check(), on_finding, first-seen step)."""
+"""Training and input/output findings: oscillating_loss, stalled_updates, output_loss_mismatch,
+unscaled_inputs (plain torch), healthy controls beside each, and early warning (check(), on_finding, first-seen step)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def test_converging_noisy_runs_do_not_oscillate(opt, lr, bs, momentum):
 
 
 def test_oscillating_rule_pure():
-    from deepdiag.diagnose import oscillating_loss
+    from deepdiag.rules.curves import oscillating_loss
     zigzag = [2.3] * 5 + [1.0 + (0.6 if i % 2 else -0.6) for i in range(60)]
     (f,) = oscillating_loss(zigzag, list(range(65)), lr=0.5)
     assert f.evidence["reversal_rate"] > 0.9 and f.step == 64
@@ -214,8 +214,8 @@ def test_partly_idle_relu_layers_are_not_dead(idle):
         for i in (0, 2):
             model[i].bias[:k] = -100.0  # k of 64 units never fire
     report = dd.checkup(model, X, Y)
-    rows = {r["name"]: r for r in report.rows}
-    assert k / 64 <= rows["1"]["frac_dead"] <= idle + 0.02  # the forced ones, and at most one more
+    rows = {r.name: r for r in report.rows}
+    assert k / 64 <= rows["1"].frac_dead <= idle + 0.02  # the forced ones, and at most one more
     assert "dead_units" not in warned(report.findings)
 
 
@@ -256,7 +256,7 @@ def test_healthy_run_calls_nothing():
 # ---- epoch curves in the oscillation rule; causes of underfitting; pathologies that appear in training ----
 
 def test_epoch_curve_settles_noisy_steps_and_catches_epoch_reversals():
-    from deepdiag.diagnose import oscillating_loss
+    from deepdiag.rules.curves import oscillating_loss
 
     g = torch.Generator().manual_seed(0)
     # step losses that swing 5 % of the start around a flat trend (what the step rule alone calls oscillating)
@@ -298,7 +298,7 @@ def test_noisy_mse_regression_is_not_oscillating():
 
 
 def test_underfitting_cause():
-    from deepdiag.diagnose import underfitting, underfitting_cause
+    from deepdiag.rules.curves import underfitting, underfitting_cause
 
     flat = underfitting([2.30, 2.30, 2.31, 2.30, 2.30], baseline=2.3026)[0]
     assert underfitting_cause(flat, weight_decay=0.5, lr=0.05, weight_ratio=0.2).fix == {"weight_decay": 0.05}
@@ -372,7 +372,7 @@ def test_remedies_scale_the_configured_lr_not_the_scheduled_one():
 
 
 def test_a_single_epoch_bump_with_calm_steps_is_not_oscillation():
-    from deepdiag.diagnose import oscillating_loss
+    from deepdiag.rules.curves import oscillating_loss
 
     smooth = [2.3 * 0.98 ** i for i in range(100)]
     assert oscillating_loss(smooth, epoch_loss=[2.0, 1.2, 1.4, 0.9, 0.6]) == []  # warm restart, say

@@ -1,0 +1,129 @@
+"""The model's input and output, and the loss: what ``output_loss_mismatch`` and ``unscaled_inputs``
+read. ``IOProbe`` sees them on training passes; ``output_facts`` / ``input_facts`` reduce them to typed
+records (host syncs: once per checkup, or on a Monitor's first step)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .hooks import Hooks
+from .records import InputFacts, OutputFacts
+from .sites import first_tensor, reduce_dims
+
+_LOSS_KINDS = (
+    (nn.CrossEntropyLoss, "cross_entropy"), (nn.NLLLoss, "nll"), (nn.BCEWithLogitsLoss, "bce_with_logits"),
+    (nn.BCELoss, "bce"), (nn.MSELoss, "mse"), (nn.L1Loss, "mse"), (nn.SmoothL1Loss, "mse"), (nn.HuberLoss, "mse"),
+)
+_LOSS_FUNCTIONS = {
+    "cross_entropy": "cross_entropy", "nll_loss": "nll", "binary_cross_entropy_with_logits": "bce_with_logits",
+    "binary_cross_entropy": "bce", "mse_loss": "mse", "l1_loss": "mse", "smooth_l1_loss": "mse",
+    "huber_loss": "mse",
+}
+
+
+def loss_kind(loss_fn) -> str | None:
+    """cross_entropy / nll / bce_with_logits / bce / mse for torch's losses (modules or functions), else None."""
+    if loss_fn is None:
+        return None
+    for cls, kind in _LOSS_KINDS:
+        if isinstance(loss_fn, cls):
+            return kind
+    name = getattr(loss_fn, "__name__", None)
+    if getattr(loss_fn, "__module__", "") in ("torch.nn.functional",) or name in _LOSS_FUNCTIONS:
+        return _LOSS_FUNCTIONS.get(name)
+    return None
+
+
+class IOProbe:
+    """Hooks that see the model's input, its output and the leaf module that produced the output (by
+    tensor identity), for ``passes`` training forward passes; then they remove themselves.
+
+    ``last`` holds, after a pass, {"input": tensor, "output": tensor, "last_module": type name or None,
+    "last_name": name}; with ``loss_fn`` an ``nn.Module``, a pre-hook on it adds "target".
+    """
+
+    def __init__(self, model: nn.Module, loss_fn=None, passes: int = 1):
+        self.model, self.passes, self.seen = model, passes, 0
+        self.hooks = Hooks()
+        self.last: dict = {}
+        self.results: list[dict] = []
+        self._leaf_out: tuple | None = None
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self.hooks.add(model.register_forward_pre_hook(self._pre))
+        self.hooks.add(model.register_forward_hook(self._post))
+        for name, m in model.named_modules():
+            if m is not model and not any(True for _ in m.children()):
+                self.hooks.add(m.register_forward_hook(self._leaf))
+        self._loss_hooked = isinstance(loss_fn, nn.Module)
+        if self._loss_hooked:
+            self.hooks.add(loss_fn.register_forward_pre_hook(self._loss_pre))
+
+    def _pre(self, module, args, *rest):
+        if torch.is_grad_enabled():
+            x = first_tensor(args)
+            self.last = {"input": x.detach() if x is not None else None}
+            self._leaf_out = None
+
+    def _leaf(self, module, args, out):
+        if torch.is_grad_enabled() and isinstance(out, Tensor):
+            self._leaf_out = (module, out)
+
+    def _post(self, module, args, out):
+        if not torch.is_grad_enabled() or "input" not in self.last:
+            return
+        y = first_tensor(out)
+        self.last["output"] = y.detach() if y is not None else None
+        if self._leaf_out is not None and y is not None and self._leaf_out[1] is y:
+            m = self._leaf_out[0]
+            self.last["last_module"], self.last["last_name"] = type(m).__name__, self._names.get(id(m))
+        else:
+            self.last["last_module"], self.last["last_name"] = None, None
+        self.results.append(self.last)
+        self.seen += 1
+        if self.seen >= self.passes and not self._loss_hooked:
+            self.remove()
+
+    def _loss_pre(self, module, args, *rest):
+        if len(args) >= 2 and isinstance(args[1], Tensor) and self.results:
+            self.results[-1].setdefault("target", args[1].detach())
+        if self.seen >= self.passes:
+            self.remove()
+
+    def remove(self) -> None:
+        self.hooks.remove()
+
+
+def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets: Tensor | None = None,
+                 last_name: str | None = None, default_loss: bool | None = None) -> OutputFacts:
+    """The numbers ``output_loss_mismatch`` reads (host syncs: call once per checkup / first steps)."""
+    o = out.detach()
+    width = int(o.shape[1]) if o.dim() >= 2 else 1
+    facts: dict = {"loss": loss, "last_module": last_module, "last_name": last_name, "out_width": width,
+                   "n_samples": int(o.shape[0]) if o.dim() else 1, "default_loss": default_loss}
+    if o.numel() and o.is_floating_point():
+        of = o.float()
+        lo_hi = torch.stack([of.min(), of.max()]).tolist()  # host sync
+        facts["out_min"], facts["out_max"] = lo_hi
+        facts["strictly_inside01"] = lo_hi[0] > 0.0 and lo_hi[1] < 1.0 and facts["n_samples"] >= 8
+        if o.dim() >= 2 and width > 1:
+            facts["rows_sum_to_one"] = bool(((of.sum(1) - 1).abs() <= 1e-4).all())
+    if targets is not None and isinstance(targets, Tensor) and targets.numel():
+        t = targets.detach()
+        facts["target_kind"] = "float" if t.is_floating_point() else "int"
+        lo_hi = torch.stack([t.min(), t.max()]).double().tolist()  # host sync
+        facts["target_min"], facts["target_max"] = lo_hi
+    return OutputFacts(**facts)
+
+
+def input_facts(x: Tensor | None, first_layer: str | None = None,
+                first_out_std: float | None = None) -> InputFacts | None:
+    """Per-feature mean and std of a floating input batch (feature = last dim of a 2-D batch, channel
+    dim 1 otherwise) and the layer it feeds; None for non-float inputs (token ids) or fewer than 2 samples."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 2:
+        return None
+    xd = x.detach().double()
+    dim = -1 if x.dim() == 2 else 1
+    dims = reduce_dims(xd, dim)
+    mean, std = xd.mean(dims), xd.std(dims, correction=0)
+    both = torch.stack([mean, std]).cpu().tolist()  # host sync
+    return InputFacts(tuple(both[0]), tuple(both[1]), first_layer, first_out_std)

@@ -1,0 +1,203 @@
+"""``Recorder``: forward hooks on every site, tensor hooks on weight-layer outputs for ∂L/∂output.
+
+It finds the sites on the first training forward pass (``deepdiag.measure.sites``) and then keeps,
+per site, the device tensors of the latest forward/backward pass; ``checkup`` reads them once,
+``Monitor`` accumulates them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..init import fans
+from .hooks import Hooks
+from .records import UNIT_FAMILIES
+from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, Site, first_tensor, infer_family, module_kind,
+                    ptr, reduce_dims, safe_norm, unit_counts)
+
+
+class Recorder:
+    """Forward hooks on every site, tensor hooks on weight-layer outputs for ∂L/∂output.
+
+    ``latest[i]`` holds the device tensors of site i from the latest recorded forward/backward pass.
+    Sites are created on the first forward pass (``discovered`` afterwards); later passes measure them.
+    ``detail=True`` adds what only a one-off checkup needs (per-unit activation spread).
+    """
+
+    def __init__(self, model: nn.Module, detail: bool = False):
+        self.model, self.detail = model, detail
+        self.sites: list[Site] = []
+        self.latest: dict[int, dict[str, Tensor]] = {}
+        self.discovered = False
+        self._edges: set[int] = set()  # first and last weight sites: their input scale is always measured
+        self.enabled = True
+        self.hooks, self._discovery_hooks = Hooks(), Hooks()
+        self._by_key: dict[tuple[int, int], Site] = {}
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self._reset_pass()
+
+    # -- attaching --
+    def attach(self) -> Recorder:
+        """Register the hooks (a no-op while they are registered)."""
+        if len(self.hooks):
+            return self
+        self.hooks.add(self.model.register_forward_pre_hook(self._root_pre))
+        for name, m in self.model.named_modules():
+            kind = module_kind(m)
+            if kind is not None:
+                self.hooks.add(m.register_forward_hook(self._forward))
+            elif not self.discovered and not any(True for _ in m.children()) \
+                    and not any(True for _ in m.parameters(recurse=False)):
+                # parameter-free leaves (dropout, pooling, flatten): only to trace what feeds what
+                self._discovery_hooks.add(m.register_forward_hook(self._passthrough))
+        return self
+
+    def detach(self) -> None:
+        self.hooks.remove()
+        self._discovery_hooks.remove()
+
+    def finish_discovery(self) -> None:
+        """Called after the first forward pass: the sites are fixed from now on."""
+        self._keep, self._last_out = [], None
+        if self.sites:
+            self.discovered = True
+            self._discovery_hooks.remove()
+            weights = [s.index for s in self.sites if s.kind == "weight"]
+            self._edges = {weights[0], weights[-1]} if weights else set()
+
+    # -- per forward pass --
+    def _reset_pass(self):
+        self._calls: dict[int, int] = {}
+        self._covered: set[int] = set()  # data_ptrs of activation-module outputs (and their pass-throughs)
+        self._producer: dict[int, Site] = {}  # data_ptr -> weight/norm site that produced it
+        self._inputs: set[int] = set()
+        self._last_out: tuple[Site, Tensor] | None = None  # discovery: the latest weight layer output
+        self._keep: list[Tensor] = []  # discovery: tensors whose data_ptr is in the maps above
+
+    def _root_pre(self, module, args):
+        self._reset_pass()
+        for a in list(args):
+            if isinstance(a, Tensor):
+                self._inputs.add(a.data_ptr())
+
+    def _passthrough(self, module, args, out):
+        if not torch.is_grad_enabled():
+            return
+        x, y = first_tensor(args), first_tensor(out)
+        if x is None or y is None:
+            return
+        px, py = x.data_ptr(), y.data_ptr()
+        self._keep.append(y)
+        if px in self._covered:
+            self._covered.add(py)
+        if px in self._producer:
+            self._producer[py] = self._producer[px]
+        if px in self._inputs:
+            self._inputs.add(py)
+
+    def _forward(self, module, args, out):
+        if not torch.is_grad_enabled():
+            return  # evaluation passes are not training statistics
+        k = self._calls.get(id(module), 0)
+        self._calls[id(module)] = k + 1
+        x, y = first_tensor(args), first_tensor(out)
+        if y is None or not y.is_floating_point():
+            return
+        site = self._by_key.get((id(module), k))
+        if site is None:
+            if self.discovered:
+                return
+            site = self._new_site(module, k, x, y)
+        if not self.discovered:  # tracing what feeds what: only needed while sites are being found
+            self._keep.append(y)  # hold it: a freed tensor's address could be reused by a later one
+            if site.kind == "activation":
+                self._covered.add(y.data_ptr())
+            else:
+                self._producer[y.data_ptr()] = site
+                if site.kind == "weight":
+                    self._last_out = (site, y)
+        if self.enabled:
+            self.latest[site.index] = self._measure(site, x, y)
+
+    def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
+        kind = module_kind(m)
+        base = self._names.get(id(m), type(m).__name__) or type(m).__name__
+        name = base if k == 0 else f"{base}#{k}"
+        site = Site(len(self.sites), name, m, kind, type(m).__name__)
+        if kind == "weight":
+            conv = isinstance(m, CONV_LAYERS)
+            site.fan_in, site.fan_out = fans(m.weight)
+            site.unit_dim = 1 if conv else -1
+            site.units = y.shape[site.unit_dim] if y.dim() else 1
+            if x is not None and x.is_floating_point():
+                px = x.data_ptr()
+                site.is_model_input = px in self._inputs
+                prev = [s for s in self.sites if s.kind == "weight"]
+                if not site.is_model_input and px not in self._covered and px not in self._producer and prev:
+                    z = self._last_out if self._last_out is not None and self._last_out[0] is prev[-1] else None
+                    site.family = infer_family(x, z[1] if z else None)  # host syncs: discovery pass only
+                    site.producer = prev[-1].name
+        elif kind == "norm":
+            site.unit_dim = 1 if isinstance(m, nn.modules.batchnorm._NormBase) or isinstance(m, nn.GroupNorm) else -1
+            site.units = y.shape[site.unit_dim] if y.dim() > 1 else 1
+        else:
+            site.family = ACTIVATION_FAMILIES[type(m)]
+            src = self._producer.get(ptr(x)) if x is not None else None
+            if src is not None:
+                site.unit_dim = src.unit_dim
+                site.extra["source"] = src.name
+            else:
+                site.unit_dim = 1 if y.dim() >= 2 else -1
+            site.units = y.shape[site.unit_dim] if y.dim() else 1
+        self.sites.append(site)
+        self._by_key[(id(m), k)] = site
+        return site
+
+    def _measure(self, site: Site, x: Tensor | None, y: Tensor) -> dict[str, Tensor]:
+        """Device reductions for one site; a handful of kernels, no host sync.
+
+        The output's scale is kept as ‖y‖₂ (and, with ``detail``, the mean: Var = ‖y‖²/n − mean² is
+        formed when read). With ``detail`` (checkup) norms accumulate in float64, so ~1e-30 values do
+        not square to 0, and ReLU units get firing counts; without it (Monitor, every step) norms are
+        float32 and ReLU units get their per-unit maximum, which is all "never fired" needs.
+        """
+        yd = y.detach()
+        s: dict = {"numel": yd.numel()}
+        norm = safe_norm if self.detail else torch.linalg.vector_norm
+        if self.detail:
+            s["act_mean"] = yd.mean()
+        if site.kind != "activation" or self.detail:
+            s["act_norm"] = norm(yd)
+        if site.kind == "weight":
+            if x is not None and (self.detail or not self.discovered or site.index in self._edges):
+                s["in_norm"], s["in_numel"] = norm(x.detach()), x.numel()
+            if y.requires_grad:
+                y.register_hook(self._grad_hook(site.index, yd.shape[0] if yd.dim() > 1 else 1))
+            if site.family in UNIT_FAMILIES and x is not None:
+                self._units(s, x.detach(), site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1)
+            if self.detail and yd.dim() >= 2 and site.units > 1:
+                d = site.unit_dim % yd.dim()
+                spread = (yd.amax(d) - yd.amin(d)).abs().max()
+                s["unit_spread"], s["act_absmax"] = spread, yd.abs().max()
+        elif site.kind == "activation" and site.family in UNIT_FAMILIES:
+            self._units(s, yd, site.family, site.unit_dim)
+        return s
+
+    def _units(self, s: dict, v: Tensor, family: str, unit_dim: int) -> None:
+        if family == "relu" and not self.detail:
+            dims = reduce_dims(v, unit_dim)
+            s["unit_max"] = v.amax(dims) if dims else v
+            s["positions"] = v.numel() // max(1, s["unit_max"].numel())
+        else:
+            s["unit_count"] = unit_counts(v, family, unit_dim)
+            s["positions"] = v.numel() // max(1, s["unit_count"].numel())
+
+    def _grad_hook(self, index: int, batch: int):
+        """∂L/∂output: its norm in float64; divided by √batch when read, the per-sample norm."""
+        norm = safe_norm if self.detail else torch.linalg.vector_norm
+
+        def hook(g: Tensor):
+            if self.enabled and index in self.latest:
+                self.latest[index]["signal_norm"] = norm(g.detach())
+                self.latest[index]["signal_numel"] = batch
+        return hook

@@ -1,0 +1,139 @@
+"""The typed contract between measuring and judging: what one layer, the model's output and its input
+batch looked like, as frozen records of plain Python numbers (no torch: the rules import them).
+
+``LayerStats`` is one measured site (see ``deepdiag.measure.sites``) in forward order. Every field is
+None where it was not measured (a norm layer has no weight, a Monitor row has no per-unit spread).
+Scales are root-mean-square values of the tensor's entries unless stated otherwise; "per sample"
+norms are ‖·‖_F/√B over a batch of B samples.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+UNIT_FAMILIES = ("relu", "tanh", "sigmoid")  # the activations whose units are counted (dead / saturated)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One measured layer (a *site*), host-side.
+
+    Identity: ``name`` (module path, ``name#k`` for the k-th extra call), ``type`` (module class),
+    ``kind`` ("weight" | "norm" | "activation"), ``family`` (activation family of an activation site;
+    "relu (functional)" etc. on a weight layer whose units feed a functional activation).
+    Shape: ``fan_in``/``fan_out`` (weight sites), ``units`` (output features / channels).
+    Weights (weight sites, read from the module): ``weight_std``, ``weight_norm`` (‖W‖_F), ``init_scheme``
+    and ``init_std`` (the recognised scheme, ±15 %), ``bias_mean``, ``sym_rows`` (max row deviation over max
+    row norm of (W, b): 0 = identical units), ``sym_next`` (the same over the next weight layer's columns),
+    ``next_layer``.
+    Forward signal: ``act_mean``, ``act_std`` (of the output), ``act_rms`` (RMS of the output), ``in_rms``
+    (RMS of the input), ``unit_spread`` (largest spread of one sample's output across units, relative to
+    max |output|; checkup only).
+    Backward signal: ``signal_norm`` (per-sample ‖∂L/∂output‖), ``grad_norm`` (‖∂L/∂W‖_F), ``grad_rel``
+    (grad_norm / weight_norm).
+    Units (on the activation site, or on the weight layer that produced functionally-activated units):
+    ``positions`` (samples × spatial positions seen), ``dead`` / ``frac_dead`` (ReLU units that never
+    fired), ``frac_zero`` (fraction of zero ReLU outputs; None when only maxima were kept),
+    ``saturated`` / ``frac_saturated_units`` (tanh/sigmoid units past their asymptote on more than half
+    the positions), ``frac_saturated`` (fraction of saturated values).
+    Updates (Monitor only): ``update_rel`` (median per-step ‖ΔW‖/‖W‖ over recent steps), ``frozen``
+    (ΔW exactly 0 at every one), ``trainable`` (``weight.requires_grad``).
+    Wiring: ``is_model_input`` (fed by the model's input), ``source`` (an activation's producing layer),
+    ``inferred_family`` (relu/tanh/sigmoid of functionally-activated units on a weight layer).
+    """
+
+    name: str
+    type: str | None = None
+    kind: str | None = None
+    family: str | None = None
+    fan_in: int | None = None
+    fan_out: int | None = None
+    units: int | None = None
+    weight_std: float | None = None
+    init_scheme: str | None = None
+    init_std: float | None = None
+    act_mean: float | None = None
+    act_std: float | None = None
+    act_rms: float | None = None
+    in_rms: float | None = None
+    frac_zero: float | None = None
+    frac_dead: float | None = None
+    frac_saturated: float | None = None
+    frac_saturated_units: float | None = None
+    signal_norm: float | None = None
+    grad_norm: float | None = None
+    grad_rel: float | None = None
+    weight_norm: float | None = None
+    bias_mean: float | None = None
+    sym_rows: float | None = None
+    sym_next: float | None = None
+    next_layer: str | None = None
+    unit_spread: float | None = None
+    positions: int | None = None
+    dead: int | None = None
+    saturated: int | None = None
+    update_rel: float | None = None
+    frozen: bool | None = None
+    trainable: bool | None = None
+    is_model_input: bool = False
+    source: str | None = None
+    inferred_family: str | None = None
+
+    @property
+    def unit_family(self) -> str | None:
+        """relu / tanh / sigmoid when this record carries unit statistics (module or inferred), else None."""
+        return self.inferred_family or (self.family if self.family in UNIT_FAMILIES else None)
+
+    def to_dict(self) -> dict:
+        """The record as a dict (``inferred_family`` only where set, as the layer table shows it)."""
+        d = asdict(self)
+        if d["inferred_family"] is None:
+            del d["inferred_family"]
+        return d
+
+
+LAYER_FIELDS = tuple(f.name for f in fields(LayerStats))
+
+_OUTPUT_ALWAYS = ("loss", "last_module", "last_name", "out_width", "n_samples")
+
+
+@dataclass(frozen=True)
+class OutputFacts:
+    """The model's output and the loss, as ``output_loss_mismatch`` reads them.
+
+    ``loss``: cross_entropy / nll / bce_with_logits / bce / mse; ``last_module`` / ``last_name``: type
+    and name of the leaf module whose output is the model's output (None when not a module's output);
+    ``out_width``: size of dimension 1 (1 for a 1-D output); ``n_samples``; ``out_min`` / ``out_max``;
+    ``strictly_inside01``: every output in (0, 1) on ≥ 8 samples; ``rows_sum_to_one``: every row sums to
+    1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``; ``default_loss``:
+    checkup chose the loss itself. None: not measured.
+    """
+
+    loss: str | None
+    last_module: str | None = None
+    last_name: str | None = None
+    out_width: int | None = None
+    n_samples: int | None = None
+    out_min: float | None = None
+    out_max: float | None = None
+    strictly_inside01: bool | None = None
+    rows_sum_to_one: bool | None = None
+    target_kind: str | None = None
+    target_min: float | None = None
+    target_max: float | None = None
+    default_loss: bool | None = None
+
+    def evidence(self) -> dict:
+        """The measured facts as a dict: always the loss and output shape, the rest where measured."""
+        return {k: v for k, v in asdict(self).items() if k in _OUTPUT_ALWAYS or v is not None}
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """Per-feature ``feature_mean`` and ``feature_std`` of a floating input batch (feature = last dim of
+    a 2-D batch, channel = dim 1 otherwise), the ``first_layer`` it feeds and, when measured, that
+    layer's output std ``first_out_std``."""
+
+    feature_mean: tuple
+    feature_std: tuple
+    first_layer: str | None = None
+    first_out_std: float | None = None

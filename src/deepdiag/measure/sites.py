@@ -1,0 +1,145 @@
+"""Layer discovery: the *sites* deepdiag measures, their kinds and activation families, and the device
+reductions the hooks compute (no host sync).
+
+A *site* is one place in the forward pass that deepdiag measures, found generically on any
+``nn.Module``:
+
+* ``weight`` sites: modules with a weight of two or more dimensions (Linear, Bilinear, Conv1d/2d/3d and
+  their transposes). Measured: the scale of the output (pre-activation) and of the input, and the
+  back-propagated signal ∂L/∂output (a tensor hook on the output) as its per-sample norm
+  ‖∂L/∂out‖_F/√B: per-sample rather than per-element, because a convolution's weight gradient sums
+  over positions (a global average pool divides each position's gradient by H·W, which a per-element
+  measure would read as a 64× "vanishing" on 8×8 inputs).
+* ``norm`` sites: BatchNorm/LayerNorm/GroupNorm. Measured: the scale of the output.
+* ``activation`` sites: activation modules (ReLU, Tanh, Sigmoid, ...). Measured per unit: how often a
+  ReLU unit fires, how often a tanh/sigmoid unit sits at its asymptote (read from the output, which is
+  equivalent and survives ``inplace=True``: |tanh z| > tanh 3 ⟺ |z| > 3).
+* activations applied functionally (``F.relu``, ``torch.tanh`` inside a custom ``forward``) have no
+  module: they are read from the *input of the next weight layer* when that input is not the output of
+  an activation module, the raw output of a weight layer, or the model's own input. Their family is
+  inferred once, on the first forward pass: x = relu/tanh/sigmoid(z) of the previous weight layer's
+  output z, or, with pooling/reshaping in between, ≥ 0 with exact zeros → relu. Their statistics
+  belong to the previous weight layer in forward order.
+
+Units are output features for Linear layers (last dimension) and channels for convolutions (dimension 1).
+A module called several times in one forward pass (a shared ``self.relu``) gives one site per call,
+named ``name#k`` for the k-th call after the first.
+
+The hooks only compute reductions on the device (no ``.item()``): a ``Recorder`` holds, per site, the
+tensors of the latest forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..init import NORM_LAYERS
+WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+CONV_LAYERS = (nn.modules.conv._ConvNd,)
+ACTIVATION_FAMILIES = {
+    nn.ReLU: "relu", nn.ReLU6: "relu",
+    nn.Tanh: "tanh", nn.Hardtanh: "tanh", nn.Softsign: "tanh",
+    nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "sigmoid",
+    nn.LeakyReLU: "leaky_relu", nn.PReLU: "leaky_relu", nn.RReLU: "leaky_relu",
+    nn.ELU: "smooth", nn.SELU: "smooth", nn.CELU: "smooth", nn.GELU: "smooth", nn.SiLU: "smooth",
+    nn.Mish: "smooth", nn.Softplus: "smooth", nn.Identity: None,
+}
+# Saturation: tanh'(z) = 1 − tanh² z < 0.01 for |z| > 3 (tanh 3 = 0.99505);
+# σ'(z) = σ(1 − σ) < 0.0066 (< 3 % of its peak 1/4) for |z| > 5 (σ(5) = 0.99331).
+TANH_Z, SIGMOID_Z = 3.0, 5.0
+TANH_SAT = math.tanh(TANH_Z)
+SIGMOID_LO, SIGMOID_HI = 1.0 / (1.0 + math.exp(SIGMOID_Z)), 1.0 / (1.0 + math.exp(-SIGMOID_Z))
+
+
+@dataclass
+class Site:
+    """One measured place of the forward pass (see the module docstring)."""
+
+    index: int
+    name: str
+    module: nn.Module
+    kind: str  # "weight" | "norm" | "activation"
+    type: str
+    family: str | None = None  # activation sites: the family of the module; weight sites: of their input
+    unit_dim: int = -1  # dimension of the units in the measured tensor (output, or input when inferred)
+    units: int = 0
+    producer: str | None = None  # weight sites with an inferred input family: the layer whose units they are
+    fan_in: int | None = None
+    fan_out: int | None = None
+    is_model_input: bool = False  # weight site fed by the model's input directly
+    extra: dict = field(default_factory=dict)
+
+
+def module_kind(m: nn.Module) -> str | None:
+    if isinstance(m, WEIGHT_LAYERS) and getattr(m, "weight", None) is not None and m.weight.dim() >= 2:
+        return "weight"
+    if isinstance(m, NORM_LAYERS):
+        return "norm"
+    if type(m) in ACTIVATION_FAMILIES and ACTIVATION_FAMILIES[type(m)] is not None:
+        return "activation"
+    return None
+
+
+def first_tensor(obj) -> Tensor | None:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        for o in obj.values():
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def ptr(t: Tensor | None) -> int | None:
+    return t.data_ptr() if isinstance(t, Tensor) else None
+
+
+def reduce_dims(t: Tensor, unit_dim: int) -> tuple[int, ...]:
+    d = unit_dim % t.dim()
+    return tuple(i for i in range(t.dim()) if i != d)
+
+
+def infer_family(x: Tensor, z: Tensor | None = None) -> str | None:
+    """The activation family of a functional activation, read once at discovery (host syncs).
+
+    When the previous weight layer's output `z` has x's shape, the family is the function f with
+    x = f(z) (relu, tanh or sigmoid), or None (no known activation, e.g. a residual sum). Otherwise
+    (pooling or reshaping in between) only a ReLU is recognised, by its values: >= 0 with exact zeros.
+    """
+    x = x.detach()
+    if z is not None and z.shape == x.shape:
+        z = z.detach()
+        for fam, f in (("relu", torch.relu), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+            if torch.allclose(f(z), x, rtol=1e-4, atol=1e-6):
+                return fam
+        return None
+    if float(x.min()) >= 0.0 and bool((x == 0).any()):
+        return "relu"
+    return None
+
+
+def unit_counts(v: Tensor, family: str, unit_dim: int) -> Tensor:
+    """Per unit, the number of positions (samples × spatial) where a ReLU unit fires (v > 0) or a
+    tanh/sigmoid unit is saturated, read from post-activation values v. Shape (units,), int64."""
+    dims = reduce_dims(v, unit_dim)
+    if family == "relu":
+        hit = v > 0
+    elif family == "tanh":
+        hit = v.abs() > TANH_SAT
+    else:
+        hit = (v < SIGMOID_LO) | (v > SIGMOID_HI)
+    return hit.sum(dims) if dims else hit.long()
+
+
+def safe_norm(t: Tensor) -> Tensor:
+    """‖t‖₂ accumulated in float64, so values of ~1e-30 do not square to 0 in float32."""
+    return torch.linalg.vector_norm(t.detach(), dtype=torch.float64)

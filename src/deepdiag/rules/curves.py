@@ -1,0 +1,266 @@
+"""Curve rules: loss curves (per epoch, or per recorded step) in, ``Finding``s out. Pure functions; each
+docstring says why its threshold is that number."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ..findings import Finding
+from .remedies import fmt, lr_fix, median, pow10_round, sentence
+
+OVERFIT_RISE = 0.10  # val loss >= 10 % above its minimum ...
+OVERFIT_EPOCHS = 3  # ... for the last >= 3 epochs ...
+TRAIN_FALL = 0.05  # ... while train loss fell >= 5 % since the best epoch
+GAP_RATIO, GAP_ABS = 3.0, 0.1
+UNDERFIT_FRACTION = 0.9  # best train loss >= 90 % of the chance baseline
+UNDERFIT_EPOCHS = 3
+BLOWUP = 10.0
+
+
+def _clean(xs):
+    return [float(x) if x is not None else math.nan for x in (xs or [])]
+
+
+def overfitting(train_loss: Sequence[float], val_loss: Sequence[float]) -> list[Finding]:
+    """overfitting: val loss rose ≥ 10 % above its minimum and stayed there for the last ≥ 3 epochs,
+    while train loss fell ≥ 5 % since that best epoch → warning. Why: the validation loss of fixed
+    weights is deterministic; epoch-to-epoch SGD noise moves it by a few percent, so a sustained 10 %
+    rise while the training loss still improves is the network fitting the training set's noise.
+    A large gap alone (val ≥ 3× train and ≥ 0.1 apart) without a rise → info: it is normal on small sets.
+    """
+    t, v = _clean(train_loss), _clean(val_loss)
+    n = min(len(t), len(v))
+    t, v = t[:n], v[:n]
+    finite = [i for i in range(n) if math.isfinite(v[i])]
+    if len(finite) < 2:
+        return []
+    best = min(finite, key=lambda i: v[i])
+    last = finite[-1]
+    gap = v[last] - t[last] if math.isfinite(t[last]) else math.nan
+    ev = {"best_epoch": best + 1, "best_val_loss": v[best], "last_val_loss": v[last], "train_at_best": t[best],
+          "last_train_loss": t[last], "gap": gap, "val_loss": v, "train_loss": t, "rise_threshold": OVERFIT_RISE}
+    tail = v[best + 1:last + 1]
+    rose = (last - best >= OVERFIT_EPOCHS and v[best] > 0
+            and all(x >= v[best] * (1 + OVERFIT_RISE) for x in v[last - OVERFIT_EPOCHS + 1:last + 1])
+            and len(tail) >= OVERFIT_EPOCHS)
+    fell = math.isfinite(t[last]) and math.isfinite(t[best]) and t[last] <= t[best] * (1 - TRAIN_FALL)
+    if rose and fell:
+        rise = v[last] / v[best] - 1
+        return [Finding("overfitting", "warning",
+                        f"Validation loss rose {rise:.0%} from its minimum at epoch {best + 1} while training loss "
+                        f"kept falling ({fmt(t[best])} → {fmt(t[last])}).", ev,
+                        f"Stop at epoch {best + 1} (early stopping: TrainConfig(patience=3, restore_best=True)), "
+                        f"or regularize: L2 (l2=...), dropout (dd.mlp(..., dropout=0.2)), more data or a smaller model.",
+                        [], best + 1, fix={"epochs": best + 1})]
+    if math.isfinite(gap) and t[last] > 0 and v[last] >= GAP_RATIO * t[last] and gap >= GAP_ABS:
+        return [Finding("overfitting", "info",
+                        f"Validation loss is {v[last] / t[last]:.1f}× the training loss ({fmt(v[last])} vs "
+                        f"{fmt(t[last])}), though it is not rising.", ev,
+                        "Watch the validation loss; regularize (L2, dropout) if it starts rising.", [], last + 1)]
+    return []
+
+
+def underfitting(train_loss: Sequence[float], baseline: float | None,
+                 train_acc: Sequence[float] | None = None) -> list[Finding]:
+    """underfitting: after ≥ 3 epochs the best training loss is still ≥ 90 % of the chance baseline
+    (ln k for cross-entropy over k classes, Var(y) for MSE) → warning. Why: the baseline is what a
+    constant prediction scores; a model that cannot beat it by 10 % on the data it trains on has learnt
+    (almost) nothing, whatever happens on validation.
+    """
+    t = [x for x in _clean(train_loss) if math.isfinite(x)]
+    if baseline is None or baseline <= 0 or len(t) < UNDERFIT_EPOCHS:
+        return []
+    best = min(t)
+    if best < UNDERFIT_FRACTION * baseline:
+        return []
+    ev = {"best_train_loss": best, "baseline": baseline, "fraction_of_baseline": best / baseline,
+          "epochs": len(t), "train_loss": t, "threshold": UNDERFIT_FRACTION}
+    if train_acc:
+        ev["train_acc"] = _clean(train_acc)
+    return [Finding("underfitting", "warning",
+                    f"After {len(t)} epochs the best training loss {fmt(best)} is still {best / baseline:.0%} of "
+                    f"the chance-level loss {fmt(baseline)}.", ev,
+                    "Train longer or with a larger learning rate, give the model more capacity (width/depth), "
+                    "check its initialisation (dd.checkup) and lower any regularization (l2, dropout).",
+                    [], len(t))]
+
+
+UNDERFIT_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
+UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: still learning, too slowly
+
+
+def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
+                       weight_ratio: float | None = None) -> Finding:
+    """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
+
+    * weight decay that crushes the weights: ``weight_decay`` > 0 and the total weight norm fell below
+      half of its value at the start (``weight_ratio`` < 0.5) → ``{"weight_decay": wd/10}``. Why: init
+      schemes set the weight scale that keeps unit signals; a net that learns grows or keeps it, while
+      SGD's decay step lr·wd·w shrinks w geometrically unless the loss gradient pushes back, so weights
+      shrinking at a loss near chance mean the decay term dominates.
+    * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
+      leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
+      steps point the right way but are too small for the budget.
+    Otherwise the finding is returned as it is (capacity, data or a bug: no single knob to name).
+    """
+    if f.code != "underfitting" or f.rank < 1:
+        return f
+    t = f.evidence.get("train_loss") or []
+    if weight_decay and weight_ratio is not None and weight_ratio < UNDERFIT_SHRINK:
+        fix = {"weight_decay": pow10_round(weight_decay / 10)}
+        return replace(f, summary=f"{f.summary} Weight decay {fmt(weight_decay)} shrank the weights to "
+                                     f"{weight_ratio:.0%} of their starting norm.",
+                       evidence={**f.evidence, "weight_decay": weight_decay, "weight_norm_ratio": weight_ratio},
+                       remedy=f"Lower the weight decay (weight_decay={fmt(fix['weight_decay'])}): it outweighs "
+                              f"the loss gradient and pins the weights near 0.", fix=fix)
+    k = UNDERFIT_EPOCH_FALL
+    if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
+        fix = lr_fix(lr, 10.0)
+        what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× larger learning rate"
+        return replace(f, summary=f"{f.summary} The loss is still falling, slowly, in every recent epoch.",
+                       evidence={**f.evidence, "lr": lr, "weight_norm_ratio": weight_ratio},
+                       remedy=f"Take larger steps ({what}) or train longer: the updates point the right way "
+                              f"but are too small for this budget.", fix=fix)
+    return f
+
+
+def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[float] | None = None,
+               step_loss: Sequence[float] | None = None, steps: Sequence[int] | None = None,
+               first_bad_step: int | None = None) -> list[Finding]:
+    """divergence: a loss became NaN/Inf (error, with the first epoch/step), or the training loss grew
+    to > 10× its first value and is still rising (error). Why 10×: SGD noise and a warm-up bump move a
+    converging loss by percents; a tenfold rise that continues is the iterates leaving the basin
+    (learning rate above ~2/λ_max of the Hessian).
+    """
+    t, v = _clean(train_loss), _clean(val_loss)
+    ev: dict = {}
+    where = None
+    for name, curve in (("train_loss", t), ("val_loss", v)):
+        bad = [i for i, x in enumerate(curve) if not math.isfinite(x)]
+        if bad:
+            ev[f"first_nonfinite_epoch_{name}"] = bad[0] + 1
+            where = bad[0] + 1 if where is None else min(where, bad[0] + 1)
+    sl = _clean(step_loss)
+    badsteps = [i for i, x in enumerate(sl) if not math.isfinite(x)]
+    step = first_bad_step
+    if badsteps and steps is not None:
+        s0 = int(steps[badsteps[0]])
+        step = s0 if step is None else min(step, s0)
+    if step is not None:
+        ev["first_nonfinite_step"] = step
+    if ev:
+        ev["train_loss"] = t
+        return [Finding("divergence", "error",
+                        f"The loss became NaN/Inf (first at {'step ' + str(step) if step is not None else 'epoch ' + str(where)}).",
+                        ev, "Lower the learning rate (e.g. 10×), clip gradients (torch.nn.utils.clip_grad_norm_), "
+                        "and check the initialisation with dd.checkup.", [],
+                        step if step is not None else where, fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+    curve = [x for x in t if math.isfinite(x)]
+    kind = "epoch"
+    if len(curve) < 3 and len(sl) >= 3:
+        curve, kind = sl, "step"
+    if len(curve) >= 3 and curve[0] > 0 and curve[-1] > BLOWUP * curve[0] and curve[-1] > curve[-2]:
+        return [Finding("divergence", "error",
+                        f"The training loss grew {curve[-1] / curve[0]:.3g}× from {fmt(curve[0])} to {fmt(curve[-1])} "
+                        f"and is still rising.",
+                        {"first_loss": curve[0], "last_loss": curve[-1], "growth": curve[-1] / curve[0],
+                         "per": kind, "loss": curve, "threshold": BLOWUP},
+                        "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
+                        [], len(curve), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+    return []
+
+
+OSC_WINDOW = 100  # judge the last <= 100 recorded step losses ...
+OSC_MIN_POINTS = 40  # ... once there are >= 40 of them
+OSC_SMOOTH = 4  # trend: moving mean over 2·4 + 1 = 9 steps
+OSC_SWING = 0.04  # swing (MAD of loss − trend) >= 4 % of the starting loss ...
+OSC_SETTLED = 0.9  # ... while the trend no longer falls (last quarter >= 90 % of the quarter before)
+OSC_EPOCH_GAP, OSC_EPOCH_PAIRS = 0.10, 0.2  # or: epoch-loss reversals >= 10 % apart, >= 0.2 per epoch
+OSC_EPOCH_FALL = 0.05  # ... and the epoch loss, when given, has not fallen >= 5 % over the last two epochs
+
+
+def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = None, lr: float | None = None,
+                     batch_size: int | None = None, epoch_loss: Sequence[float] | None = None) -> list[Finding]:
+    """oscillating_loss: the step-level training loss swings around its trend instead of settling.
+
+    Over the last ≤ 100 recorded step losses (≥ 40 needed), the trend is a 9-step moving mean of the
+    later half; the swing is the median |loss − trend| divided by the *starting* loss (median of the
+    first 5 recorded losses). Warning when swing ≥ 0.04 **and** the trend has stopped falling (median of
+    the last quarter ≥ 90 % of the quarter before). Why these numbers: on digits (MLP 64-64-64-10) the
+    healthy runs we measured — SGD lr 0.01–0.1 with batch 32/64, SGD+momentum 0.05, Adam 1e-3 with
+    batch 32/64 — have swing ≤ 0.015 (mini-batch noise of a converging run is small compared with where
+    the loss started, even when large relative to a near-zero current loss) and their trend still falls
+    or has flattened at a low level; batch size 1 gives 0.33–0.40, SGD lr 1.0 0.07, Adam lr 0.05 0.05.
+    Dividing by the starting loss rather than the current level is what keeps the converged, noisy
+    run silent; requiring a flat trend keeps a still-improving run silent (AUTOTRAINER's own rule,
+    on epoch accuracy, counts reversals ≥ 0.03 apart; reversals are reported here as evidence).
+
+    With per-epoch training losses (``epoch_loss``, ≥ 3 finite), a run whose epoch loss is still falling
+    — the last epoch ≥ 5 % below the one two epochs before and not above the one before — is settling,
+    whatever its steps do: step losses are mini-batch estimates, and their noise relative to the
+    starting loss can exceed 4 % without any overshoot when little is left to learn (measured: an MSE
+    regression starting at 0.10 with a noise of 0.005 per batch of 32, epoch loss falling 0.032 → 0.029).
+    An overshooting run's epoch loss stalls or jumps up: when the steps swing (≥ 4 %) and the epoch
+    loss reverses (neighbouring local extrema ≥ 10 % apart, AUTOTRAINER's rule moved from accuracy to
+    loss) at least max(1, 0.2 × epochs) times, the rule fires even while the step trend still falls. A
+    full-data loss that rises by 10 % and falls again between epochs is not sampling noise; a single
+    bump with calm steps (warm-up, a restart) is not oscillation.
+    """
+    x = [float(v) for v in (step_loss or []) if v is not None and math.isfinite(float(v))]
+    if len(x) < OSC_MIN_POINTS:
+        return []
+    start = median(x[:5])
+    w = x[-OSC_WINDOW:]
+    if start <= 0:
+        return []
+    tail = w[len(w) // 2:]
+    k = OSC_SMOOTH
+    trend = [sum(tail[max(0, i - k):i + k + 1]) / len(tail[max(0, i - k):i + k + 1]) for i in range(len(tail))]
+    resid = [abs(a - b) for a, b in zip(tail, trend)]
+    swing = median(resid) / start
+    q = len(w) // 4
+    late, before = median(w[-q:]), median(w[-2 * q:-q])
+    drift = late / before if before > 0 else math.inf
+    d = [b - a for a, b in zip(tail, tail[1:])]
+    reversals = sum(1 for a, b in zip(d, d[1:]) if a * b < 0) / max(1, len(d) - 1)
+    epoch_pairs = epoch_swings(epoch_loss)
+    by_epochs = epoch_pairs >= max(1.0, OSC_EPOCH_PAIRS * len(epoch_loss or []))
+    if swing < OSC_SWING or still_falling(epoch_loss) or (drift < OSC_SETTLED and not by_epochs):
+        return []
+    ev = {"swing": swing, "swing_vs_level": median(resid) / max(median(tail), 1e-12), "trend_ratio": drift,
+          "reversal_rate": reversals, "start_loss": start, "level": median(tail), "points": len(w),
+          "lr": lr, "batch_size": batch_size, "threshold": OSC_SWING, "epoch_swings": epoch_pairs,
+          "epoch_loss": [float(v) for v in epoch_loss or []]}
+    step = int(steps[-1]) if steps is not None and len(steps) else None
+    small_batch = batch_size is not None and batch_size < 8
+    fix = lr_fix(lr, 0.1)
+    how = (f"lower the learning rate 10× (lr={fmt(lr)} → {fmt(fix['lr'])})" if "lr" in fix
+           else "lower the learning rate 10×")
+    if small_batch:
+        how += f", or use larger batches than {batch_size} (e.g. 32)"
+        fix["batch_size"] = 32
+    lr_txt = f" with lr={fmt(lr)}" if lr is not None else ""
+    bs_txt = f", batch size {batch_size}" if batch_size is not None else ""
+    return [Finding("oscillating_loss", "warning",
+                    f"The training loss swings by {swing:.0%} of its starting value "
+                    + (f"around a trend that no longer falls" if drift >= OSC_SETTLED else
+                       f"and the epoch loss reverses {epoch_pairs}× by ≥ {OSC_EPOCH_GAP:.0%}")
+                    + f"{lr_txt}{bs_txt}: the steps overshoot instead of settling.", ev,
+                    sentence(how) + "; or add a learning-rate schedule that decays it.", [], step, fix=fix)]
+
+
+def epoch_swings(epoch_loss: Sequence[float] | None) -> int:
+    """Pairs of neighbouring local extrema of the epoch loss that differ by ≥ 10 % of the larger."""
+    e = [float(v) for v in (epoch_loss or []) if v is not None and math.isfinite(float(v))]
+    ext = [e[i] for i in range(1, len(e) - 1) if (e[i] - e[i - 1]) * (e[i + 1] - e[i]) < 0]
+    return sum(1 for a, b in zip(ext, ext[1:]) if abs(a - b) >= OSC_EPOCH_GAP * max(abs(a), abs(b)))
+
+
+def still_falling(epoch_loss: Sequence[float] | None) -> bool:
+    """The last of ≥ 3 finite epoch losses is ≥ 5 % below the one two epochs before and not above the
+    previous one (see oscillating_loss)."""
+    e = [float(v) for v in (epoch_loss or []) if v is not None]
+    if len(e) < 3 or not all(math.isfinite(v) for v in e[-3:]):
+        return False
+    return e[-1] <= e[-2] and e[-1] <= (1 - OSC_EPOCH_FALL) * e[-3]

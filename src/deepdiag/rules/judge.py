@@ -1,0 +1,120 @@
+"""``judge``: the one place the rules are run. ``checkup``, ``Monitor`` and the engines' stop logic all
+call it with what they measured; it returns the findings, most severe first.
+
+Order (stable within a severity): layer rules (``RULES["layers"]``), stalled updates, output/loss
+mismatch, unscaled inputs, curve rules (divergence; else overfitting and underfitting), oscillation.
+A diverged run is not also judged for over/underfitting or oscillation.
+
+What the run knows beyond the measurements (``Context``) turns generic remedies into specific ones:
+a layer finding absent at the start of training is blamed on the learning rate
+(``appeared_in_training``), an underfitting run gets its cause (``underfitting_cause``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..findings import Finding, sort_findings
+from ..measure.records import InputFacts, LayerStats, OutputFacts
+from .curves import divergence, oscillating_loss, overfitting, underfitting, underfitting_cause
+from .depth import compare_depths
+from .io import output_loss_mismatch, unscaled_inputs
+from .layers import LAYER_RULES
+from .remedies import appeared_in_training
+from .updates import stalled_updates
+
+RULES = {  # every rule, by family (the registry the shared checks iterate over)
+    "layers": LAYER_RULES,
+    "updates": (stalled_updates,),
+    "io": (output_loss_mismatch, unscaled_inputs),
+    "curves": (divergence, overfitting, underfitting, oscillating_loss),
+    "depth": (compare_depths,),
+}
+ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
+
+UNIT_CODES = ("dead_units", "saturated_units", "symmetric_units")
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Loss curves: per epoch (``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``), per recorded
+    step (``step_loss`` at ``steps``), the first step with a non-finite loss (``first_bad_step``) and
+    the chance-level training loss (``baseline``: ln k for k classes, Var(y) for MSE)."""
+
+    train_loss: Sequence[float] | None = None
+    val_loss: Sequence[float] | None = None
+    train_acc: Sequence[float] | None = None
+    val_acc: Sequence[float] | None = None
+    baseline: float | None = None
+    step_loss: Sequence[float] | None = None
+    steps: Sequence[int] | None = None
+    first_bad_step: int | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the training run knows beyond the measurements. ``lr``: the current learning rate;
+    ``base_lr``: the configured one (what fixes scale); ``batch_size``; ``knows_optimizer``: the
+    optimizer was given; ``weight_decay``; ``weight_ratio``: total weight norm now over at the start;
+    ``start``: ``start_key``s of the layer findings present at the start of training (None: not judged
+    yet), ``start_step``: the step they were judged at."""
+
+    lr: float | None = None
+    base_lr: float | None = None
+    batch_size: int | None = None
+    knows_optimizer: bool = False
+    weight_decay: float | None = None
+    weight_ratio: float | None = None
+    start: frozenset | None = None
+    start_step: int | None = None
+
+
+def start_key(f: Finding) -> tuple:
+    """What identifies a layer finding across time: per layer for unit rules, per network otherwise (the
+    offending layers of a gradient-flow finding shift as training goes on)."""
+    return (f.code, tuple(f.layers)) if f.code in UNIT_CODES else (f.code,)
+
+
+def judge_layers(layers: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """Every layer rule on `layers`, most severe first."""
+    return sort_findings(f for rule in LAYER_RULES for f in rule(layers, step))
+
+
+def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = None,
+          inputs: InputFacts | None = None, curves: Curves | None = None, context: Context = Context(),
+          step: int | None = None, io_step: int | None = None) -> list[Finding]:
+    """Every rule that has something to judge, most severe first (see the module docstring).
+
+    `layers`: per-layer records; `output` / `inputs`: the output and input facts; `curves`; `context`.
+    `step`: the step the layer and update findings are stamped with; `io_step`: that of the output and
+    input findings (default `step`: a Monitor measures them on its first training step only).
+    """
+    found = []
+    for f in (f for rule in LAYER_RULES for f in rule(layers, step)):
+        if context.start is not None and start_key(f) not in context.start:
+            f = appeared_in_training(f, context.start_step, context.base_lr)
+        found.append(f)
+    if layers:
+        found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer)
+    io_step = step if io_step is None else io_step
+    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step)
+    if curves is not None:
+        found += judge_curves(curves, context)
+    return sort_findings(found)
+
+
+def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
+    """The curve rules: divergence; else overfitting, underfitting (with its cause) and oscillation."""
+    div = divergence(c.train_loss, c.val_loss, c.step_loss, c.steps if c.step_loss else None, c.first_bad_step)
+    if div:
+        return div
+    found = []
+    if c.train_loss and c.val_loss:
+        found += overfitting(c.train_loss, c.val_loss)
+    if c.train_loss:
+        found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio)
+                  for f in underfitting(c.train_loss, c.baseline, c.train_acc)]
+    if c.step_loss:
+        found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,
+                                  epoch_loss=c.train_loss)
+    return found

@@ -1,0 +1,264 @@
+"""Layer rules: per-layer statistics (``LayerStats`` records in forward order) in, ``Finding``s out.
+Pure functions; each docstring says why its threshold is that number. "Orders of magnitude" means at
+least 100× (DESIGN.md).
+
+The gradient-flow and activation-scale rules look at the chain of *weight* layers (Linear/Conv) in
+forward order:
+
+* the back-propagated signal s_l = per-sample norm of ∂L/∂(output of layer l). In the seed's linear chain W = a·I,
+  s_l ∝ a^(L−l), so s_first/s_last = a^(L−1): 0.9^99 ≈ 3·10⁻⁵ at depth 100. Raw weight-gradient
+  ratios are *not* used: in that chain every ∂L/∂W_l is the same size, and on healthy nets they differ
+  10–40× from layer shapes alone.
+* the forward signal a_l = RMS of the input of layer l, from the first weight layer (the data) to the
+  last (the final hidden representation): a_last/a_first = a^(L−1) in the seed's chain, the seed's
+  ŷ = w^[L]·a^(L−1)·X.
+
+Measured on healthy nets at initialisation (batch 128 of digits, width 64): He-ReLU depth 50 moves s
+by 1.8× and a by 2.6×; Xavier-tanh depth 50 by 5.5× and 8× (tanh's variance map decays like 1/l, not
+geometrically); LayerNorm depth 20 by 2.5×; BatchNorm depth 20 by 29× (BatchNorm's known gradient
+growth, Yang et al. 2019); PyTorch's default init with ReLU at depth 20 by 4·10⁷ (a real vanishing
+gradient: Var(w)·fan_in = 1/3 shrinks the signal by √(1/6) per layer).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..findings import Finding
+from ..measure.records import LayerStats
+from .remedies import fmt, init_advice, remedy_init, weight_layers
+
+ORDERS = 1e2  # "orders of magnitude": >= 100x -> warning
+ORDERS_ERROR = 1e4  # >= 10^4x -> error: training of the far layers is effectively stopped
+DEAD_ERROR = 0.95
+
+
+def dead_threshold(units: int) -> float:
+    """Fraction of dead units that earns a warning: min(0.9, 1/2 + 2/√n) (0.75 at width 64)."""
+    return min(0.9, 0.5 + 2.0 / math.sqrt(max(1, units)))
+
+
+SAT_WARN, SAT_ERROR = 0.5, 0.9
+MIN_POSITIONS = 32  # fewer samples than this and "never fired" is not evidence of death
+SYM_TOL = 1e-4
+
+
+def _orders(ratio: float) -> str | None:
+    """"vanishing" for a ratio ≤ 10⁻², "exploding" for ≥ 10², else None (also for NaN)."""
+    if ratio <= 1.0 / ORDERS:
+        return "vanishing"
+    return "exploding" if ratio >= ORDERS else None
+
+
+def _init_finding(code: str, error: bool, summary: str, evidence: dict, rows: Sequence[LayerStats], extra: str,
+                  layers: list[str], step: int | None) -> Finding:
+    """A scale finding (error when `error`, else warning) whose remedy is the recommended init (+ `extra`)."""
+    return Finding(code, "error" if error else "warning", summary, evidence, remedy_init(rows, extra), layers, step,
+                   fix={"init": init_advice(rows)[0]})
+
+
+def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """vanishing_gradients / exploding_gradients from the back-propagated signal s_l = ‖∂L/∂out_l‖/√B.
+
+    Ratio R = s_first / s_last over the weight layers. R ≤ 10⁻² → vanishing (warning), ≤ 10⁻⁴ or a
+    signal that is exactly 0 (float32 underflow or no path) → error; R ≥ 10² → exploding (warning),
+    ≥ 10⁴ or non-finite → error. Why 100×: with He/Xavier init the signal's scale is constant in depth
+    up to shape factors (healthy nets measured within 30×, see the module docstring), so a change by
+    two orders of magnitude is not explained by the architecture. Layers whose signal is exactly 0
+    because an all-zero weight layer blocks it (a zero-initialised output layer) are left out: that is
+    one step's state, reported by symmetric_units.
+    """
+    w = [r for r in weight_layers(rows) if r.signal_norm is not None]
+    if len(w) < 2:
+        return []
+    bad = [r.name for r in w if not math.isfinite(r.signal_norm)]
+    if bad:
+        return [Finding("exploding_gradients", "error",
+                        f"The back-propagated gradient overflows to Inf/NaN in {len(bad)} layer(s).",
+                        {"nonfinite_layers": bad, "signal_norm": [r.signal_norm for r in w]},
+                        remedy_init(rows, "lower the learning rate or clip gradients "
+                                     "(torch.nn.utils.clip_grad_norm_)"), bad, step,
+                        fix={"init": init_advice(rows)[0], "clip_grad_norm": 1.0})]
+    zero_layers = [r.name for r in w if r.weight_norm == 0.0]
+    if zero_layers:
+        w = [r for r in w if r.signal_norm > 0]
+        if len(w) < 2:
+            return []
+    first, last = w[0], w[-1]
+    if last.signal_norm == 0.0:
+        return []
+    sig = [r.signal_norm for r in w]
+    ratio = first.signal_norm / last.signal_norm
+    per_layer = ratio ** (1.0 / (len(w) - 1)) if ratio > 0 else 0.0
+    evidence = {
+        "ratio_first_last": ratio, "per_layer_factor": per_layer, "depth": len(w),
+        "signal_norm": dict(zip([r.name for r in w], sig)),
+        "grad_rel": {r.name: r.grad_rel for r in w if r.grad_rel is not None},
+        "threshold": ORDERS,
+    }
+    trend = _orders(ratio)
+    if trend == "vanishing":
+        how = ("is exactly 0 (blocked by dead units, or float32 underflow)" if ratio == 0 else
+               f"is {1 / ratio:.3g}× smaller than at the last layer ({fmt(per_layer)}× per layer over "
+               f"{len(w)} layers)")
+        return [_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
+                              f"The gradient reaching the first layer {how}, so early layers barely learn.", evidence,
+                              rows, "for deep nets add residual connections (dd.mlp(..., residual=True)) or "
+                              "normalization", [r.name for r in w if r.signal_norm <= last.signal_norm / ORDERS],
+                              step)]
+    if trend == "exploding":
+        return [_init_finding("exploding_gradients", ratio >= ORDERS_ERROR,
+                              f"The gradient grows {ratio:.3g}× from the last layer to the first ({fmt(per_layer)}× "
+                              f"per layer over {len(w)} layers), so early layers take huge steps.", evidence,
+                              rows, "clip gradients or lower the learning rate; in residual nets add normalization "
+                              "(norm='layer')", [r.name for r in w if r.signal_norm >= last.signal_norm * ORDERS],
+                              step)]
+    return []
+
+
+# ---- forward signal ----
+
+def activation_scale(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """vanishing_activations / exploding_activations from a_l = RMS of the input of weight layer l.
+
+    Ratio R = a_last / a_first (final hidden representation over the data). R ≤ 10⁻² → vanishing
+    (warning; ≤ 10⁻⁴ or 0 → error), R ≥ 10² → exploding (≥ 10⁴ or non-finite → error). Why 100×:
+    He init keeps E[h²] constant in depth for ReLU, Xavier keeps it within a slow ~1/√l decay for tanh
+    (8× at depth 50), so a collapse or blow-up by two orders of magnitude is geometric, i.e. caused by
+    the weights' scale.
+    """
+    w = [r for r in weight_layers(rows) if r.in_rms is not None]
+    if len(w) < 2:
+        return []
+    first, last = w[0], w[-1]
+    scales = {r.name: r.in_rms for r in w}
+    if first.in_rms == 0 or not math.isfinite(first.in_rms):
+        return []
+    if not math.isfinite(last.in_rms):
+        ratio = math.inf
+    else:
+        ratio = last.in_rms / first.in_rms
+    per_layer = ratio ** (1.0 / (len(w) - 1)) if 0 < ratio < math.inf else ratio
+    evidence = {"ratio_last_first": ratio, "per_layer_factor": per_layer, "depth": len(w),
+                "input_rms": scales, "act_std": {r.name: r.act_std for r in w},
+                "threshold": ORDERS}
+    trend = _orders(ratio)
+    if trend == "vanishing":
+        return [_init_finding("vanishing_activations", ratio <= 1.0 / ORDERS_ERROR,
+                              f"The forward signal shrinks {1 / ratio if ratio else math.inf:.3g}× from the input to "
+                              f"the last layer ({fmt(per_layer)}× per layer), so the output barely depends on the "
+                              f"input.", evidence, rows, "",
+                              [r.name for r in w if r.in_rms <= first.in_rms / ORDERS], step)]
+    if trend == "exploding":
+        return [_init_finding("exploding_activations", ratio >= ORDERS_ERROR,
+                              f"The forward signal grows {ratio:.3g}× from the input to the last layer "
+                              f"({fmt(per_layer)}× per layer).", evidence, rows,
+                              "residual sums need normalization (norm='layer' or 'batch') or branches scaled down",
+                              [r.name for r in w if not r.in_rms < first.in_rms * ORDERS], step)]
+    return []
+
+
+# ---- units ----
+
+def dead_units(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """dead_units: ReLU units that never fire (output > 0) on any of ≥ 32 samples of the batch/window.
+
+    A layer of n units with a dead fraction ≥ min(0.9, 1/2 + 2/√n) → warning (0.75 at n = 64), ≥ 0.95
+    or every unit → error. Why not 50 %: deep ReLU nets map all inputs onto nearly the same direction
+    (the input correlation tends to 1 with depth), so each unit's sign becomes the same on the whole
+    batch and about half the units of a healthy deep He net never fire on it (measured: up to 56 % at
+    depth 50, width 32; 17 % at depth 10). Half ± 4 binomial standard deviations (√(n/4)/n = 1/(2√n))
+    is what that explains; more is a layer that lost its width (negative biases, a too-large step).
+    """
+    out = []
+    for r in rows:
+        if r.unit_family != "relu" or r.frac_dead is None or (r.positions or 0) < MIN_POSITIONS:
+            continue
+        limit = dead_threshold(r.units)
+        if r.frac_dead < limit and r.dead < r.units:
+            continue
+        sev = "error" if r.frac_dead >= DEAD_ERROR or r.dead == r.units else "warning"
+        src = next((x for x in rows if x.name == (r.source or r.name)), r)
+        bias = src.bias_mean
+        why = (f"their biases average {fmt(bias)}, which switches ReLUs off" if bias is not None and bias < -0.01
+               else "their pre-activations are negative on every sample")
+        remedy = (f"{'Reset biases to 0 and r' if bias is not None and bias < -0.01 else 'R'}e-initialise "
+                  f"with dd.init_weights(model, 'he'); if units died during training lower the learning "
+                  f"rate, or use LeakyReLU (activation='leaky_relu').")
+        out.append(Finding("dead_units", sev,
+                           f"{r.dead} of {r.units} ReLU units in {r.name} never fire on "
+                           f"{r.positions} samples/positions: {why}.",
+                           {"layer": r.name, "frac_dead": r.frac_dead, "dead": r.dead, "units": r.units,
+                            "frac_zero": r.frac_zero, "positions": r.positions, "bias_mean": bias,
+                            "threshold": limit},
+                           remedy, [r.name], step, fix={"init": "he"}))
+    return out
+
+
+def saturated_units(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """saturated_units: tanh units with |z| > 3 (tanh' < 0.01) or sigmoid units with |z| > 5
+    (σ' < 0.0067) on more than half of the batch. A layer with ≥ 50 % such units → warning, ≥ 90 % →
+    error. Why: with Xavier init z has unit scale and P(|z| > 3) ≈ 0.3 %, so most units being pinned
+    means the weights (or inputs) are an order of magnitude too large, and their gradients are ×0.01.
+    """
+    out = []
+    for r in rows:
+        fam = r.unit_family
+        if fam not in ("tanh", "sigmoid") or r.frac_saturated_units is None:
+            continue
+        if r.frac_saturated_units < SAT_WARN:
+            continue
+        sev = "error" if r.frac_saturated_units >= SAT_ERROR else "warning"
+        z = 3.0 if fam == "tanh" else 5.0
+        out.append(Finding("saturated_units", sev,
+                           f"{r.saturated} of {r.units} {fam} units in {r.name} sit at their asymptotes "
+                           f"(|pre-activation| > {z:g}) on most samples, so their gradients are nearly zero.",
+                           {"layer": r.name, "frac_saturated_units": r.frac_saturated_units,
+                            "frac_saturated": r.frac_saturated, "saturated": r.saturated, "units": r.units,
+                            "z_threshold": z, "threshold": SAT_WARN},
+                           remedy_init(rows, "standardize the inputs"), [r.name], step,
+                           fix={"init": init_advice(rows)[0]}))
+    return out
+
+
+def symmetric_units(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """symmetric_units: every unit of a layer has the same incoming weights and bias (zero/constant init).
+
+    Measure: max_i ‖r_i − r̄‖ / max_i ‖r_i‖ ≤ 10⁻⁴ over the rows r_i = (W_i, b_i). Why 10⁻⁴: float32
+    rounding leaves ~10⁻⁷, random init gives ~1, so anything this small is identical units. Identical units compute the same function; gradient descent keeps
+    them identical iff they also receive identical gradients, i.e. iff their *outgoing* weights (the
+    next layer's columns) are identical too. So: a hidden layer with identical rows and identical
+    outgoing columns → error (the layer acts like one unit forever: the seed's zero init); identical
+    rows with distinct outgoing weights, or the output layer (its units get different gradients from
+    different targets, e.g. a zero-initialised head) → info. A single-unit layer is never symmetric.
+    """
+    out = []
+    w = weight_layers(rows)
+    for i, r in enumerate(w):
+        if r.sym_rows is None or (r.units or 0) < 2 or r.sym_rows > SYM_TOL:
+            continue
+        is_output = i == len(w) - 1
+        locked = (not is_output) and r.sym_next is not None and r.sym_next <= SYM_TOL
+        ev = {"layer": r.name, "units": r.units, "max_row_difference": r.sym_rows,
+              "weight_std": r.weight_std, "outgoing_difference": r.sym_next, "next_layer": r.next_layer,
+              "activation_spread": r.unit_spread, "tolerance": SYM_TOL}
+        what = "zero" if r.weight_norm == 0 else "identical"
+        if locked:
+            scheme, _ = init_advice(rows)
+            out.append(Finding("symmetric_units", "error",
+                               f"All {r.units} units of {r.name} have {what} incoming and outgoing weights, "
+                               f"so they compute the same function and get the same gradient forever: the layer "
+                               f"acts like one unit.", ev,
+                               f"Break the symmetry with random weights: dd.init_weights(model, '{scheme}').",
+                               [r.name], step, fix={"init": scheme}))
+        else:
+            why = ("the output layer's units get different gradients from different targets"
+                   if is_output else f"their outgoing weights in {r.next_layer} differ, so the first step separates them")
+            out.append(Finding("symmetric_units", "info",
+                               f"The {r.units} units of {r.name} start {what}; harmless here: {why}.", ev,
+                               "Nothing to do (zero-initialising the last layer is common practice).",
+                               [r.name], step))
+    return out
+
+
+LAYER_RULES = (gradient_flow, activation_scale, symmetric_units, dead_units, saturated_units)

@@ -1,0 +1,123 @@
+"""Remedies: the advice and machine-readable fixes (``Finding.fix``) the rules attach, built in one place.
+
+Every learning-rate remedy goes through ``lr_fix``; every initialisation remedy through ``remedy_init`` /
+``init_advice``, which name the scheme that suits the net's activation family (He for ReLU-like units,
+Xavier for tanh/sigmoid, orthogonal for a linear chain). ``appeared_in_training`` re-aims a layer
+finding at the learning rate when the layers were healthy at the start of training.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ..findings import Finding
+from ..measure.records import LayerStats
+
+RECOMMENDED = {"relu": "he", "leaky_relu": "he", "smooth": "he", "tanh": "xavier", "sigmoid": "xavier",
+               "linear": "orthogonal"}
+SCHEME_TITLE = {"he": "He", "xavier": "Xavier", "orthogonal": "orthogonal"}
+
+
+def weight_layers(rows: Sequence[LayerStats]) -> list[LayerStats]:
+    """The weight layers (Linear/Conv) of `rows`, in forward order."""
+    return [r for r in rows if r.kind == "weight"]
+
+
+def fmt(x: float | None) -> str:
+    """A number to 3 significant digits in text ("nan"/"inf"/"None" as they are)."""
+    return f"{x:.3g}" if x is not None and math.isfinite(x) else str(x)
+
+
+def sentence(text: str) -> str:
+    """`text` with its first letter capitalised."""
+    return text[0].upper() + text[1:]
+
+
+def median(xs) -> float:
+    """The median of `xs` (0 for none)."""
+    xs = sorted(xs)
+    n = len(xs)
+    return 0.0 if not n else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
+
+
+def pow10_round(x: float) -> float:
+    """x rounded to one significant digit (lr suggestions read like 0.003, not 0.00317)."""
+    if not x > 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.0e}")
+
+
+def lr_fix(lr: float | None, factor: float) -> dict:
+    """The learning-rate remedy as data: ``{"lr": lr·factor}`` to one significant digit when the lr is
+    known (a factor < 1 divides by its inverse, so 0.1 gives exactly lr/10), else ``{"lr_factor":
+    factor}`` (also to one digit)."""
+    if not lr:
+        return {"lr_factor": pow10_round(factor)}
+    return {"lr": pow10_round(lr * factor if factor >= 1 else lr / (1 / factor))}
+
+
+def net_family(rows: Sequence[LayerStats]) -> str:
+    """The activation family most units of the net have: relu, leaky_relu, smooth, tanh, sigmoid, or
+    linear when no activation was seen."""
+    fams = [r.unit_family or r.family for r in rows if (r.unit_family or r.family)]
+    fams = [f.split(" ")[0] for f in fams]
+    if not fams:
+        return "linear"
+    return max(set(fams), key=fams.count)
+
+
+def init_advice(rows: Sequence[LayerStats]) -> tuple[str, str]:
+    """(scheme to recommend, a phrase comparing the current weights with it)."""
+    from ..init import scheme_std  # deferred: importing the rules does not import torch
+
+    fam = net_family(rows)
+    scheme = RECOMMENDED.get(fam, "he")
+    ws = [r for r in weight_layers(rows) if r.weight_std is not None and r.fan_in]
+    if not ws or scheme == "orthogonal":
+        return scheme, ""
+    ratios = sorted(r.weight_std / scheme_std(scheme, r.fan_in, r.fan_out) for r in ws)
+    k = ratios[len(ratios) // 2]
+    stds = sorted(r.weight_std for r in ws)
+    inits = {r.init_scheme for r in ws}
+    what = f"initialised as {inits.pop()}" if len(inits) == 1 and "unknown" not in inits else \
+        f"initialised with std {fmt(stds[len(stds) // 2])}"
+    return scheme, f"{fam} layers {what} ≈ {k:.2g}× {SCHEME_TITLE[scheme]}"
+
+
+def remedy_init(rows: Sequence[LayerStats], extra: str = "") -> str:
+    scheme, phrase = init_advice(rows)
+    depth = len(weight_layers(rows))
+    if scheme == "orthogonal":
+        text = (f"this linear chain multiplies the signal by the same factor at each of its {depth} layers; "
+                f"use weights with singular values 1: dd.init_weights(model, 'orthogonal')")
+    else:
+        text = (f"{phrase}; use dd.init_weights(model, '{scheme}')" if phrase else
+                f"use dd.init_weights(model, '{scheme}')")
+    if extra:
+        text += f"; {extra}"
+    return sentence(text) + "."
+
+
+TRAINING_CAUSED = ("dead_units", "saturated_units", "vanishing_gradients", "exploding_gradients",
+                   "vanishing_activations", "exploding_activations")
+
+
+def appeared_in_training(f: Finding, healthy_step: int | None, lr: float | None = None) -> Finding:
+    """`f` (a layer finding of a Monitor) re-aimed at the learning rate when the same rule was silent on
+    the layers at the start of training (step `healthy_step`). Why: the init and the data were the same
+    then, so what changed the layers is the updates; units that die (a large step pushes every
+    pre-activation of a ReLU negative, and a dead unit gets no gradient to come back), saturate or a
+    signal that collapses or blows up mid-training are the classic symptoms of a step too large for the
+    curvature. Re-initialising would only restart the same path; the fix is a 10× smaller learning rate
+    (``{"lr": lr/10}`` when the lr is known, else ``{"lr_factor": 0.1}``). Other findings pass unchanged."""
+    if f.code not in TRAINING_CAUSED or f.rank < 1 or healthy_step is None:
+        return f
+    fix = lr_fix(lr, 0.1)
+    what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× smaller learning rate"
+    return replace(f, summary=f"{f.summary} It appeared during training (the layers were healthy at step "
+                                 f"{healthy_step}), so the updates caused it.",
+                   evidence={**f.evidence, "healthy_at_step": healthy_step, "lr": lr},
+                   remedy=f"Lower the learning rate ({what}) or add warm-up; clip gradients "
+                          f"(torch.nn.utils.clip_grad_norm_). Re-initialising alone would retrace the same path.",
+                   fix=fix)
