@@ -56,8 +56,18 @@ def reference_markers():
     return fig
 
 
-FIGURES = {f.__name__: f for f in (errorbars, helpers_unlabelled, panels_share_labels, reference_markers)}
-UNLABELLED_POINTS = {"reference_markers": 1}  # its second reference point, label=None as in the l2 study
+def repeated_reference():
+    """The circles-accuracy pattern: the same black crosses drawn per group, only the first labelled."""
+    fig, ax = plt.subplots()
+    for i in range(3):
+        ax.plot([i - 0.15, i + 0.15], [50.0, 60.0], "kx", ms=8, label="course, published" if i == 0 else None)
+    ax.plot([0.0, 2.0], [55.0, 55.0], "k+", ms=8)  # another marker: not the published points
+    return fig
+
+
+FIGURES = {f.__name__: f for f in (errorbars, helpers_unlabelled, panels_share_labels, reference_markers,
+                                   repeated_reference)}
+UNLABELLED_POINTS = {"reference_markers": 1, "repeated_reference": 1}  # drawn unlike any labelled series
 
 
 def mpl_legend(fig) -> list[str]:
@@ -162,3 +172,15 @@ def test_specs_saved_before_x_errors_still_draw_their_bars():
                     "dash": "solid", "error": {"plus": [0.5], "minus": [0.25]}}]}]}
     scatter = figspec.to_plotly(spec).data[0]
     assert list(scatter.error_y.array) == [0.5] and list(scatter.error_y.arrayminus) == [0.25]
+
+
+def test_unlabelled_repeats_of_a_labelled_look_join_its_entry():
+    fig = repeated_reference()
+    spec = figspec.extract(fig)
+    plt.close(fig)
+    pfig = figspec.to_plotly(spec)
+    crosses = [t for t in pfig.data if t.marker.symbol == "x-thin-open"]
+    assert [t.name for t in crosses] == ["course, published"] * 3
+    assert [t.showlegend for t in crosses] == [True, False, False]
+    plus = next(t for t in pfig.data if t.marker.symbol == "cross-thin-open")
+    assert not plus.name and not plus.showlegend

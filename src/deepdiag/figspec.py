@@ -12,7 +12,10 @@ Legends follow matplotlib's own: each axes' ``legend`` is ``ax.get_legend_handle
 labels, and a series is labelled exactly when it is one of those handles. An error-bar series is
 one handle, its ``ErrorbarContainer`` (whose label it is); the container's data line, caps and bar
 lines carry ``_nolegend_`` and are drawn as the one plotly trace with error bars. Helper artists
-labelled ``_child…``/``_nolegend_`` get no legend entry. Styles (colour, marker, line style, widths,
+labelled ``_child…``/``_nolegend_`` get no legend entry, with one exception that reads the PNG as
+its reader does: an unlabelled series drawn exactly like a labelled one of the same axes (same kind,
+colour, mode, marker and dash — a study that labels only the first of repeated reference points)
+belongs to that entry, and shows and hides with it. Styles (colour, marker, line style, widths,
 alpha) are copied; matplotlib sizes in points become CSS pixels (x 96/72).
 """
 from __future__ import annotations
@@ -37,6 +40,8 @@ MARKERS = {"o": "circle", ".": "circle", ",": "square", "s": "square", "^": "tri
            "x": "x-thin-open", "+": "cross-thin-open", "|": "line-ns-open", "_": "line-ew-open",
            "1": "y-down-open", "2": "y-up-open", "3": "y-left-open", "4": "y-right-open"}
 NO_LINE = ("None", "", " ", "none")
+PLOT_HEIGHT, PAGE_WIDTH = 420, 1000  # pixels: a figure without legend; the report's figure width
+LEGEND_FONT, LEGEND_ROW = 10, 20  # legend text size and row height, pixels
 SIGNIFICANT = 6  # digits plotly is given: below any pixel or hover-text difference, a third of the bytes
 
 
@@ -246,8 +251,12 @@ def to_plotly(spec: dict):
     rank = {label: i for i, label in enumerate(legend_labels(spec))}
     shown: set[str] = set()
     for col, ax in enumerate(spec["axes"], start=1):
+        look_alike = {}
         for t in ax["traces"]:
-            label = t.get("label")
+            if t.get("label"):
+                look_alike.setdefault(_look(t), t["label"])
+        for t in ax["traces"]:
+            label = t.get("label") or look_alike.get(_look(t))
             legend = {"name": label or "", "showlegend": bool(label) and label not in shown,
                       "legendgroup": label or None, "legendrank": rank.get(label, len(rank))}
             shown.add(label)
@@ -257,13 +266,35 @@ def to_plotly(spec: dict):
             if lim and None not in lim and (scale == "linear" or min(lim) > 0):
                 lim = [float(np.log10(v)) for v in lim] if scale == "log" else lim
                 update(range=lim, row=1, col=col)
-            update(title_text=ax[f"{axis}label"], type=scale, row=1, col=col)
-    fig.update_layout(title=spec.get("title") or None, height=380, margin=dict(l=60, r=20, t=50, b=50),
-                      template="none", legend=dict(font=dict(size=10)))  # "none": no 7 kB theme per figure
-    axes_style = dict(showline=True, linecolor="#444444", ticks="outside", gridcolor="#eeeeee", zeroline=False)
+            power = {"exponentformat": "power"} if scale == "log" else {}  # 10⁻⁶ as matplotlib, not 1µ
+            update(title_text=ax[f"{axis}label"], type=scale, row=1, col=col, **power)
+    # the legend in rows under the panels, so every panel keeps the page's width; the figure grows by them
+    legend_height = LEGEND_ROW * _legend_rows(list(rank))
+    fig.update_layout(title=spec.get("title") or None, height=PLOT_HEIGHT + legend_height,
+                      margin=dict(l=60, r=20, t=60, b=60 + legend_height), template="none",  # "none": no 7 kB theme
+                      legend=dict(font=dict(size=LEGEND_FONT), orientation="h", tracegroupgap=0,
+                                  yref="container", y=0, yanchor="bottom", x=0, xanchor="left"))
+    axes_style = dict(automargin=True, showline=True, linecolor="#444444", ticks="outside", gridcolor="#eeeeee", zeroline=False)
     fig.update_xaxes(**axes_style)
     fig.update_yaxes(**axes_style)
     return fig
+
+
+def _legend_rows(labels: list[str], width: float = PAGE_WIDTH) -> int:
+    """How many rows plotly's horizontal legend takes: entries (key + text at ~0.6 em per character)
+    packed left to right, wrapped at `width` pixels."""
+    rows, used = (1 if labels else 0), 0.0
+    for label in labels:
+        entry = 50 + 0.6 * LEGEND_FONT * len(label)
+        if used and used + entry > width:
+            rows, used = rows + 1, 0.0
+        used += entry
+    return rows
+
+
+def _look(t: dict) -> tuple:
+    """What a reader of the PNG tells series apart by."""
+    return (t["kind"], t.get("color"), t.get("mode"), (t.get("marker") or {}).get("symbol"), t.get("dash"))
 
 
 def _round(values: list) -> list:
