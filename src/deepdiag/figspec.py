@@ -237,7 +237,9 @@ def extract(fig) -> dict[str, Any]:
 def legend_labels(spec: dict) -> list[str]:
     """The legend the plotly figure shows: every axes' matplotlib legend labels in order, each once
     (a label repeated in several panels is one entry that shows and hides the series in all of them)."""
-    return list(dict.fromkeys(label for ax in spec["axes"] for label in ax.get("legend", [])))
+    # a spec saved before legends were recorded: its labelled traces, in drawing order
+    legends = (ax.get("legend", [t["label"] for t in ax["traces"] if t.get("label")]) for ax in spec["axes"])
+    return list(dict.fromkeys(label for legend in legends for label in legend))
 
 
 def to_plotly(spec: dict):
@@ -259,7 +261,7 @@ def to_plotly(spec: dict):
             label = t.get("label") or look_alike.get(_look(t))
             legend = {"name": label or "", "showlegend": bool(label) and label not in shown,
                       "legendgroup": label or None, "legendrank": rank.get(label, len(rank))}
-            shown.add(label)
+            shown.add(label or "")
             _add_trace(fig, go, t, col, legend)
         for axis, update in (("x", fig.update_xaxes), ("y", fig.update_yaxes)):
             scale, lim = ax[f"{axis}scale"], ax.get(f"{axis}lim")
@@ -274,7 +276,8 @@ def to_plotly(spec: dict):
                       margin=dict(l=60, r=20, t=60, b=60 + legend_height), template="none",  # "none": no 7 kB theme
                       legend=dict(font=dict(size=LEGEND_FONT), orientation="h", tracegroupgap=0,
                                   yref="container", y=0, yanchor="bottom", x=0, xanchor="left"))
-    axes_style = dict(automargin=True, showline=True, linecolor="#444444", ticks="outside", gridcolor="#eeeeee", zeroline=False)
+    axes_style = dict(automargin=True, showline=True, linecolor="#444444", ticks="outside", gridcolor="#eeeeee",
+                      zeroline=False)
     fig.update_xaxes(**axes_style)
     fig.update_yaxes(**axes_style)
     return fig
