@@ -184,3 +184,14 @@ def test_unlabelled_repeats_of_a_labelled_look_join_its_entry():
     assert [t.showlegend for t in crosses] == [True, False, False]
     plus = next(t for t in pfig.data if t.marker.symbol == "cross-thin-open")
     assert not plus.name and not plus.showlegend
+
+
+def test_named_ticks_are_kept():
+    fig, ax = plt.subplots()
+    ax.plot([0.0, 1.0], [50.0, 60.0], "o", label="a")
+    ax.set_xticks([0, 1], ["zeros", "he"])
+    spec = figspec.extract(fig)
+    plt.close(fig)
+    assert spec["axes"][0]["yticks"] is None
+    layout = figspec.to_plotly(spec).layout
+    assert list(layout.xaxis.tickvals) == [0.0, 1.0] and list(layout.xaxis.ticktext) == ["zeros", "he"]

@@ -2,7 +2,7 @@
 
 The studies draw their figures once, with matplotlib (PNG for papers and slides). ``extract`` reads
 what was drawn — lines and markers, error bars, scatter points, bars, filled areas (``fill_between``),
-horizontal/vertical reference lines, axis labels, limits, titles and log scales — into a plain
+horizontal/vertical reference lines, axis labels, limits, named ticks, titles and log scales — into a plain
 JSON-safe dict saved beside the PNG. The HTML report turns that spec into an interactive plotly
 figure with ``to_plotly``. Nothing is recomputed: the spec holds the drawn numbers. A figure with
 content the spec cannot hold (images, or an axes with nothing the spec reads) is marked ``fallback``
@@ -28,6 +28,7 @@ from matplotlib.colors import to_hex, to_rgba
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FixedLocator, LogFormatter, ScalarFormatter
 
 from .jsonsafe import json_safe
 
@@ -220,6 +221,13 @@ def _axes_spec(ax) -> dict:
     limits = {}
     for axis, auto, lim in (("x", ax.get_autoscalex_on(), ax.get_xlim()), ("y", ax.get_autoscaley_on(), ax.get_ylim())):
         limits[f"{axis}lim"] = None if auto else _values(lim)
+        # ticks the study named (set_xticks(pos, names)): the positions and their names
+        which = getattr(ax, f"{axis}axis")
+        named = isinstance(which.get_major_locator(), FixedLocator) and not isinstance(
+            which.get_major_formatter(), (ScalarFormatter, LogFormatter))  # labels given, not numbers printed
+        ticks = getattr(ax, f"get_{axis}ticks")()
+        tick_labels = [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")()]
+        limits[f"{axis}ticks"] = {"values": _values(ticks), "labels": tick_labels} if named else None
     return {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
             "xscale": "log" if ax.get_xscale() == "log" else "linear",
             "yscale": "log" if ax.get_yscale() == "log" else "linear", **limits,
@@ -269,6 +277,8 @@ def to_plotly(spec: dict):
                 lim = [float(np.log10(v)) for v in lim] if scale == "log" else lim
                 update(range=lim, row=1, col=col)
             power = {"exponentformat": "power"} if scale == "log" else {}  # 10⁻⁶ as matplotlib, not 1µ
+            if ticks := ax.get(f"{axis}ticks"):
+                update(tickvals=_round(ticks["values"]), ticktext=ticks["labels"], row=1, col=col)
             update(title_text=ax[f"{axis}label"], type=scale, row=1, col=col, **power)
     # the legend in rows under the panels, so every panel keeps the page's width; the figure grows by them
     legend_height = LEGEND_ROW * _legend_rows(list(rank))
