@@ -112,7 +112,7 @@ def test_report_rebuilds_from_directory(tmp_path):
     result = invoke("report", tmp_path)
     assert result.exit_code == 0 and (tmp_path / "report.html").exists()
     html = (tmp_path / "report.html").read_text()
-    assert 'id="clitoy"' in html and "plotly" in html and "data:text/csv;base64," in html
+    assert 'id="clitoy"' in html and "plotly" in html and 'data-csv-gzip="' in html
 
 
 def test_load_results_round_trip(tmp_path):
