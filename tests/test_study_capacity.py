@@ -56,10 +56,10 @@ def test_quick_is_deterministic_in_its_sweep():
 # ---- theory helpers ----
 
 def test_chance_loss_is_label_entropy():
-    assert C.chance_loss(np.array([0, 1] * 50), 2) == pytest.approx(math.log(2))
-    assert C.chance_loss(np.arange(10).repeat(7), 10) == pytest.approx(math.log(10))
+    assert dd.theory.chance_loss(np.array([0, 1] * 50), 2) == pytest.approx(math.log(2))
+    assert dd.theory.chance_loss(np.arange(10).repeat(7), 10) == pytest.approx(math.log(10))
     y = np.array([0] * 3 + [1])
-    assert C.chance_loss(y, 3) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert dd.theory.chance_loss(y, 3) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
 
 def test_chance_loss_is_the_best_constant_predictor():
@@ -68,7 +68,7 @@ def test_chance_loss_is_the_best_constant_predictor():
     y = torch.tensor([0, 0, 0, 1, 2, 2])
     freq = torch.bincount(y, minlength=3).double() / len(y)
     ce = torch.nn.functional.cross_entropy(freq.log().expand(len(y), 3), y)
-    assert float(ce) == pytest.approx(C.chance_loss(y, 3))
+    assert float(ce) == pytest.approx(dd.theory.chance_loss(y, 3))
 
 
 def test_chance_accuracy_band_is_binomial():

@@ -118,11 +118,18 @@ class History:
         return {k: clean(v) for k, v in asdict(self).items()}
 
 
-def default_loss(task: str, out_features: int) -> nn.Module:
-    """Cross-entropy on logits for classification (BCE-with-logits for one output unit), MSE for regression."""
+def loss_kind(task: str, out_features: int) -> str:
+    """Which loss fits these targets and outputs: "mse" for regression, "ce" (cross-entropy on logits) for
+    classification with several output units, "bce" (BCE-with-logits) with one. The one place this
+    choice is made: ``default_loss`` builds it, the vectorized engine computes it per member."""
     if task == "regression":
-        return nn.MSELoss()
-    return nn.CrossEntropyLoss() if out_features > 1 else _BinaryLogitLoss()
+        return "mse"
+    return "ce" if out_features > 1 else "bce"
+
+
+def default_loss(task: str, out_features: int) -> nn.Module:
+    """The loss module of ``loss_kind(task, out_features)``: ``dd.fit``'s default."""
+    return {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": _BinaryLogitLoss}[loss_kind(task, out_features)]()
 
 
 class _BinaryLogitLoss(nn.BCEWithLogitsLoss):

@@ -18,8 +18,8 @@ import tempfile
 from concurrent.futures import Future
 
 from .._validate import check_number
-from ..sweep import RunConfig
-from . import Engine
+from ..runs import RunConfig
+from .base import Engine
 from .local import train_batch
 from .process import default_workers
 

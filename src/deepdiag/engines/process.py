@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 
+import torch
+
 from .._validate import check_number
-from ..sweep import RunConfig
-from . import Engine
+from ..runs import RunConfig
+from .base import Engine
 from .local import train_batch
 
 
 def _init_worker(threads: int) -> None:
-    import signal
-
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it shuts us down)
     torch.set_num_threads(threads)
 

@@ -85,12 +85,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-import deepdiag as dd
-
 from .._validate import check_choice, check_number
-from ..engines.local import dataset_of
+from ..data import load
+from ..models import ACTIVATIONS
+from ..monitor import Monitor
+from ..runs import RunConfig, dataset_of
 from ..study import Measurement, Study, check_rule, train_runs
-from ..sweep import RunConfig
 
 DATASETS = ("circles", "moons")
 UNDERFIT_FRACTION = 0.9  # curve_labels: best train loss ≥ 90 % of the chance loss = underfitting
@@ -100,19 +100,6 @@ CHANCE_TOLERANCE = 0.05  # random labels: |test accuracy − 1/K| allowed (see t
 
 
 # ---- theory -------------------------------------------------------------------------------------
-
-def chance_loss(y: torch.Tensor | np.ndarray, n_classes: int) -> float:
-    """Cross-entropy of the best input-blind predictor: the entropy −Σ p_k ln p_k of the class frequencies.
-
-    For balanced classes this is ln K (ln 2 ≈ 0.693, ln 10 ≈ 2.303). A model whose training loss stays
-    near it has learnt nothing from its inputs.
-    >>> round(chance_loss(np.array([0, 1, 0, 1]), 2), 4)
-    0.6931
-    """
-    counts = np.bincount(np.asarray(y).ravel(), minlength=n_classes).astype(float)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
 
 def chance_accuracy_band(n_classes: int, n_test: int, z: float = 3.0) -> tuple[float, float, float]:
     """(1/K, low, high): accuracy of guessing on n_test points and its ±z·σ binomial band,
@@ -127,7 +114,7 @@ def chance_accuracy_band(n_classes: int, n_test: int, z: float = 3.0) -> tuple[f
 
 
 def curve_labels(train_loss, val_loss, baseline: float) -> set[str]:
-    """Label one run's curves "underfitting" and/or "overfitting" — the fallback for ``dd.Monitor``'s
+    """Label one run's curves "underfitting" and/or "overfitting" — the fallback for ``Monitor``'s
     findings, with the same thresholds as ``deepdiag.diagnose``.
 
     underfitting: min(train_loss) ≥ UNDERFIT_FRACTION (90 %) of the chance baseline — the model could not
@@ -148,17 +135,17 @@ def curve_labels(train_loss, val_loss, baseline: float) -> set[str]:
 
 
 def monitor_labels(model, train_loss, val_loss, baseline: float) -> tuple[set[str], str]:
-    """Labels from ``dd.Monitor``'s findings (severity warning or error) when the Monitor exists, else
+    """Labels from ``Monitor``'s findings (severity warning or error) when the Monitor exists, else
     from ``curve_labels``. Returns (labels, source). The Monitor is attached to the trained model and
     fed the run's curves through ``monitor.epoch``, as a user's loop would."""
     if not hasattr(dd, "Monitor"):
         return curve_labels(train_loss, val_loss, baseline), "curve_labels"
-    with dd.Monitor(model, baseline=baseline) as monitor:
+    with Monitor(model, baseline=baseline) as monitor:
         for tl, vl in zip(train_loss, val_loss):
             monitor.epoch(train_loss=float(tl), val_loss=float(vl))
         findings = monitor.diagnose()
     codes = {f.code for f in findings if f.severity in ("warning", "error")}
-    return codes & {"underfitting", "overfitting"}, "dd.Monitor"
+    return codes & {"underfitting", "overfitting"}, "Monitor"
 
 
 # ---- knobs --------------------------------------------------------------------------------------
@@ -191,7 +178,7 @@ class Config:
                                  "(smallest, intermediate, largest capacity)")
             for v in values:
                 check_number(name, v, low=low, integer=True)
-        check_choice("activation", self.activation, tuple(dd.models.ACTIVATIONS))
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_number("lr", self.lr, low=0.0, low_inclusive=False)
         check_number("epochs", self.epochs, low=10, integer=True)
         check_number("rl_n_train", self.rl_n_train, low=10, high=3000, integer=True)
@@ -235,7 +222,7 @@ def _capacity_rows(runs: list[tuple[str, RunConfig]], results) -> tuple[list[dic
             val_loss=hist.val_loss[-1], best_val_loss=hist.best_val_loss, best_epoch=hist.best_epoch,
             epochs=hist.epoch[-1], train_acc=hist.train_acc[-1], val_acc=hist.val_acc[-1],
             chance_loss=probes["chance_loss"], labels=",".join(sorted(labels)) or "none",
-            label_source="dd.Monitor"))
+            label_source="Monitor"))
     return summary, curves
 
 
@@ -391,7 +378,7 @@ def measure(config: Config, seeds: list[int]) -> Measurement:
     summary_df, rl_df = pd.DataFrame(summary), pd.DataFrame(rl)
     checks = _sweep_checks(summary_df, config, len(seeds)) + _random_label_checks(rl_df, len(seeds))
     source = summary_df.label_source.iloc[0]
-    notes = (f"Labels from {source}. " if source != "dd.Monitor" else "Labels from dd.Monitor findings. ") + \
+    notes = (f"Labels from {source}. " if source != "Monitor" else "Labels from Monitor findings. ") + \
         "Losses are cross-entropy in nats; the chance loss is the entropy of the training labels."
     return Measurement(checks, pd.concat([summary_df, pd.DataFrame(curves), rl_df], ignore_index=True), notes)
 

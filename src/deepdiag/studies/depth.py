@@ -75,10 +75,11 @@ from torch import nn
 from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
-from ..engines.local import build_model, dataset_of
+from ..diagnose import compare_depths
 from ..probes import load_state
+from ..runs import RunConfig, build_model, dataset_of
 from ..study import Measurement, Study, check_rule, torch_threads, train_runs
-from ..sweep import RunConfig, expand
+from ..sweep import expand
 from ..train import evaluate
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "extend_with_identity", "identity_bound"]
@@ -135,8 +136,6 @@ def identity_bound(best_loss_by_depth: dict) -> dict:
 
 def _degradation_fires(best_loss_by_depth: dict) -> bool:
     """Whether ``dd.compare_depths`` reports ``degradation`` for these best training losses."""
-    from ..diagnose import compare_depths
-
     return any(f.code == "degradation" for f in compare_depths({int(d): float(v) for d, v in best_loss_by_depth.items()}))
 
 

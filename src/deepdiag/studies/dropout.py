@@ -91,7 +91,7 @@ from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
 from ..study import Measurement, Study, check_close, check_rule, torch_threads, train_runs
-from ..sweep import RunConfig
+from ..runs import RunConfig
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "dropout_mean", "dropout_variance",
            "dropout_zero_fraction", "monte_carlo_moments"]

@@ -79,7 +79,7 @@ from .._validate import check_number
 from ..init import init_weights, scheme_std
 from ..models import mlp, seeded
 from ..study import Measurement, Study, check_close, check_rule, torch_threads, train_runs
-from ..sweep import RunConfig
+from ..runs import RunConfig
 
 LN10 = math.log(10.0)
 # name -> (library scheme, options); "small"/"large" are the seed's low/high random init

@@ -96,13 +96,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-import deepdiag as dd
-
 from .._validate import check_choice, check_number
-from ..engines.local import dataset_of
+from ..data import load
+from ..models import ACTIVATIONS, INITS, mlp
+from ..runs import RunConfig, dataset_of
 from ..study import Measurement, Study, check_rule, train_runs
-from ..sweep import RunConfig
-from .capacity import chance_loss
+from ..theory import chance_loss
+from ..train import fit
 
 DLS_REFERENCE = {  # Deep Learning Specialization, Course 2 week 1, "Regularization" assignment
     "none": {"lam": 0.0, "train_acc": 0.948, "test_acc": 0.915},
@@ -189,8 +189,8 @@ class Config:
         check_number("n_train", self.n_train, low=10, integer=True)
         check_number("width", self.width, low=1, integer=True)
         check_number("depth", self.depth, low=1, integer=True)
-        check_choice("activation", self.activation, tuple(dd.models.ACTIVATIONS))
-        check_choice("init", self.init, dd.models.INITS)
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        check_choice("init", self.init, INITS)
         lams = list(self.lams)
         if len(lams) < 4 or lams[0] != 0 or lams != sorted(set(lams)):
             raise ValueError(f"lams={self.lams!r} must start at 0 and hold at least 4 distinct increasing "
@@ -250,7 +250,7 @@ def _flat(model) -> torch.Tensor:
 def _equivalence(config: Config, seed: int) -> list[dict]:
     """Per-epoch parameter differences: SGD+L2 vs SGD weight decay, Adam+L2 vs AdamW (float64)."""
     # per-feature standardisation makes the inputs that are constant on the training set exact zeros
-    ds = dd.data.load(config.dataset, n_train=config.n_train, seed=seed, standardize="features")
+    ds = load(config.dataset, n_train=config.n_train, seed=seed, standardize="features")
     ds = ds.to(dtype=torch.float64)
     n = len(ds.y_train)
     unused = (ds.x_train.abs().amax(dim=0) == 0)  # inputs constant (0 after standardising) on train
@@ -265,13 +265,13 @@ def _equivalence(config: Config, seed: int) -> list[dict]:
     for family, (penalty, decay) in pairs.items():
         traces = {}
         for name, knobs in (("l2", penalty), ("decay", decay)):
-            model = dd.mlp(ds.in_features, ds.out_features, width=config.eq_width, depth=config.depth,
+            model = mlp(ds.in_features, ds.out_features, width=config.eq_width, depth=config.depth,
                            activation=config.activation, init=config.init, seed=seed).double()
             w_in = model.hidden[0].linear.weight
             unused0 = float(w_in[:, unused].detach().norm())
             w_unused0 = w_in[:, unused].detach().clone()  # for the Adam-on-the-penalty prediction
             trace = [(_flat(model), unused0)]
-            dd.fit(model, ds, batch_size=config.batch_size, epochs=config.eq_epochs, seed=seed, eval_train=False,
+            fit(model, ds, batch_size=config.batch_size, epochs=config.eq_epochs, seed=seed, eval_train=False,
                    on_epoch=lambda h, m=model, w=w_in, t=trace: t.append((_flat(m), float(w[:, unused].detach().norm()))),
                    **knobs)
             traces[name] = trace
