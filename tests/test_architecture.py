@@ -138,7 +138,8 @@ def test_the_graph_sees_function_level_and_relative_imports():
     g = graph()
     assert "deepdiag.runs" in g["deepdiag.engines.local"]
     assert "deepdiag.engines.base" in g["deepdiag.engines.local"]
-    assert "deepdiag.plots" in g["deepdiag.studies.capacity"]  # imported inside plot()
+    assert "deepdiag.study" in g["deepdiag.cli"]  # imported inside the commands
+    assert "deepdiag.plots" in g["deepdiag.studies.depth"]  # from .. import plots: the module
 
 
 def test_few_imports_point_up_the_layers():

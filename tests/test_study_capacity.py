@@ -98,7 +98,7 @@ def test_curve_labels(case, expected):
 
 @pytest.mark.parametrize("case", ["flat_at_chance", "memorising", "healthy"])
 def test_monitor_and_curve_labels_agree(case):
-    """dd.Monitor's findings (when it exists) and the fallback rules label the same curves alike."""
+    """dd.Monitor's findings and the fallback rules label the same curves alike."""
     import torch
 
     e = np.arange(1, 101)
@@ -108,7 +108,7 @@ def test_monitor_and_curve_labels_agree(case):
         "healthy": (0.2 + 0.4 * np.exp(-e / 20), 0.3 + 0.4 * np.exp(-e / 20)),
     }
     labels, source = C.monitor_labels(torch.nn.Linear(2, 2), *curves[case], math.log(2))
-    assert source == ("dd.Monitor" if hasattr(dd, "Monitor") else "curve_labels")
+    assert source == "dd.Monitor"
     assert labels == C.curve_labels(*curves[case], math.log(2))
 
 

@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import plots
 from .._validate import check_choice, check_number
 from ..data import load
 from ..models import ACTIVATIONS
@@ -114,7 +115,7 @@ def chance_accuracy_band(n_classes: int, n_test: int, z: float = 3.0) -> tuple[f
 
 
 def curve_labels(train_loss, val_loss, baseline: float) -> set[str]:
-    """Label one run's curves "underfitting" and/or "overfitting" — the fallback for ``Monitor``'s
+    """Label one run's curves "underfitting" and/or "overfitting" — the fallback for ``dd.Monitor``'s
     findings, with the same thresholds as ``deepdiag.diagnose``.
 
     underfitting: min(train_loss) ≥ UNDERFIT_FRACTION (90 %) of the chance baseline — the model could not
@@ -135,17 +136,15 @@ def curve_labels(train_loss, val_loss, baseline: float) -> set[str]:
 
 
 def monitor_labels(model, train_loss, val_loss, baseline: float) -> tuple[set[str], str]:
-    """Labels from ``Monitor``'s findings (severity warning or error) when the Monitor exists, else
-    from ``curve_labels``. Returns (labels, source). The Monitor is attached to the trained model and
-    fed the run's curves through ``monitor.epoch``, as a user's loop would."""
-    if not hasattr(dd, "Monitor"):
-        return curve_labels(train_loss, val_loss, baseline), "curve_labels"
+    """Labels from ``dd.Monitor``'s findings (severity warning or error). Returns (labels, source). The
+    Monitor is attached to the trained model and fed the run's curves through ``monitor.epoch``, as a
+    user's loop would."""
     with Monitor(model, baseline=baseline) as monitor:
         for tl, vl in zip(train_loss, val_loss):
             monitor.epoch(train_loss=float(tl), val_loss=float(vl))
         findings = monitor.diagnose()
     codes = {f.code for f in findings if f.severity in ("warning", "error")}
-    return codes & {"underfitting", "overfitting"}, "Monitor"
+    return codes & {"underfitting", "overfitting"}, "dd.Monitor"
 
 
 # ---- knobs --------------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def _capacity_rows(runs: list[tuple[str, RunConfig]], results) -> tuple[list[dic
             val_loss=hist.val_loss[-1], best_val_loss=hist.best_val_loss, best_epoch=hist.best_epoch,
             epochs=hist.epoch[-1], train_acc=hist.train_acc[-1], val_acc=hist.val_acc[-1],
             chance_loss=probes["chance_loss"], labels=",".join(sorted(labels)) or "none",
-            label_source="Monitor"))
+            label_source="dd.Monitor"))
     return summary, curves
 
 
@@ -378,7 +377,7 @@ def measure(config: Config, seeds: list[int]) -> Measurement:
     summary_df, rl_df = pd.DataFrame(summary), pd.DataFrame(rl)
     checks = _sweep_checks(summary_df, config, len(seeds)) + _random_label_checks(rl_df, len(seeds))
     source = summary_df.label_source.iloc[0]
-    notes = (f"Labels from {source}. " if source != "Monitor" else "Labels from Monitor findings. ") + \
+    notes = (f"Labels from {source}. " if source != "dd.Monitor" else "Labels from dd.Monitor findings. ") + \
         "Losses are cross-entropy in nats; the chance loss is the entropy of the training labels."
     return Measurement(checks, pd.concat([summary_df, pd.DataFrame(curves), rl_df], ignore_index=True), notes)
 
@@ -392,8 +391,6 @@ def _mean_spread(frame: pd.DataFrame, key: str, cols: list[str]) -> pd.DataFrame
 
 
 def plot(result, out_dir: Path) -> list[Path]:
-    from .. import plots
-
     data = result.data
     figures = []
     cols = ["train_loss", "val_loss", "best_val_loss", "chance_loss"]

@@ -45,7 +45,7 @@ the expectation: averaged over many masks, the dropped-out first-layer activatio
 net equal the eval-mode ones (within the Monte-Carlo error the theory predicts), and (6) their
 spread matches Var = h²·p/(1 − p).
 
-Quick mode. At the issue's scale the gain is small (about half a point of validation error, close to
+Quick mode. At the full-mode scale the gain is small (about half a point of validation error, close to
 the seed spread) and a smaller budget hides it. Quick mode therefore provokes overfitting the way
 Zhang et al. (2017) and Arpit et al. (2017, "A closer look at memorization in deep networks") do:
 20 % of the *training* labels are replaced by wrong ones (``label_noise=0.2``; validation and test
@@ -57,7 +57,7 @@ memorisation (~15 %), far beyond the seed spread. The claim tested is the same: 
 Published reference. Srivastava et al. (2014), "Dropout: a simple way to prevent neural networks from
 overfitting", JMLR 15, Table 2: on the full MNIST (60 000 training images) a 784-1024-1024-10 ReLU net
 (here: 2 × 512 on 2000 images) has 1.60 % test error without dropout and 1.25 % with dropout
-(p = 0.5 hidden, 0.2 input, max-norm). On our 2000-image subset the errors are ~5× larger (the issue
+(p = 0.5 hidden, 0.2 input, max-norm). On our 2000-image subset the errors are ~5× larger (full mode
 measured 7.7 % → 6.4 % test error over 3 seeds) but the relative gain is of the same order (~20 %).
 
 The figures. ``dropout_curves.png``: training and validation loss per epoch without dropout and at
@@ -146,7 +146,7 @@ def monte_carlo_moments(layer: nn.Module, h: torch.Tensor, samples: int, seed: i
 
 @dataclass(frozen=True)
 class Config:
-    """Full-mode knobs (the issue's set-up); QUICK shrinks them for CI."""
+    """Full-mode knobs (the set-up above); QUICK shrinks them for CI."""
 
     dataset: str = "mnist"
     n_train: int = 2000

@@ -96,6 +96,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import plots
 from .._validate import check_choice, check_number
 from ..data import load
 from ..models import ACTIVATIONS, INITS, mlp
@@ -378,8 +379,6 @@ def _lam_axis(lams: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def plot(result, out_dir: Path) -> list[Path]:
-    from .. import plots
-
     data = result.data
     sweep = data[data.experiment == "sweep"]
     g = sweep.groupby("lam")

@@ -55,8 +55,6 @@ from ..init import init_weights
 from ..models import mlp
 from ..study import Measurement, Study, check_rule, check_close
 
-EXPERIMENTS = ("identity_output", "identity_gradients", "random_chain")
-
 
 @dataclass(frozen=True)
 class Config:
