@@ -36,6 +36,16 @@ def measured(ax, x, y, yerr=None, label: str = "measured", **kw) -> None:
         ax.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=3, label=label, **kw)
 
 
+def label(ax, xlabel: str, ylabel: str, title: str | None = None, fontsize: float = 8, **legend) -> None:
+    """Name the axes, title them (unless `title` is None) and draw the legend (``fontsize``, and any
+    other keyword of ``Axes.legend``)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(fontsize=fontsize, **legend)
+
+
 def save(fig, folder: Path, name: str) -> Path:
     """Save `fig` as folder/name.png (tight, 120 dpi) and its spec as folder/name.json (what the HTML
     report draws interactively, see ``deepdiag.figspec``); return the PNG's path."""

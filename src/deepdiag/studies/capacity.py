@@ -408,10 +408,9 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax.set_title(f"{sweep} sweep ({other} {int(part[other].iloc[0])})")
         if sweep == "width":
             ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"{sweep} ({'units per hidden layer' if sweep == 'width' else 'hidden layers'})")
-        ax.set_ylabel("cross-entropy (nats)")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        plots.label(ax, f"{sweep} ({'units per hidden layer' if sweep == 'width' else 'hidden layers'})",
+                    "cross-entropy (nats)")
     n = data.seed.nunique()
     fig.suptitle(f"capacity: underfit (left of each) to overfit (right); mean ± sd over {n} seed(s)", fontsize=10)
     figures.append(plots.save(fig, out_dir, "capacity_sweep"))
@@ -431,11 +430,8 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"early-stopping epoch {best}")
         plots.theory(ax, [c.epoch.min(), c.epoch.max()], [width_rows.chance_loss.mean()] * 2,
                      label="chance ln K", color="k")
-        ax.set_title(f"{tag}: {int(row.depth)}x{int(row.width)} MLP")
-        ax.set_xlabel("epoch (full batch)")
-        ax.set_ylabel("cross-entropy (nats)")
         ax.set_ylim(0, max(1.0, min(3.0, c.val_loss.max() * 1.05)))
-        ax.legend(fontsize=8)
+        plots.label(ax, "epoch (full batch)", "cross-entropy (nats)", f"{tag}: {int(row.depth)}x{int(row.width)} MLP")
     figures.append(plots.save(fig, out_dir, "capacity_curves"))
 
     rl = data[data.experiment == "random_labels"]
@@ -454,10 +450,8 @@ def plot(result, out_dir: Path) -> list[Path]:
             ax.fill_between([1, emax], [low, low], [high, high], color="k", alpha=0.15, label="±3σ binomial")
             for edge in (p - CHANCE_TOLERANCE, p + CHANCE_TOLERANCE):
                 ax.axhline(edge, color="k", lw=0.8, ls=":", label="check tolerance" if edge < p else None)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(title)
             ax.set_ylim(0, 1.02)
-            ax.legend(fontsize=8)
+            plots.label(ax, "epoch", title)
         n_train = int(result.config.get("rl_n_train", 0))
         fig.suptitle(f"Zhang et al. 2017: 1x{result.config.get('rl_width')} MLP on {n_train} MNIST images "
                      "memorises random labels; test accuracy stays at chance", fontsize=10)
@@ -473,11 +467,6 @@ STUDY = Study(
     theory="underfit: training loss stays near the chance loss ln K; overfit: training loss → 0 while the "
            "validation loss rises from its minimum; best validation loss at an intermediate capacity or an "
            "early-stopping epoch; random labels are memorised (100 % train) with test accuracy 1/K",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=2.3,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

@@ -332,15 +332,11 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax2.plot(list(ref), list(ref.values()), "x", color=color, ms=7, alpha=0.6,
                  label=f"{family}: full-mode run (measured once)")
     ax1.set_yscale("log")
-    ax1.set_xlabel("depth (hidden layers)")
-    ax1.set_ylabel("best training loss (nats, log scale)")
-    ax1.set_title(f"Training loss vs depth ({len(result.seeds)} seed(s))")
-    ax1.legend(fontsize=7)
+    plots.label(ax1, "depth (hidden layers)", "best training loss (nats, log scale)",
+                f"Training loss vs depth ({len(result.seeds)} seed(s))", fontsize=7)
     ax2.set_yscale("symlog", linthresh=0.1)
-    ax2.set_xlabel("depth (hidden layers)")
-    ax2.set_ylabel("final training error (%, symlog)")
-    ax2.set_title("Training error: degradation is on the training set")
-    ax2.legend(fontsize=7)
+    plots.label(ax2, "depth (hidden layers)", "final training error (%, symlog)",
+                "Training error: degradation is on the training set", fontsize=7)
     paths.append(plots.save(fig, out_dir, "depth_training"))
 
     curves = data[data.experiment == "curve"].groupby(["family", "depth", "epoch"]).mean(numeric_only=True)
@@ -350,10 +346,8 @@ def plot(result, out_dir: Path) -> list[Path]:
             c = curves.loc[(family, depth)]
             ax.plot(c.index, c.train_loss, ls, color=f"C{i}", label=f"{family}-{int(depth)}")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (nats, log scale)")
-    ax.set_title("Training curves: plain (solid) vs residual (dashed)")
-    ax.legend(fontsize=8, ncol=2)
+    plots.label(ax, "epoch", "training loss (nats, log scale)", "Training curves: plain (solid) vs residual (dashed)",
+                fontsize=8, ncol=2)
     paths.append(plots.save(fig, out_dir, "depth_curves"))
 
     ident = data[data.experiment == "identity"]
@@ -364,11 +358,9 @@ def plot(result, out_dir: Path) -> list[Path]:
         d0, d1 = int(ident.depth.iloc[0]), int(ident.deep_depth.iloc[0])
         plots.measured(ax, ident.out_shallow, ident.out_deep,
                        label=f"measured, max |Δ| = {ident.max_abs_diff.iloc[0]:.2g}")
-        ax.set_xlabel(f"logit of the trained depth-{d0} net")
-        ax.set_ylabel(f"logit of the identity-extended depth-{d1} net")
+        plots.label(ax, f"logit of the trained depth-{d0} net", f"logit of the identity-extended depth-{d1} net")
         ax.set_title(f"Identity construction: training loss {ident.train_loss.iloc[0]:.4f} vs "
                      f"{ident.deep_train_loss.iloc[0]:.4f}", fontsize=10)
-        ax.legend(fontsize=8)
         paths.append(plots.save(fig, out_dir, "depth_identity"))
     return paths
 
@@ -380,11 +372,6 @@ STUDY = Study(
     theory="identity map: ReLU(I·h) = h for h ≥ 0, so a deeper net can copy a shallower one and "
            "min L_train(depth d + k) ≤ min L_train(depth d); a plain deep net that trains worse is the "
            "solver's failure; residual blocks h + F(h) make the identity easy to reach",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=2.4,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

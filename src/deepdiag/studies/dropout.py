@@ -342,10 +342,8 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax.plot(c.epoch, c.train_loss, "--", color=color, label=f"{label}: training")
         ax.plot(c.epoch, c.val_loss, "o-", ms=3, color=color, label=f"{label}: validation")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy loss (nats, log scale)")
-    ax.set_title("Overfitting and dropout (mean over seeds)")
-    ax.legend(fontsize=8)
+    plots.label(ax, "epoch", "cross-entropy loss (nats, log scale)", "Overfitting and dropout (mean over seeds)",
+                fontsize=8)
     paths.append(plots.save(fig, out_dir, "dropout_curves"))
 
     final = data[data.experiment == "final"]
@@ -358,16 +356,11 @@ def plot(result, out_dir: Path) -> list[Path]:
     for key, ls in (("no dropout", ":"), ("dropout", "--")):
         ax1.axhline(SRIVASTAVA_2014[key], ls=ls, color="gray", lw=1,
                     label=f"Srivastava 2014, full MNIST, {key}: {SRIVASTAVA_2014[key]} %")
-    ax1.set_xlabel("dropout probability p")
-    ax1.set_ylabel("error at last epoch (%)")
-    ax1.set_title(f"Error vs p ({len(result.seeds)} seed(s), mean ± std)")
-    ax1.legend(fontsize=7)
+    plots.label(ax1, "dropout probability p", "error at last epoch (%)",
+                f"Error vs p ({len(result.seeds)} seed(s), mean ± std)", fontsize=7)
     plots.measured(ax2, mean.index, mean["gap"], std["gap"], label="validation − training loss (measured)")
     ax2.axhline(0, color="gray", lw=1, label="no gap")
-    ax2.set_xlabel("dropout probability p")
-    ax2.set_ylabel("generalization gap (nats)")
-    ax2.set_title("Generalization gap vs p")
-    ax2.legend(fontsize=8)
+    plots.label(ax2, "dropout probability p", "generalization gap (nats)", "Generalization gap vs p", fontsize=8)
     paths.append(plots.save(fig, out_dir, "dropout_sweep"))
 
     sc = data[data.experiment == "scaling"].sort_values("p")
@@ -376,17 +369,13 @@ def plot(result, out_dir: Path) -> list[Path]:
     plots.theory(ax1, grid, np.ones_like(grid), label="theory, inverted dropout: E = h")
     ax1.plot(grid, 1 - grid, "--", color="gray", label="plain dropout (no 1/(1−p)): E = (1−p)·h")
     plots.measured(ax1, sc.p, sc.mean_ratio, label="measured: Σ E[dropout(h)] / Σ h")
-    ax1.set_xlabel("dropout probability p")
-    ax1.set_ylabel("mean activation relative to eval mode")
-    ax1.set_title("Inverted scaling keeps the expectation")
-    ax1.legend(fontsize=8)
+    plots.label(ax1, "dropout probability p", "mean activation relative to eval mode",
+                "Inverted scaling keeps the expectation", fontsize=8)
     plots.theory(ax2, grid, grid / (1 - grid), label="theory: Var = h²·p/(1−p)")
     plots.measured(ax2, sc.p, sc.var_ratio, label="measured: Σ Var / Σ h²")
     ax2.set_yscale("log")
-    ax2.set_xlabel("dropout probability p")
-    ax2.set_ylabel("variance relative to h² (log scale)")
-    ax2.set_title("...and adds noise of variance p/(1−p)")
-    ax2.legend(fontsize=8)
+    plots.label(ax2, "dropout probability p", "variance relative to h² (log scale)",
+                "...and adds noise of variance p/(1−p)", fontsize=8)
     paths.append(plots.save(fig, out_dir, "dropout_scaling"))
     return paths
 
@@ -398,11 +387,7 @@ STUDY = Study(
     theory="inverted dropout: y = m·h/(1−p), m ~ Bernoulli(1−p), so E[y] = h and Var[y] = h²·p/(1−p); "
            "eval mode is the identity (deterministic); a moderate p narrows the train/validation gap, "
            "too large a p underfits",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     seeds_quick=2,
-    seeds_full=3,
     quick_time=7.3,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

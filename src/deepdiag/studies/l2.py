@@ -429,10 +429,8 @@ def plot(result, out_dir: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(1e-8, 2)
-    ax.set_xlabel("RMS of hidden pre-activations z (σ)")
-    ax.set_ylabel("nonlinearity ‖tanh z − z‖ / ‖z‖")
-    ax.set_title("large λ: the tanh layer becomes linear")
-    ax.legend(fontsize=7)
+    plots.label(ax, "RMS of hidden pre-activations z (σ)", "nonlinearity ‖tanh z − z‖ / ‖z‖",
+                "large λ: the tanh layer becomes linear", fontsize=7)
     figures.append(plots.save(fig, out_dir, "l2_linear"))
 
     eq = data[data.experiment == "equivalence"]
@@ -444,10 +442,7 @@ def plot(result, out_dir: Path) -> list[Path]:
             plots.measured(ax, part.epoch, part.max_abs_diff.clip(lower=1e-18), label=label)
         plots.theory(ax, [1, eq.epoch.max()], [1e-6, 1e-6], label="check threshold 1e-6", color="k")
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("max |Δ parameter| (float64)")
-        ax.set_title("same seed, same batches")
-        ax.legend(fontsize=7)
+        plots.label(ax, "epoch", "max |Δ parameter| (float64)", "same seed, same batches", fontsize=7)
         ax = axes[1]
         adam = eq[eq.family == "adam"]
         init = float(adam.unused_norm_init.iloc[0])
@@ -459,11 +454,9 @@ def plot(result, out_dir: Path) -> list[Path]:
         few = adam.iloc[::max(1, len(adam) // 20)]  # ~20 points, so the theory lines stay visible
         plots.measured(ax, few.step, few.unused_norm_l2 / init, label="Adam + L2 (measured)", color="C0", mfc="none")
         plots.measured(ax, few.step, few.unused_norm_decay / init, label="AdamW (measured)", color="C1", mfc="none")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("norm of zero-gradient weights / at init")
-        ax.set_title(f"weights of {int(adam.n_unused.iloc[0])} constant inputs (data gradient 0)")
         ax.set_ylim(-0.02, 1.05)
-        ax.legend(fontsize=7)
+        plots.label(ax, "optimizer step", "norm of zero-gradient weights / at init",
+                    f"weights of {int(adam.n_unused.iloc[0])} constant inputs (data gradient 0)", fontsize=7)
         figures.append(plots.save(fig, out_dir, "l2_weight_decay"))
     return figures
 
@@ -476,11 +469,7 @@ STUDY = Study(
     theory="GD on L + λ/(2n)·‖w‖² shrinks w by (1 − ηλ/n) per step (= SGD weight_decay λ/n, ≠ AdamW): ‖w‖ "
            "falls and training loss rises with λ; validation loss is U-shaped; at very large λ the output "
            "is its bias and the training loss is the chance loss ln K",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     seeds_quick=2,
-    seeds_full=3,
     quick_time=0.9,  # measured on 2 CPU cores (deepdiag run all --quick)
 )
