@@ -62,8 +62,10 @@ class RunConfig:
     at the end of the first epoch whose training accuracy reaches it (needs ``eval_train``). ``probes``:
     names of ``deepdiag.probes`` measured on the trained model in the worker and stored with the result.
 
-    The fields after schema 1 (``EXTENDED``) enter the hashed JSON only when they differ from their
-    default, so a run hashed before they existed keeps its key.
+    The training knobs (``TRAIN_FIELDS``: optimizer ... seed, eval_train) are ``dd.TrainConfig``'s fields
+    with its defaults (``_TRAIN``), validated by it (``train_config()``); their order here is the table's
+    column order. The fields after schema 1 (``EXTENDED``) enter the hashed JSON only when they differ
+    from their default, so a run hashed before they existed keeps its key.
     """
 
     dataset: str = "digits"

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._validate import check_choice, check_number
+from .jsonsafe import json_safe
 from .regularization import l2_penalty, weight_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -110,12 +111,8 @@ class History:
         return pd.DataFrame({c: getattr(self, c) for c in cols})
 
     def to_dict(self) -> dict:
-        """JSON-safe dict (non-finite floats become None)."""
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            return [clean(x) for x in v] if isinstance(v, list) else v
-        return {k: clean(v) for k, v in asdict(self).items()}
+        """JSON-safe dict (``deepdiag.jsonsafe``: non-finite floats become None)."""
+        return json_safe(asdict(self))
 
 
 def loss_kind(task: str, out_features: int) -> str:
