@@ -170,3 +170,28 @@ def test_figures_leave_the_users_backend_alone(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["svg", "False"]
     assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "f.json").exists()
+
+
+# the import name of each distribution whose import name differs from it
+IMPORT_NAMES = {"scikit-learn": "sklearn", "dask[distributed]": "distributed"}
+OPTIONAL = {"pyarrow"}  # imported only when installed (results.write_tables: Parquet files)
+
+
+def test_every_imported_package_is_declared():
+    """Each third-party package the source imports is a dependency or an optional extra of pyproject.toml."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + [s for extra in project["optional-dependencies"].values() for s in extra]
+    declared = {IMPORT_NAMES.get(n, n) for n in (re.match(r"[A-Za-z0-9_.\-\[\]]+", s)[0] for s in specs)}
+    declared = {re.sub(r"\[.*\]", "", n) for n in declared} | OPTIONAL | {PACKAGE}
+    imported = set()
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    missing = sorted(m for m in imported - declared if m not in sys.stdlib_module_names)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
