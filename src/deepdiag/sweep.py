@@ -1,6 +1,7 @@
 """Grids of runs as data, and the driver: grid expansion and ``sweep``.
 
 A run is a ``deepdiag.runs.RunConfig``, keyed in the results store by its content hash.
+
 ``sweep(base, grid, seeds)`` runs the Cartesian product of ``grid`` over ``base`` (times the seeds) through
 an engine (``deepdiag.engines``), commits each finished run to the store the moment it ends, and returns
 one row per run::
