@@ -33,10 +33,10 @@ import time
 
 import torch
 
-from deepdiag.engines.local import build_model, dataset, train_model
+from deepdiag.engines.local import train_model
 from deepdiag.engines.process import ProcessEngine
 from deepdiag.engines.vectorized import train_group
-from deepdiag.sweep import RunConfig
+from deepdiag.runs import RunConfig, build_model, dataset
 
 
 def configs_for(width, seeds, epochs):
@@ -50,7 +50,7 @@ def max_diff(ps, qs):
 
 
 def run_local(configs):
-    return [[p.detach() for p in train_model(c)[0].parameters()] for c in configs]
+    return [[p.detach() for p in train_model(c).model.parameters()] for c in configs]
 
 
 def run_vectorized(configs, compile=False, fast=None):

@@ -15,7 +15,7 @@ import time
 import torch
 
 from deepdiag.engines.local import train_model
-from deepdiag.sweep import RunConfig
+from deepdiag.runs import RunConfig
 
 
 def main():
@@ -36,10 +36,10 @@ def main():
     cfg = RunConfig(dataset="mnist", width=width, depth=depth, batch_size=args.batch, epochs=args.epochs)
     train_model(RunConfig(dataset="mnist", width=width, depth=depth, batch_size=args.batch, epochs=1))
     t = time.perf_counter()
-    _, hist = train_model(cfg)
+    hist = train_model(cfg).history
     wall = time.perf_counter() - t
     sizes = [784] + [width] * depth + [10]
-    from deepdiag.engines.local import dataset
+    from deepdiag.runs import dataset
     n = len(dataset("mnist", None, 0).x_train)
     rows = args.epochs * n
     flops = 6 * rows * sum(i * o for i, o in zip(sizes, sizes[1:]))

@@ -12,7 +12,8 @@ import deepdiag as dd
 from deepdiag.engines import EngineUnavailable, get_engine
 from deepdiag.engines.local import train_model
 from deepdiag.engines.vectorized import train_group
-from deepdiag.sweep import RunConfig, expand
+from deepdiag.runs import RunConfig
+from deepdiag.sweep import expand
 
 from conftest import require_extra
 
@@ -54,7 +55,8 @@ def test_vectorized_matches_local(case):
     configs = CASES[case]()
     results, params = train_group(configs, return_params=True)
     for config, res, P in zip(configs, results, params):
-        model, hist = train_model(config)
+        run = train_model(config)
+        model, hist = run.model, run.history
         ref = hist.to_dict()
         assert (res.status == "diverged") == hist.diverged
         assert res.history["diverged_step"] == ref["diverged_step"] and res.history["steps"] == ref["steps"]
@@ -78,7 +80,7 @@ def test_dropout_members_get_own_masks_and_match_in_distribution():
     _, (p, q) = train_group(twins, return_params=True)
     assert not torch.equal(p["out.weight"], q["out.weight"])
     vec = [r.metrics["train_loss"] for r in train_group(configs)[0]]
-    ref = [train_model(c)[1].train_loss[-1] for c in configs]
+    ref = [train_model(c).history.train_loss[-1] for c in configs]
     spread = max(statistics.stdev(vec), statistics.stdev(ref))
     assert abs(statistics.mean(vec) - statistics.mean(ref)) <= spread, (vec, ref)
 

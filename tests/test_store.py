@@ -12,7 +12,8 @@ import pytest
 import deepdiag as dd
 from deepdiag.engines import local
 from deepdiag.store import Store, load_runs
-from deepdiag.sweep import RunConfig, RunResult, expand
+from deepdiag.runs import RunConfig, RunResult
+from deepdiag.sweep import expand
 
 BASE = {"dataset": "digits", "n_train": 120, "width": 8, "depth": 1, "epochs": 2, "batch_size": 32}
 GRID = {"lr": [0.1, 0.05, 0.02, 0.01]}
@@ -48,7 +49,7 @@ def test_round_trip_wal_and_replace(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from deepdiag.store import Store
-    from deepdiag.sweep import RunConfig, RunResult
+    from deepdiag.runs import RunConfig, RunResult
     start, path = int(sys.argv[1]), sys.argv[2]
     s = Store(path)
     for i in range(start, start + 40):
@@ -73,9 +74,9 @@ DRIVER = textwrap.dedent("""
     import deepdiag as dd
     from deepdiag.engines import local
     real = local.train_run
-    def slow(c):
+    def slow(c, *a):
         time.sleep(0.4)  # widen the window so the kill lands mid-sweep
-        return real(c)
+        return real(c, *a)
     local.train_run = slow
     dd.sweep({base!r}, {grid!r}, seeds={seeds}, engine="local", store=sys.argv[1], progress=False)
 """)
@@ -106,7 +107,7 @@ def test_resume_after_sigkill_loses_and_redoes_nothing(tmp_path, monkeypatch):
 
     calls = []
     real = local.train_run
-    monkeypatch.setattr(local, "train_run", lambda c: calls.append(c.hash) or real(c))
+    monkeypatch.setattr(local, "train_run", lambda c, *a: calls.append(c.hash) or real(c, *a))
     resumed = dd.sweep(BASE, GRID, seeds=SEEDS, engine="local", store=store, progress=False)
     assert not set(calls) & before, "a committed run was trained again"
     assert len(calls) == total - len(before)

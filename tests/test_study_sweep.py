@@ -11,7 +11,8 @@ import deepdiag as dd
 from deepdiag.engines import local
 from deepdiag.engines.vectorized import shape_key
 from deepdiag.store import Store
-from deepdiag.sweep import RunConfig, run_configs
+from deepdiag.runs import RunConfig
+from deepdiag.sweep import run_configs
 
 SMALL_L2 = dict(lams=(0.0, 0.3, 1.0, 1000.0), width=16, epochs=20, eq_epochs=2)
 N_RUNS = len(SMALL_L2["lams"])  # sweep runs per seed (l2's quick mode has 2 seeds)

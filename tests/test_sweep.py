@@ -10,7 +10,8 @@ import pytest
 
 import deepdiag as dd
 from deepdiag.engines import local
-from deepdiag.sweep import RunConfig, expand, sweep
+from deepdiag.runs import RunConfig
+from deepdiag.sweep import expand, sweep
 
 BASE = {"dataset": "digits", "n_train": 120, "width": 8, "depth": 1, "epochs": 2, "batch_size": 32}
 # RunConfig() hashed by this code version; a change means every stored run loses its key: bump
@@ -25,7 +26,7 @@ def test_hash_is_pinned_and_sha256_of_canonical_json():
 
 
 def test_hash_stable_across_processes():
-    code = "from deepdiag.sweep import RunConfig as R; print(R(width=16, lr=0.05, seed=3).hash)"
+    code = "from deepdiag.runs import RunConfig as R; print(R(width=16, lr=0.05, seed=3).hash)"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONPATH": "src", "PYTHONHASHSEED": str(i)}).stdout.split()[0]
             for i in (1,)}
@@ -81,7 +82,7 @@ def test_bad_input_names_the_argument(kwargs, exc, words):
 def test_sweep_local_table_and_resume(tmp_path, monkeypatch):
     calls = []
     real = local.train_run
-    monkeypatch.setattr(local, "train_run", lambda c: calls.append(c.hash) or real(c))
+    monkeypatch.setattr(local, "train_run", lambda c, *a: calls.append(c.hash) or real(c, *a))
     df = dd.sweep(BASE, {"lr": [0.1, 0.05]}, seeds=2, engine="local", store=tmp_path, progress=False)
     assert len(df) == 4 and len(calls) == 4
     assert set(df.status) == {"done"} and df.val_loss.notna().all()
@@ -98,10 +99,10 @@ def test_sweep_local_table_and_resume(tmp_path, monkeypatch):
 def test_failed_run_is_recorded_and_retried(tmp_path, monkeypatch):
     real = local.train_model
 
-    def flaky(c):
+    def flaky(c, stop_on=None):
         if c.lr == 0.05:
             raise RuntimeError("boom at lr=0.05")
-        return real(c)
+        return real(c, stop_on)
     monkeypatch.setattr(local, "train_model", flaky)
     df = dd.sweep(BASE, {"lr": [0.1, 0.05]}, seeds=1, engine="local", store=tmp_path, progress=False)
     assert list(df.status) == ["done", "failed"] and "boom at lr=0.05" in df.error[1]

@@ -6,7 +6,8 @@ import pytest
 
 import deepdiag as dd
 from deepdiag.store import Store, load_runs
-from deepdiag.sweep import RunConfig, RunResult, still_finished
+from deepdiag.runs import RunConfig, RunResult
+from deepdiag.sweep import still_finished
 
 BASE = {"dataset": "digits", "n_train": 400, "width": 16, "depth": 2, "epochs": 4}
 FULL = 4 * 7  # 400 samples / batch 64 -> 7 steps per epoch

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import deepdiag.engines.vectorized as V
-from deepdiag.engines.local import build_model, dataset, train_model
-from deepdiag.sweep import RunConfig
+from deepdiag.engines.local import train_model
+from deepdiag.runs import RunConfig, build_model, dataset
 from deepdiag.train import _prepare
 
 BASE = RunConfig(dataset="digits", n_train=200, width=16, depth=2, epochs=2, batch_size=32)  # last batch: 8
@@ -69,7 +69,8 @@ def test_fast_path_equals_autograd_path_and_local(grid):
     fast, fast_p = V.train_group(configs, return_params=True, fast=True)
     auto, auto_p = V.train_group(configs, return_params=True, fast=False)
     for config, rf, ra, pf, pa in zip(configs, fast, auto, fast_p, auto_p):
-        model, hist = train_model(config)
+        run = train_model(config)
+        model, hist = run.model, run.history
         _assert_run_matches(rf, pf, model, hist, "fast")
         _assert_run_matches(ra, pa, model, hist, "autograd")
     if grid == "mse_one_diverges":  # diverges at local's step, leaves the stack; the others train on

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .engines import ENGINES, check_engine, get_engine
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Diagnose PyTorch networks and reproduce the textbook claims about them.")
 out = Console(highlight=False, soft_wrap=True)
@@ -161,16 +163,13 @@ def _cached(folder: Path, quick: bool, seeds, knob_values: dict):
     return saved if same else None
 
 
-# --engine values and the options each takes (--address, --workers)
-ENGINE_OPTIONS = {"local": (), "process": ("workers",), "dask": ("address", "workers"),
-                  "ray": ("address", "workers"), "vectorized": (), "auto": ()}
+# --engine values and the options each takes (--address, --workers): the engine table's, and auto
+ENGINE_OPTIONS = {**{name: spec.options for name, spec in ENGINES.items()}, "auto": ()}
 
 
 def engine_options(engine: str, address: Optional[str], workers: Optional[int]) -> dict:
     """The engine checked (one line naming an unknown engine, or the extra to install) and its options
     (--address, --workers) as the engine's keyword arguments, their values checked by building it once."""
-    from .engines import check_engine, get_engine
-
     if engine not in ENGINE_OPTIONS:
         raise UsageError(f"unknown engine {engine!r} (--engine); allowed: {', '.join(ENGINE_OPTIONS)}")
     options = {k: v for k, v in (("address", address), ("workers", workers)) if v is not None}

@@ -56,19 +56,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn import datasets as skd
-from sklearn.model_selection import train_test_split
-
 from ._validate import check_choice, check_number
 
 __all__ = ["Dataset", "NAMES", "load", "cache_dir"]
 
 NAMES = ("digits", "breast_cancer", "wine", "iris", "moons", "circles", "teacher", "polynomial", "mnist")
-FIXED = {  # bundled with scikit-learn: fixed rows, no n_samples or noise
-    "digits": skd.load_digits,
-    "breast_cancer": skd.load_breast_cancer,
-    "wine": skd.load_wine,
-    "iris": skd.load_iris,
+FIXED = {  # bundled with scikit-learn (sklearn.datasets' loaders): fixed rows, no n_samples or noise
+    "digits": "load_digits",
+    "breast_cancer": "load_breast_cancer",
+    "wine": "load_wine",
+    "iris": "load_iris",
 }
 GENERATED = {"moons": (1000, 0.2), "circles": (1000, 0.1), "teacher": (2000, 0.1), "polynomial": (200, 0.1)}
 REGRESSION = ("teacher", "polynomial")
@@ -214,17 +211,21 @@ def _raw(name: str, seed: int, noise: float | None, n_samples: int | None) -> tu
     default_n, default_noise = GENERATED[name]
     n = default_n if n_samples is None else n_samples
     noise = default_noise if noise is None else noise
+    if name in ("teacher", "polynomial"):
+        return (_teacher if name == "teacher" else _polynomial)(n, noise, seed)
+    from sklearn import datasets as skd  # scikit-learn (and scipy) load with the first data set drawn
+
     if name == "moons":
         return skd.make_moons(n, noise=noise, random_state=seed)
-    if name == "circles":
-        return skd.make_circles(n, noise=noise, factor=0.5, random_state=seed)
-    return (_teacher if name == "teacher" else _polynomial)(n, noise, seed)
+    return skd.make_circles(n, noise=noise, factor=0.5, random_state=seed)
 
 
 @functools.lru_cache(maxsize=None)
 def _fixed(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A scikit-learn bundled set, read once per process; the arrays are read-only."""
-    x, y = FIXED[name](return_X_y=True)
+    from sklearn import datasets as skd
+
+    x, y = getattr(skd, FIXED[name])(return_X_y=True)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
@@ -299,6 +300,13 @@ def _parse_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- splits, scaling, label corruption ----
+
+def train_test_split(*arrays, **options):
+    """scikit-learn's ``train_test_split``, imported at the first split (it loads scipy)."""
+    from sklearn.model_selection import train_test_split as split
+
+    return split(*arrays, **options)
+
 
 def _split(n: int, labels: np.ndarray | None, val_fraction: float, test_fraction: float,
            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -62,7 +62,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy import optimize, special
 
 from ._validate import check_choice, check_number
 
@@ -109,6 +108,8 @@ def gaussian_chain_log_rate(a: float, n: int) -> tuple[float, float]:
     mean = ln a + ½(ψ(n/2) − ln(n/2)) (≈ ln a − 1/(2n)) and variance = ¼ψ'(n/2) (≈ 1/(2n))."""
     check_number("a", a, low=0.0, low_inclusive=False)
     check_number("n", n, low=1, integer=True)
+    from scipy import special  # scipy loads with the first function that needs it
+
     mean = math.log(a) + 0.5 * (special.digamma(n / 2) - math.log(n / 2))
     return float(mean), float(0.25 * special.polygamma(1, n / 2))
 
@@ -217,6 +218,8 @@ def critical_sigma_w2(sigma_b2: float, activation: str = "tanh") -> float:
         return 2.0
     if activation == "linear" or sigma_b2 == 0.0:
         return 1.0
+    from scipy import optimize
+
     return float(optimize.brentq(lambda s: chi1(s, sigma_b2, activation) - 1.0, 1.0, 20.0, xtol=1e-12))
 
 

@@ -34,7 +34,7 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "linear": nn.Identity,
 }
-NORMS = (None, "batch", "layer")
+NORMS = ("batch", "layer")  # the normalisation layers; norm=None: none
 INITS = ("zeros", "constant", "normal", "uniform", "xavier", "glorot", "lecun", "he", "kaiming",
          "orthogonal", "identity", "default")
 
@@ -152,7 +152,7 @@ def mlp(
     check_number("depth", depth, low=0, integer=True)
     act = check_choice("activation", activation, ACTIVATIONS)
     if norm is not None:
-        norm = check_choice("norm", norm, ("batch", "layer"))
+        norm = check_choice("norm", norm, NORMS)
     init = check_choice("init", init, INITS)
     with seeded(seed):
         model = MLP(in_features, out_features, width, depth, act, norm, dropout, bool(residual), bool(bias))

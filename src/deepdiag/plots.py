@@ -1,23 +1,23 @@
 """Matplotlib helpers shared by the studies' figures: theory as a line, measurements as points.
 
-The Agg backend is selected so figures render without a display; figures are saved as PNG and closed.
+Figures are ``matplotlib.figure.Figure`` objects made without pyplot: they render to PNG without a
+display, and no backend is selected, so a notebook user's backend (and pyplot's list of open figures)
+is left alone. Each is saved as PNG plus its spec for the interactive report.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from . import figspec  # noqa: E402
+from . import figspec
 
 
 def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
     """A new figure with `ncols` side-by-side axes (a list, even for one)."""
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols, squeeze=False)
     return fig, list(axes[0])
 
 
@@ -36,12 +36,21 @@ def measured(ax, x, y, yerr=None, label: str = "measured", **kw) -> None:
         ax.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=3, label=label, **kw)
 
 
+def label(ax, xlabel: str, ylabel: str, title: str | None = None, fontsize: float = 8, **legend) -> None:
+    """Name the axes, title them (unless `title` is None) and draw the legend (``fontsize``, and any
+    other keyword of ``Axes.legend``)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(fontsize=fontsize, **legend)
+
+
 def save(fig, folder: Path, name: str) -> Path:
     """Save `fig` as folder/name.png (tight, 120 dpi) and its spec as folder/name.json (what the HTML
-    report draws interactively, see ``deepdiag.figspec``); close it and return the PNG's path."""
+    report draws interactively, see ``deepdiag.figspec``); return the PNG's path."""
     path = Path(folder) / f"{name}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     path.with_suffix(".json").write_text(json.dumps(figspec.extract(fig)))
-    plt.close(fig)
     return path

@@ -10,8 +10,9 @@ A probe is ``fn(model, ds, history, config) -> dict`` of JSON-safe values (numbe
 lists or dicts of them), where ``ds`` is the run's full ``deepdiag.data.Dataset`` (train, val and test
 splits), ``history`` the ``dd.History`` of ``dd.fit`` and ``config`` the ``RunConfig``. Its keys name
 table columns, so they must not repeat a config field, a metric or another probe's key. Register one
-with ``@probe("name")``; the process, Dask and Ray workers only know the probes registered when
-``deepdiag.probes`` is imported (the built-in ones below).
+with ``@probe("name")`` (the registry, ``PROBES``, lives in ``deepdiag.runs`` so that a ``RunConfig``
+can check the names it is given); the process, Dask and Ray workers only know the probes registered when
+``deepdiag`` is imported (the built-in ones below).
 
 ============== ======================================================================================
 probe          returns
@@ -23,7 +24,7 @@ weight_norm    ``weight_norm``, ``weight_norm_init``: ‖w‖ over the weights (
 hidden_stats   ``z_rms``, ``z_spread``, ``nonlinearity``: the first hidden layer's pre-activations on the
                training split (see the l2 study)
 n_params       ``n_params``: number of trainable parameters
-curve_findings ``curve_findings``, ``chance_loss``: ``dd.Monitor`` findings (warning or worse) from the
+curve_findings ``curve_findings``, ``chance_loss``: ``deepdiag.rules.judge`` findings (warning or worse) on the
                run's curves, with the chance loss of the training labels as the underfitting baseline
 eval_determinism ``eval_max_diff``, ``train_max_diff``: two forward passes on 256 validation rows, in eval
                mode and (seeded by the run's seed) in training mode
@@ -34,42 +35,31 @@ state_dict     ``state_dict``: every parameter and buffer as nested lists, to re
 from __future__ import annotations
 
 import copy
-import json
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from .jsonsafe import json_safe
 from .regularization import weight_parameters
+from .rules import Curves, judge
+from .runs import FIELDS, METRICS, PROBES, build_model, probe
+from .theory import chance_loss
+from .train import default_loss, evaluate
 
-PROBES: dict[str, Callable] = {}
 RESERVED = ("hash", "status", "error", "wall_time", "engine")  # table columns besides fields and metrics
 DETERMINISM_ROWS, HIDDEN_ROWS = 256, 32  # validation rows of eval_determinism and first_hidden
-
-
-def probe(name: str):
-    """Register ``fn(model, ds, history, config) -> dict`` as the probe `name`."""
-    def register(fn: Callable) -> Callable:
-        PROBES[name] = fn
-        return fn
-    return register
 
 
 def run_probes(config, model: nn.Module, ds, history) -> dict[str, dict]:
     """Each of ``config.probes`` on the trained model, in order: {probe name: its dict}. A key that
     repeats a table column or another probe's key is a ValueError (the run is recorded as failed)."""
-    from .sweep import FIELDS, METRICS
-
     taken = set(FIELDS) | set(METRICS) | set(RESERVED)
     out = {}
     for name in config.probes:
         values = PROBES[name](model, ds, history, config)
-        try:  # the store writes JSON: a value that is not JSON fails this run here, not the sweep
-            values = json.loads(json.dumps(values, default=_as_list))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"probe {name!r} returned a value that is not JSON-safe ({e}); return plain "
-                            "floats, ints, strings, lists or dicts") from None
+        _check_plain(name, values)  # the store writes JSON: a value that is not fails this run, not the sweep
+        values = json_safe(values)
         clash = sorted(taken & set(values))
         if clash:
             raise ValueError(f"probe {name!r} returns key(s) {', '.join(map(repr, clash))} that another "
@@ -81,18 +71,23 @@ def run_probes(config, model: nn.Module, ds, history) -> dict[str, dict]:
 
 # ---------------------------------------------------------------------------------------- helpers
 
-def _as_list(value):
-    """JSON for numpy / torch values (scalars and arrays); anything else is not JSON-safe."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+def _check_plain(name: str, value) -> None:
+    """TypeError unless `value` is a dict of numbers, strings, None, numpy / torch values and lists or
+    dicts of them: what ``json_safe`` writes without turning an object into its ``str()``."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_plain(name, v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(name, v)
+    elif not (value is None or isinstance(value, (bool, int, float, str)) or hasattr(value, "tolist")):
+        raise TypeError(f"probe {name!r} returned a value that is not JSON-safe ({type(value).__name__}); "
+                        "return plain floats, ints, strings, lists or dicts")
 
 
 def _evaluate(model: nn.Module, ds, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(loss, accuracy) of `model` on (x, y) in eval mode with the loss ``dd.fit`` picks for `ds`
     (accuracy NaN for regression)."""
-    from .train import default_loss, evaluate
-
     p = next(model.parameters())
     x = x.to(device=p.device, dtype=p.dtype)
     y = y.to(device=p.device, dtype=p.dtype) if y.is_floating_point() else y.to(p.device)
@@ -132,8 +127,6 @@ def final_eval(model, ds, history, config) -> dict:
 def weight_norm(model, ds, history, config) -> dict:
     """‖w‖ = √Σw² over the weights (not biases or norm parameters), after training and at init (the
     initial model rebuilt from the run's seed)."""
-    from .engines.local import build_model
-
     return {"weight_norm": _weight_norm(model), "weight_norm_init": _weight_norm(build_model(config, ds))}
 
 
@@ -165,9 +158,6 @@ def curve_findings(model, ds, history, config) -> dict:
     epoch's training and validation loss, as a ``dd.Monitor`` fed them would give), with the chance loss
     (entropy of the training labels' frequencies) as the underfitting baseline. Codes sorted and
     comma-joined ("none" when there are none)."""
-    from .rules import Curves, judge
-    from .studies.capacity import chance_loss
-
     baseline = chance_loss(ds.y_train.cpu(), ds.out_features) if ds.task == "classification" else None
     n = min(len(history.train_loss), len(history.val_loss))
     findings = judge(curves=Curves([float(v) for v in history.train_loss[:n]],

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .store import FILENAME, load_runs
+from .study import ORDER
+
 
 @dataclass
 class Results:
@@ -38,8 +41,6 @@ STUDY_COLUMNS = ["study", "verdict", "passed", "total", "wall_time", "quick", "s
 
 
 def _study_folders(directory: Path) -> list[Path]:
-    from .study import ORDER
-
     folders = [p.parent for p in directory.glob("*/result.json")]
     rank = {name: i for i, name in enumerate(ORDER)}
     return sorted(folders, key=lambda p: (rank.get(p.name, len(rank)), p.name))
@@ -53,8 +54,6 @@ def load_results(directory: str | Path) -> Results:
     >>> res.studies[["study", "verdict", "passed", "total"]]
     >>> res.sweeps.groupby(["width", "lr"]).val_loss.mean()   # runs of dd.sweep(..., store="results/")
     """
-    from .store import FILENAME, load_runs
-
     directory = Path(directory)
     folders = _study_folders(directory) if directory.is_dir() else []
     has_store = directory.is_dir() and (directory / FILENAME).exists()

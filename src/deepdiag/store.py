@@ -18,15 +18,17 @@ failed run, or ``resume=False``).
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from .jsonsafe import dumps
+from .runs import FIELDS, METRICS, RunConfig, RunResult
 
-from .sweep import FIELDS, METRICS, RunConfig, RunResult
+if TYPE_CHECKING:
+    import pandas as pd
 
 FILENAME = "runs.sqlite"
 FINISHED = ("done", "diverged")  # failed runs are retried on resume
@@ -42,18 +44,6 @@ CREATE TABLE IF NOT EXISTS runs (
     engine TEXT,
     finished_at REAL NOT NULL
 )"""
-
-
-def _json(value) -> str:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(value), sort_keys=True, allow_nan=False)
 
 
 class Store:
@@ -76,8 +66,8 @@ class Store:
     def put(self, result: RunResult) -> None:
         """Commit one finished run (its own transaction)."""
         row = (result.hash, result.config.canonical_json(), result.status,
-               _json({"history": result.history, "metrics": result.metrics, "probes": result.probes}),
-               result.error, result.wall_time, _json(result.versions), result.engine, time.time())
+               dumps({"history": result.history, "metrics": result.metrics, "probes": result.probes}),
+               result.error, result.wall_time, dumps(result.versions), result.engine, time.time())
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
@@ -119,6 +109,8 @@ class Store:
         """One row per run: config columns, hash, status, final metrics, the probes' scalar values (one
         column per key, in order of first appearance; empty where a run had not that probe), error,
         wall_time, engine."""
+        import pandas as pd  # only where a table is asked for: import deepdiag stays light
+
         results = self.results(hashes)
         probed = dict.fromkeys(k for r in results for k in r.probe_values())
         columns = [*FIELDS, "hash", "status", *METRICS, *probed, "error", "wall_time", "engine"]

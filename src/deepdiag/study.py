@@ -36,11 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from ._validate import check_choice, check_number
+from ._version import __version__
+from .engines import ENGINES, check_engine
+from .jsonsafe import json_safe
+from .sweep import run_configs
 
 ORDER = ("capacity", "l2", "dropout", "vanishing", "init", "depth", "precision")
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Check:
     detail: str = ""
 
     def to_dict(self) -> dict:
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 def check_close(name: str, claim: str, measured: float, expected: float, rtol: float, detail: str = "") -> Check:
@@ -138,7 +142,7 @@ class StudyResult:
         out["checks"] = [c.to_dict() for c in self.checks]
         if with_data:
             out["data"] = self.data.to_dict(orient="records")
-        return _json_safe(out)
+        return json_safe(out)
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -253,8 +257,6 @@ def torch_threads(n: int):
     threads waiting on each other made training 10-50x slower than one (measured). So studies
     measure with one thread unless they ask for more.
     """
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -265,10 +267,6 @@ def torch_threads(n: int):
 
 def environment(engine: str = "local") -> dict:
     """Versions and machine facts recorded with every result; `engine`: where its runs trained."""
-    import torch
-
-    from . import __version__
-
     return {"deepdiag": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "device": "cpu", "engine": engine}
 
@@ -297,8 +295,6 @@ def train_runs(configs) -> list:
     histories, metrics and probes): the engine, store, resume and progress of the ``run_study`` call in
     progress (outside one: the local engine, an in-memory store). A failed run stops the study with its
     error: a study's checks need every run."""
-    from .sweep import run_configs
-
     s = _SETTINGS.get()
     results = run_configs(configs, engine=s.engine, store=s.store, resume=s.resume, progress=s.progress,
                           label=s.label, **s.engine_options)
@@ -323,10 +319,7 @@ def run_settings(settings: RunSettings):
 def _check_run_args(engine: str, resume: bool, progress: bool, engine_options) -> dict:
     """The engine options as a dict, after checking every argument (an engine whose optional extra is
     missing fails here, before any run, with the install command)."""
-    from .engines import check_engine
-    from .sweep import _engine_names
-
-    if check_choice("engine", engine, ("auto",) + _engine_names()) != "auto":
+    if check_choice("engine", engine, ("auto", *ENGINES)) != "auto":
         check_engine(engine)
     for name, value in (("resume", resume), ("progress", progress)):
         if not isinstance(value, bool):
@@ -368,7 +361,7 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
         measured = study.measure(config, seed_list)
     result = StudyResult(
         name=study.name, claim=study.claim, theory=study.theory, verdict=verdict(measured.checks),
-        checks=measured.checks, data=measured.data, config=_json_safe(dataclasses.asdict(config)),
+        checks=measured.checks, data=measured.data, config=json_safe(dataclasses.asdict(config)),
         seeds=seed_list, quick=quick, wall_time=time.perf_counter() - start, notes=measured.notes,
         environment=environment(engine),
     )
@@ -379,24 +372,6 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
             result.figures = [str(p) for p in study.plot(result, folder)]
         result.save(out)
     return result
-
-
-def _json_safe(value: Any) -> Any:
-    """Convert numpy scalars, tuples and non-finite floats so json.dumps accepts the value."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (ValueError, TypeError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def _short(value: Any) -> str:

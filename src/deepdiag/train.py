@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._validate import check_choice, check_number
+from .jsonsafe import json_safe
 from .regularization import l2_penalty, weight_parameters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -110,19 +111,22 @@ class History:
         return pd.DataFrame({c: getattr(self, c) for c in cols})
 
     def to_dict(self) -> dict:
-        """JSON-safe dict (non-finite floats become None)."""
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            return [clean(x) for x in v] if isinstance(v, list) else v
-        return {k: clean(v) for k, v in asdict(self).items()}
+        """JSON-safe dict (``deepdiag.jsonsafe``: non-finite floats become None)."""
+        return json_safe(asdict(self))
+
+
+def loss_kind(task: str, out_features: int) -> str:
+    """Which loss fits these targets and outputs: "mse" for regression, "ce" (cross-entropy on logits) for
+    classification with several output units, "bce" (BCE-with-logits) with one. The one place this
+    choice is made: ``default_loss`` builds it, the vectorized engine computes it per member."""
+    if task == "regression":
+        return "mse"
+    return "ce" if out_features > 1 else "bce"
 
 
 def default_loss(task: str, out_features: int) -> nn.Module:
-    """Cross-entropy on logits for classification (BCE-with-logits for one output unit), MSE for regression."""
-    if task == "regression":
-        return nn.MSELoss()
-    return nn.CrossEntropyLoss() if out_features > 1 else _BinaryLogitLoss()
+    """The loss module of ``loss_kind(task, out_features)``: ``dd.fit``'s default."""
+    return {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": _BinaryLogitLoss}[loss_kind(task, out_features)]()
 
 
 class _BinaryLogitLoss(nn.BCEWithLogitsLoss):

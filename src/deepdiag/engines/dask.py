@@ -17,11 +17,10 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 
-from .._validate import check_number
-from ..sweep import RunConfig
-from . import Engine
+from ..runs import RunConfig
+from .base import Engine
 from .local import train_batch
-from .process import default_workers
+from .process import check_cluster, check_pool
 
 
 # No dashboard; the scheduler's small HTTP server (health, metrics) still starts: on a free port, not on
@@ -41,15 +40,9 @@ class DaskEngine(Engine):
 
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1,
                  local_directory: str | None = None):
-        if address is not None and not isinstance(address, str):
-            raise TypeError(f"address={address!r} must be a scheduler address string, e.g. 'tcp://host:8786'")
-        if address is not None and workers is not None:
-            raise ValueError("workers= sizes the temporary LocalCluster; with address= the cluster's own "
-                             "workers run the tasks (leave workers unset)")
+        check_cluster(address, workers, "scheduler", "'tcp://host:8786'", "LocalCluster", "workers")
         self.address = address
-        self.workers = default_workers() if workers is None else check_number("workers", workers, low=1,
-                                                                              integer=True)
-        self.threads = check_number("threads", threads, low=1, integer=True)
+        self.workers, self.threads = check_pool(workers, threads)
         self.local_directory = local_directory
         self._client = self._cluster = self._executor = self._tmp = None
 

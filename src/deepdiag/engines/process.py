@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 
+import torch
+
 from .._validate import check_number
-from ..sweep import RunConfig
-from . import Engine
+from ..runs import RunConfig
+from .base import Engine
 from .local import train_batch
 
 
 def _init_worker(threads: int) -> None:
-    import signal
-
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it shuts us down)
     torch.set_num_threads(threads)
 
@@ -35,15 +34,31 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def check_pool(workers: int | None, threads: int) -> tuple[int, int]:
+    """(workers, threads) of a pool of worker processes: `workers` defaults to the cores this process may
+    use; both are integers >= 1."""
+    workers = default_workers() if workers is None else check_number("workers", workers, low=1, integer=True)
+    return workers, check_number("threads", threads, low=1, integer=True)
+
+
+def check_cluster(address: str | None, workers: int | None, address_kind: str, example: str, local: str,
+                  slots: str) -> None:
+    """A cluster engine's `address` (a string, or None for a temporary `local` cluster) and `workers`
+    (which sizes only that temporary cluster: an existing one runs the tasks on its own `slots`)."""
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address={address!r} must be a {address_kind} address string, e.g. {example}")
+    if address is not None and workers is not None:
+        raise ValueError(f"workers= sizes the temporary {local}; with address= the cluster's own {slots} "
+                         "run the tasks (leave workers unset)")
+
+
 class ProcessEngine(Engine):
     """Runs batches of configs on a pool of spawned worker processes (``threads`` torch threads each)."""
 
     name = "process"
 
     def __init__(self, workers: int | None = None, threads: int = 1):
-        self.workers = default_workers() if workers is None else check_number("workers", workers, low=1,
-                                                                              integer=True)
-        self.threads = check_number("threads", threads, low=1, integer=True)
+        self.workers, self.threads = check_pool(workers, threads)
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:

@@ -19,11 +19,10 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 
-from .._validate import check_number
-from ..sweep import RunConfig
-from . import Engine
+from ..runs import RunConfig
+from .base import Engine
 from .local import train_batch
-from .process import default_workers
+from .process import check_cluster, check_pool
 
 _remote = None  # train_batch as a Ray remote function, made once per process
 
@@ -55,16 +54,9 @@ class RayEngine(Engine):
 
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1,
                  temp_dir: str | None = None):
-        if address is not None and not isinstance(address, str):
-            raise TypeError(f"address={address!r} must be a Ray address string, e.g. 'auto' or "
-                            "'ray://host:10001'")
-        if address is not None and workers is not None:
-            raise ValueError("workers= sizes the temporary local Ray; with address= the cluster's own CPUs "
-                             "run the tasks (leave workers unset)")
+        check_cluster(address, workers, "Ray", "'auto' or 'ray://host:10001'", "local Ray", "CPUs")
         self.address = address
-        self.workers = default_workers() if workers is None else check_number("workers", workers, low=1,
-                                                                              integer=True)
-        self.threads = check_number("threads", threads, low=1, integer=True)
+        self.workers, self.threads = check_pool(workers, threads)
         self.temp_dir = temp_dir
         self._started = False  # we called ray.init, so we call ray.shutdown
         self._tmp = None

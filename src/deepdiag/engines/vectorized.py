@@ -50,10 +50,10 @@ from torch import nn
 
 from ..models import _initialise, mlp
 from ..regularization import weight_parameters
-from ..sweep import RunConfig, RunResult, metrics_from_history, versions
-from ..train import History, _prepare
-from . import Engine
-from .local import check_device, dataset, train_run
+from ..runs import EXTENDED, RunConfig, RunResult, check_device, dataset, result_from_history
+from ..train import History, _prepare, loss_kind
+from .base import Engine
+from .local import train_run
 from .stop import UPDATE_GAP, first_stop, member_findings, member_layer_stats, update_ratios
 
 log = logging.getLogger("deepdiag.sweep")
@@ -82,8 +82,6 @@ def shape_key(c: RunConfig) -> tuple | None:
     """Configs with the same key train as one batched model; None: not vectorizable. Runs that use a
     field added after schema 1 (data options, evaluation, stop rule, probes: ``EXTENDED``) go to the
     local loop, which honours them all; the batched model knows only the original fields."""
-    from ..sweep import EXTENDED
-
     if c.patience is not None or c.norm is not None:
         return None
     if any(getattr(c, k) != v for k, v in EXTENDED.items()):
@@ -273,7 +271,8 @@ def _forward(P: dict, h: torch.Tensor, depth: int, residual: bool, act, drop, sc
 
 
 def _member_loss(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Each member's mean loss over its own rows: out (N, C, B), y (N, B[, k]) -> (N,)."""
+    """Each member's mean loss over its own rows: out (N, C, B), y (N, B[, k]) -> (N,); `kind` is
+    ``dd.train.loss_kind``'s choice, computed here as ``default_loss`` would per member."""
     if kind == "ce":
         return F.cross_entropy(out, y, reduction="none").mean(1)
     if kind == "bce":
@@ -459,7 +458,7 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
     model, inits = _initial_params(configs, ds)
     device, dtype = inits[0]["out.weight"].device, inits[0]["out.weight"].dtype
     x, y, x_val, y_val = _prepare(ds, device, dtype)
-    kind = "mse" if ds.task == "regression" else ("ce" if ds.out_features > 1 else "bce")
+    kind = loss_kind(ds.task, ds.out_features)
     n, N = len(x), len(configs)
     batch = n if c0.batch_size is None else min(c0.batch_size, n)
     can_fast = not c0.residual and kind in ("ce", "mse")
@@ -525,13 +524,10 @@ def train_group(configs: list[RunConfig], return_params: bool = False, compile: 
             if final[m] is None:
                 final[m] = {k: p[row].detach().clone() for k, p in S.params.items()}
     wall = (time.perf_counter() - start) / N  # the group's time, shared evenly
-    vers = versions()
     results = []
     for c, h, stop in zip(configs, hists, stops):
         h.wall_time = wall
-        d = h.to_dict()
-        results.append(RunResult(c, "diverged" if h.diverged else "done", d, metrics_from_history(d, stop),
-                                 None, wall, vers, "vectorized"))
+        results.append(result_from_history(c, h, wall, "vectorized", stop))
     return results, (final if return_params else None)
 
 

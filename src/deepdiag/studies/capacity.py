@@ -85,12 +85,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-import deepdiag as dd
-
+from .. import plots
 from .._validate import check_choice, check_number
-from ..engines.local import dataset_of
+from ..data import load
+from ..models import ACTIVATIONS
+from ..monitor import Monitor
+from ..runs import RunConfig, dataset_of
 from ..study import Measurement, Study, check_rule, train_runs
-from ..sweep import RunConfig
 
 DATASETS = ("circles", "moons")
 UNDERFIT_FRACTION = 0.9  # curve_labels: best train loss ≥ 90 % of the chance loss = underfitting
@@ -100,19 +101,6 @@ CHANCE_TOLERANCE = 0.05  # random labels: |test accuracy − 1/K| allowed (see t
 
 
 # ---- theory -------------------------------------------------------------------------------------
-
-def chance_loss(y: torch.Tensor | np.ndarray, n_classes: int) -> float:
-    """Cross-entropy of the best input-blind predictor: the entropy −Σ p_k ln p_k of the class frequencies.
-
-    For balanced classes this is ln K (ln 2 ≈ 0.693, ln 10 ≈ 2.303). A model whose training loss stays
-    near it has learnt nothing from its inputs.
-    >>> round(chance_loss(np.array([0, 1, 0, 1]), 2), 4)
-    0.6931
-    """
-    counts = np.bincount(np.asarray(y).ravel(), minlength=n_classes).astype(float)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
 
 def chance_accuracy_band(n_classes: int, n_test: int, z: float = 3.0) -> tuple[float, float, float]:
     """(1/K, low, high): accuracy of guessing on n_test points and its ±z·σ binomial band,
@@ -128,7 +116,7 @@ def chance_accuracy_band(n_classes: int, n_test: int, z: float = 3.0) -> tuple[f
 
 def curve_labels(train_loss, val_loss, baseline: float) -> set[str]:
     """Label one run's curves "underfitting" and/or "overfitting" — the fallback for ``dd.Monitor``'s
-    findings, with the same thresholds as ``deepdiag.diagnose``.
+    findings, with the same thresholds as ``deepdiag.rules``.
 
     underfitting: min(train_loss) ≥ UNDERFIT_FRACTION (90 %) of the chance baseline — the model could not
         beat a constant prediction by 10 % on the very data it trains on.
@@ -148,12 +136,10 @@ def curve_labels(train_loss, val_loss, baseline: float) -> set[str]:
 
 
 def monitor_labels(model, train_loss, val_loss, baseline: float) -> tuple[set[str], str]:
-    """Labels from ``dd.Monitor``'s findings (severity warning or error) when the Monitor exists, else
-    from ``curve_labels``. Returns (labels, source). The Monitor is attached to the trained model and
-    fed the run's curves through ``monitor.epoch``, as a user's loop would."""
-    if not hasattr(dd, "Monitor"):
-        return curve_labels(train_loss, val_loss, baseline), "curve_labels"
-    with dd.Monitor(model, baseline=baseline) as monitor:
+    """Labels from ``dd.Monitor``'s findings (severity warning or error). Returns (labels, source). The
+    Monitor is attached to the trained model and fed the run's curves through ``monitor.epoch``, as a
+    user's loop would."""
+    with Monitor(model, baseline=baseline) as monitor:
         for tl, vl in zip(train_loss, val_loss):
             monitor.epoch(train_loss=float(tl), val_loss=float(vl))
         findings = monitor.diagnose()
@@ -191,7 +177,7 @@ class Config:
                                  "(smallest, intermediate, largest capacity)")
             for v in values:
                 check_number(name, v, low=low, integer=True)
-        check_choice("activation", self.activation, tuple(dd.models.ACTIVATIONS))
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_number("lr", self.lr, low=0.0, low_inclusive=False)
         check_number("epochs", self.epochs, low=10, integer=True)
         check_number("rl_n_train", self.rl_n_train, low=10, high=3000, integer=True)
@@ -405,8 +391,6 @@ def _mean_spread(frame: pd.DataFrame, key: str, cols: list[str]) -> pd.DataFrame
 
 
 def plot(result, out_dir: Path) -> list[Path]:
-    from .. import plots
-
     data = result.data
     figures = []
     cols = ["train_loss", "val_loss", "best_val_loss", "chance_loss"]
@@ -424,10 +408,9 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax.set_title(f"{sweep} sweep ({other} {int(part[other].iloc[0])})")
         if sweep == "width":
             ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"{sweep} ({'units per hidden layer' if sweep == 'width' else 'hidden layers'})")
-        ax.set_ylabel("cross-entropy (nats)")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        plots.label(ax, f"{sweep} ({'units per hidden layer' if sweep == 'width' else 'hidden layers'})",
+                    "cross-entropy (nats)")
     n = data.seed.nunique()
     fig.suptitle(f"capacity: underfit (left of each) to overfit (right); mean ± sd over {n} seed(s)", fontsize=10)
     figures.append(plots.save(fig, out_dir, "capacity_sweep"))
@@ -447,11 +430,8 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"early-stopping epoch {best}")
         plots.theory(ax, [c.epoch.min(), c.epoch.max()], [width_rows.chance_loss.mean()] * 2,
                      label="chance ln K", color="k")
-        ax.set_title(f"{tag}: {int(row.depth)}x{int(row.width)} MLP")
-        ax.set_xlabel("epoch (full batch)")
-        ax.set_ylabel("cross-entropy (nats)")
         ax.set_ylim(0, max(1.0, min(3.0, c.val_loss.max() * 1.05)))
-        ax.legend(fontsize=8)
+        plots.label(ax, "epoch (full batch)", "cross-entropy (nats)", f"{tag}: {int(row.depth)}x{int(row.width)} MLP")
     figures.append(plots.save(fig, out_dir, "capacity_curves"))
 
     rl = data[data.experiment == "random_labels"]
@@ -470,10 +450,8 @@ def plot(result, out_dir: Path) -> list[Path]:
             ax.fill_between([1, emax], [low, low], [high, high], color="k", alpha=0.15, label="±3σ binomial")
             for edge in (p - CHANCE_TOLERANCE, p + CHANCE_TOLERANCE):
                 ax.axhline(edge, color="k", lw=0.8, ls=":", label="check tolerance" if edge < p else None)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(title)
             ax.set_ylim(0, 1.02)
-            ax.legend(fontsize=8)
+            plots.label(ax, "epoch", title)
         n_train = int(result.config.get("rl_n_train", 0))
         fig.suptitle(f"Zhang et al. 2017: 1x{result.config.get('rl_width')} MLP on {n_train} MNIST images "
                      "memorises random labels; test accuracy stays at chance", fontsize=10)
@@ -489,11 +467,6 @@ STUDY = Study(
     theory="underfit: training loss stays near the chance loss ln K; overfit: training loss → 0 while the "
            "validation loss rises from its minimum; best validation loss at an intermediate capacity or an "
            "early-stopping epoch; random labels are memorised (100 % train) with test accuracy 1/K",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=2.3,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

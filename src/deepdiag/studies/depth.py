@@ -24,7 +24,7 @@ The set-up (full mode). sklearn's digits (1797 8×8 images; 1079 train, 359 vali
 standardised), MLPs of width 64 with batch norm, plain (linear → BN → ReLU) and pre-activation
 residual (h + linear(ReLU(BN(h)))), ``dd.mlp(64, 10, width=64, depth=D, norm="batch",
 residual=...)``, He init, at depths D = 4, 20, 40; SGD with momentum 0.9, lr 0.01, batch 64, 30
-epochs (the issue does not say which optimizer; this is the standard choice of He et al., scaled to
+epochs (the seed text does not say which optimizer; this is the standard choice of He et al., scaled to
 a small problem); 3 seeds. We record the training loss and error on the whole training set (eval mode)
 after every epoch and use the best training loss and the final training error.
 
@@ -45,7 +45,7 @@ Published figures (He et al. 2016). On CIFAR-10 the plain 56-layer net has highe
 while ResNets keep improving with depth: test errors 8.75 / 7.51 / 7.17 / 6.97 / 6.43 %
 at 20 / 32 / 44 / 56 / 110 layers (Table 6). On ImageNet plain-34 is worse than plain-18 (28.54 %
 vs 27.94 % top-1 validation error) while ResNet-34 beats ResNet-18 (25.03 % vs 27.88 %) (Table 2).
-Here (issue, measured): training error plain 0.5 / 44 / 83 %, residual 0.17 / 0.06 / 3.5 % at ~4/20/40.
+Here (full mode, measured once on this set-up): training error plain 0.5 / 44 / 83 %, residual 0.17 / 0.06 / 3.5 % at ~4/20/40.
 
 The figures. ``depth_training.png``: left, the best training loss vs depth (log scale), plain and
 residual (mean ± seed std), with the identity-map bound — the best loss any shallower net of the same
@@ -75,16 +75,16 @@ from torch import nn
 from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
-from ..engines.local import build_model, dataset_of
+from ..rules import compare_depths
 from ..probes import load_state
+from ..runs import RunConfig, build_model, dataset_of
 from ..study import Measurement, Study, check_rule, torch_threads, train_runs
-from ..sweep import RunConfig, expand
+from ..sweep import expand
 from ..train import evaluate
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "extend_with_identity", "identity_bound"]
 
-HE_2016_RESNET_CIFAR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}  # % test error, Table 6
-ISSUE_MEASURED = {"plain": {4: 0.5, 20: 44.0, 40: 83.0}, "residual": {4: 0.17, 20: 0.06, 40: 3.5}}
+FULL_MODE_MEASURED = {"plain": {4: 0.5, 20: 44.0, 40: 83.0}, "residual": {4: 0.17, 20: 0.06, 40: 3.5}}
 
 
 # ---- theory: the identity-map construction -------------------------------------------------------
@@ -135,8 +135,6 @@ def identity_bound(best_loss_by_depth: dict) -> dict:
 
 def _degradation_fires(best_loss_by_depth: dict) -> bool:
     """Whether ``dd.compare_depths`` reports ``degradation`` for these best training losses."""
-    from ..rules import compare_depths
-
     return any(f.code == "degradation" for f in compare_depths({int(d): float(v) for d, v in best_loss_by_depth.items()}))
 
 
@@ -144,7 +142,7 @@ def _degradation_fires(best_loss_by_depth: dict) -> bool:
 
 @dataclass(frozen=True)
 class Config:
-    """Full-mode knobs (the issue's set-up); QUICK shrinks them for CI."""
+    """Full-mode knobs (the set-up above); QUICK shrinks them for CI."""
 
     dataset: str = "digits"
     width: int = 64
@@ -309,7 +307,7 @@ def _notes(final: pd.DataFrame) -> str:
         lines.append(f"{fam:<9} {d:>5}  {s('train_err')[0]:6.2f} ± {s('train_err')[1]:5.2f} %   "
                      f"{s('best_train_loss', 1)[0]:.4f} ± {s('best_train_loss', 1)[1]:.4f}   "
                      f"{s('val_err')[0]:6.2f} ± {s('val_err')[1]:5.2f} %")
-    lines.append("issue (measured): plain 0.5/44/83 %, residual 0.17/0.06/3.5 % training error at ~4/20/40")
+    lines.append("full mode (measured once): plain 0.5/44/83 %, residual 0.17/0.06/3.5 % training error at ~4/20/40")
     return "\n".join(lines)
 
 
@@ -330,19 +328,15 @@ def plot(result, out_dir: Path) -> list[Path]:
                  label=f"{family}: identity-map bound (best shallower net)")
         plots.measured(ax2, s.index, 100 * s[("train_err", "mean")], 100 * s[("train_err", "std")],
                        label=f"{family} (measured)", color=color)
-        ref = ISSUE_MEASURED[family]
+        ref = FULL_MODE_MEASURED[family]
         ax2.plot(list(ref), list(ref.values()), "x", color=color, ms=7, alpha=0.6,
-                 label=f"{family}: issue's reference run")
+                 label=f"{family}: full-mode run (measured once)")
     ax1.set_yscale("log")
-    ax1.set_xlabel("depth (hidden layers)")
-    ax1.set_ylabel("best training loss (nats, log scale)")
-    ax1.set_title(f"Training loss vs depth ({len(result.seeds)} seed(s))")
-    ax1.legend(fontsize=7)
+    plots.label(ax1, "depth (hidden layers)", "best training loss (nats, log scale)",
+                f"Training loss vs depth ({len(result.seeds)} seed(s))", fontsize=7)
     ax2.set_yscale("symlog", linthresh=0.1)
-    ax2.set_xlabel("depth (hidden layers)")
-    ax2.set_ylabel("final training error (%, symlog)")
-    ax2.set_title("Training error: degradation is on the training set")
-    ax2.legend(fontsize=7)
+    plots.label(ax2, "depth (hidden layers)", "final training error (%, symlog)",
+                "Training error: degradation is on the training set", fontsize=7)
     paths.append(plots.save(fig, out_dir, "depth_training"))
 
     curves = data[data.experiment == "curve"].groupby(["family", "depth", "epoch"]).mean(numeric_only=True)
@@ -352,10 +346,8 @@ def plot(result, out_dir: Path) -> list[Path]:
             c = curves.loc[(family, depth)]
             ax.plot(c.index, c.train_loss, ls, color=f"C{i}", label=f"{family}-{int(depth)}")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (nats, log scale)")
-    ax.set_title("Training curves: plain (solid) vs residual (dashed)")
-    ax.legend(fontsize=8, ncol=2)
+    plots.label(ax, "epoch", "training loss (nats, log scale)", "Training curves: plain (solid) vs residual (dashed)",
+                fontsize=8, ncol=2)
     paths.append(plots.save(fig, out_dir, "depth_curves"))
 
     ident = data[data.experiment == "identity"]
@@ -366,11 +358,9 @@ def plot(result, out_dir: Path) -> list[Path]:
         d0, d1 = int(ident.depth.iloc[0]), int(ident.deep_depth.iloc[0])
         plots.measured(ax, ident.out_shallow, ident.out_deep,
                        label=f"measured, max |Δ| = {ident.max_abs_diff.iloc[0]:.2g}")
-        ax.set_xlabel(f"logit of the trained depth-{d0} net")
-        ax.set_ylabel(f"logit of the identity-extended depth-{d1} net")
+        plots.label(ax, f"logit of the trained depth-{d0} net", f"logit of the identity-extended depth-{d1} net")
         ax.set_title(f"Identity construction: training loss {ident.train_loss.iloc[0]:.4f} vs "
                      f"{ident.deep_train_loss.iloc[0]:.4f}", fontsize=10)
-        ax.legend(fontsize=8)
         paths.append(plots.save(fig, out_dir, "depth_identity"))
     return paths
 
@@ -382,11 +372,6 @@ STUDY = Study(
     theory="identity map: ReLU(I·h) = h for h ≥ 0, so a deeper net can copy a shallower one and "
            "min L_train(depth d + k) ≤ min L_train(depth d); a plain deep net that trains worse is the "
            "solver's failure; residual blocks h + F(h) make the identity easy to reach",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=2.4,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

@@ -45,7 +45,7 @@ the expectation: averaged over many masks, the dropped-out first-layer activatio
 net equal the eval-mode ones (within the Monte-Carlo error the theory predicts), and (6) their
 spread matches Var = h²·p/(1 − p).
 
-Quick mode. At the issue's scale the gain is small (about half a point of validation error, close to
+Quick mode. At the full-mode scale the gain is small (about half a point of validation error, close to
 the seed spread) and a smaller budget hides it. Quick mode therefore provokes overfitting the way
 Zhang et al. (2017) and Arpit et al. (2017, "A closer look at memorization in deep networks") do:
 20 % of the *training* labels are replaced by wrong ones (``label_noise=0.2``; validation and test
@@ -57,7 +57,7 @@ memorisation (~15 %), far beyond the seed spread. The claim tested is the same: 
 Published reference. Srivastava et al. (2014), "Dropout: a simple way to prevent neural networks from
 overfitting", JMLR 15, Table 2: on the full MNIST (60 000 training images) a 784-1024-1024-10 ReLU net
 (here: 2 × 512 on 2000 images) has 1.60 % test error without dropout and 1.25 % with dropout
-(p = 0.5 hidden, 0.2 input, max-norm). On our 2000-image subset the errors are ~5× larger (the issue
+(p = 0.5 hidden, 0.2 input, max-norm). On our 2000-image subset the errors are ~5× larger (full mode
 measured 7.7 % → 6.4 % test error over 3 seeds) but the relative gain is of the same order (~20 %).
 
 The figures. ``dropout_curves.png``: training and validation loss per epoch without dropout and at
@@ -91,7 +91,7 @@ from .. import data as dd_data
 from .. import plots
 from .._validate import check_choice, check_number
 from ..study import Measurement, Study, check_close, check_rule, torch_threads, train_runs
-from ..sweep import RunConfig
+from ..runs import RunConfig
 
 __all__ = ["Config", "QUICK", "STUDY", "measure", "plot", "dropout_mean", "dropout_variance",
            "dropout_zero_fraction", "monte_carlo_moments"]
@@ -146,7 +146,7 @@ def monte_carlo_moments(layer: nn.Module, h: torch.Tensor, samples: int, seed: i
 
 @dataclass(frozen=True)
 class Config:
-    """Full-mode knobs (the issue's set-up); QUICK shrinks them for CI."""
+    """Full-mode knobs (the set-up above); QUICK shrinks them for CI."""
 
     dataset: str = "mnist"
     n_train: int = 2000
@@ -342,10 +342,8 @@ def plot(result, out_dir: Path) -> list[Path]:
         ax.plot(c.epoch, c.train_loss, "--", color=color, label=f"{label}: training")
         ax.plot(c.epoch, c.val_loss, "o-", ms=3, color=color, label=f"{label}: validation")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy loss (nats, log scale)")
-    ax.set_title("Overfitting and dropout (mean over seeds)")
-    ax.legend(fontsize=8)
+    plots.label(ax, "epoch", "cross-entropy loss (nats, log scale)", "Overfitting and dropout (mean over seeds)",
+                fontsize=8)
     paths.append(plots.save(fig, out_dir, "dropout_curves"))
 
     final = data[data.experiment == "final"]
@@ -358,16 +356,11 @@ def plot(result, out_dir: Path) -> list[Path]:
     for key, ls in (("no dropout", ":"), ("dropout", "--")):
         ax1.axhline(SRIVASTAVA_2014[key], ls=ls, color="gray", lw=1,
                     label=f"Srivastava 2014, full MNIST, {key}: {SRIVASTAVA_2014[key]} %")
-    ax1.set_xlabel("dropout probability p")
-    ax1.set_ylabel("error at last epoch (%)")
-    ax1.set_title(f"Error vs p ({len(result.seeds)} seed(s), mean ± std)")
-    ax1.legend(fontsize=7)
+    plots.label(ax1, "dropout probability p", "error at last epoch (%)",
+                f"Error vs p ({len(result.seeds)} seed(s), mean ± std)", fontsize=7)
     plots.measured(ax2, mean.index, mean["gap"], std["gap"], label="validation − training loss (measured)")
     ax2.axhline(0, color="gray", lw=1, label="no gap")
-    ax2.set_xlabel("dropout probability p")
-    ax2.set_ylabel("generalization gap (nats)")
-    ax2.set_title("Generalization gap vs p")
-    ax2.legend(fontsize=8)
+    plots.label(ax2, "dropout probability p", "generalization gap (nats)", "Generalization gap vs p", fontsize=8)
     paths.append(plots.save(fig, out_dir, "dropout_sweep"))
 
     sc = data[data.experiment == "scaling"].sort_values("p")
@@ -376,17 +369,13 @@ def plot(result, out_dir: Path) -> list[Path]:
     plots.theory(ax1, grid, np.ones_like(grid), label="theory, inverted dropout: E = h")
     ax1.plot(grid, 1 - grid, "--", color="gray", label="plain dropout (no 1/(1−p)): E = (1−p)·h")
     plots.measured(ax1, sc.p, sc.mean_ratio, label="measured: Σ E[dropout(h)] / Σ h")
-    ax1.set_xlabel("dropout probability p")
-    ax1.set_ylabel("mean activation relative to eval mode")
-    ax1.set_title("Inverted scaling keeps the expectation")
-    ax1.legend(fontsize=8)
+    plots.label(ax1, "dropout probability p", "mean activation relative to eval mode",
+                "Inverted scaling keeps the expectation", fontsize=8)
     plots.theory(ax2, grid, grid / (1 - grid), label="theory: Var = h²·p/(1−p)")
     plots.measured(ax2, sc.p, sc.var_ratio, label="measured: Σ Var / Σ h²")
     ax2.set_yscale("log")
-    ax2.set_xlabel("dropout probability p")
-    ax2.set_ylabel("variance relative to h² (log scale)")
-    ax2.set_title("...and adds noise of variance p/(1−p)")
-    ax2.legend(fontsize=8)
+    plots.label(ax2, "dropout probability p", "variance relative to h² (log scale)",
+                "...and adds noise of variance p/(1−p)", fontsize=8)
     paths.append(plots.save(fig, out_dir, "dropout_scaling"))
     return paths
 
@@ -398,11 +387,7 @@ STUDY = Study(
     theory="inverted dropout: y = m·h/(1−p), m ~ Bernoulli(1−p), so E[y] = h and Var[y] = h²·p/(1−p); "
            "eval mode is the identity (deterministic); a moderate p narrows the train/validation gap, "
            "too large a p underfits",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     seeds_quick=2,
-    seeds_full=3,
     quick_time=7.3,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

@@ -79,7 +79,7 @@ from .._validate import check_number
 from ..init import init_weights, scheme_std
 from ..models import mlp, seeded
 from ..study import Measurement, Study, check_close, check_rule, torch_threads, train_runs
-from ..sweep import RunConfig
+from ..runs import RunConfig
 
 LN10 = math.log(10.0)
 # name -> (library scheme, options); "small"/"large" are the seed's low/high random init
@@ -462,10 +462,8 @@ def plot(result, out_dir) -> list:
             plots.theory(ax, g.index, g.theory, label=None, color=color)
             plots.measured(ax, g.index[::2], g.q.to_numpy()[::2], label=name, color=color)
         ax.set_yscale("log")
-        ax.set_xlabel("layer l")
-        ax.set_ylabel("q_l = mean squared pre-activation")
-        ax.set_title(f"{act}: points measured, lines mean-field (zeros: q = 0)")
-        ax.legend(fontsize=7, ncol=2)
+        plots.label(ax, "layer l", "q_l = mean squared pre-activation",
+                    f"{act}: points measured, lines mean-field (zeros: q = 0)", fontsize=7, ncol=2)
     figures.append(plots.save(fig, out_dir, "variance_by_layer"))
 
     chaos = data[data.experiment == "chaos"]
@@ -477,10 +475,8 @@ def plot(result, out_dir) -> list:
     crit = meanfield.critical_sigma_w2(sb2, "tanh")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axvline(crit, color="grey", ls="--", lw=0.8, label=f"edge of chaos σ_w² = {crit:.3f}")
-    ax.set_xlabel("σ_w² (weight variance × fan-in)")
-    ax.set_ylabel("growth of a small perturbation per layer")
-    ax.set_title(f"tanh, σ_b² = {sb2:g}: ordered vs chaotic")
-    ax.legend(fontsize=8)
+    plots.label(ax, "σ_w² (weight variance × fan-in)", "growth of a small perturbation per layer",
+                f"tanh, σ_b² = {sb2:g}: ordered vs chaotic", fontsize=8)
     figures.append(plots.save(fig, out_dir, "edge_of_chaos"))
 
     circ = data[(data.experiment == "circles") & data.in_stats]
@@ -508,10 +504,8 @@ def plot(result, out_dir) -> list:
         g = deep[deep.init == name].groupby("epoch").train_loss.agg(["mean", "min", "max"])
         plots.measured(ax, g.index, g["mean"], yerr=np.clip(np.vstack([g["mean"] - g["min"], g["max"] - g["mean"]]), 0, None), label=label)
     ax.axhline(LN10, color="grey", ls="--", lw=1, label="ln 10 (chance)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (cross-entropy, nats)")
-    ax.set_title("30-layer ReLU MLP on digits (He et al. 2015)")
-    ax.legend(fontsize=8)
+    plots.label(ax, "epoch", "training loss (cross-entropy, nats)", "30-layer ReLU MLP on digits (He et al. 2015)",
+                fontsize=8)
     figures.append(plots.save(fig, out_dir, "he2015"))
     return figures
 
@@ -528,11 +522,6 @@ STUDY = Study(
            "(He: constant; Var = 1/n_in: halves; std 0.01: vanishes; std 1: explodes). tanh: perturbations grow by "
            "χ_1 = σ_w²·E[φ'(√q* z)²] per layer; χ_1 = 1 at σ_w² ≈ 1.76 for σ_b² = 0.05. Zero/constant weights: "
            "all units of a layer identical forever (gradient descent cannot break the symmetry).",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=4.1,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

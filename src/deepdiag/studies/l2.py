@@ -96,13 +96,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-import deepdiag as dd
-
+from .. import plots
 from .._validate import check_choice, check_number
-from ..engines.local import dataset_of
+from ..data import load
+from ..models import ACTIVATIONS, INITS, mlp
+from ..runs import RunConfig, dataset_of
 from ..study import Measurement, Study, check_rule, train_runs
-from ..sweep import RunConfig
-from .capacity import chance_loss
+from ..theory import chance_loss
+from ..train import fit
 
 DLS_REFERENCE = {  # Deep Learning Specialization, Course 2 week 1, "Regularization" assignment
     "none": {"lam": 0.0, "train_acc": 0.948, "test_acc": 0.915},
@@ -189,8 +190,8 @@ class Config:
         check_number("n_train", self.n_train, low=10, integer=True)
         check_number("width", self.width, low=1, integer=True)
         check_number("depth", self.depth, low=1, integer=True)
-        check_choice("activation", self.activation, tuple(dd.models.ACTIVATIONS))
-        check_choice("init", self.init, dd.models.INITS)
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        check_choice("init", self.init, INITS)
         lams = list(self.lams)
         if len(lams) < 4 or lams[0] != 0 or lams != sorted(set(lams)):
             raise ValueError(f"lams={self.lams!r} must start at 0 and hold at least 4 distinct increasing "
@@ -250,7 +251,7 @@ def _flat(model) -> torch.Tensor:
 def _equivalence(config: Config, seed: int) -> list[dict]:
     """Per-epoch parameter differences: SGD+L2 vs SGD weight decay, Adam+L2 vs AdamW (float64)."""
     # per-feature standardisation makes the inputs that are constant on the training set exact zeros
-    ds = dd.data.load(config.dataset, n_train=config.n_train, seed=seed, standardize="features")
+    ds = load(config.dataset, n_train=config.n_train, seed=seed, standardize="features")
     ds = ds.to(dtype=torch.float64)
     n = len(ds.y_train)
     unused = (ds.x_train.abs().amax(dim=0) == 0)  # inputs constant (0 after standardising) on train
@@ -265,13 +266,13 @@ def _equivalence(config: Config, seed: int) -> list[dict]:
     for family, (penalty, decay) in pairs.items():
         traces = {}
         for name, knobs in (("l2", penalty), ("decay", decay)):
-            model = dd.mlp(ds.in_features, ds.out_features, width=config.eq_width, depth=config.depth,
+            model = mlp(ds.in_features, ds.out_features, width=config.eq_width, depth=config.depth,
                            activation=config.activation, init=config.init, seed=seed).double()
             w_in = model.hidden[0].linear.weight
             unused0 = float(w_in[:, unused].detach().norm())
             w_unused0 = w_in[:, unused].detach().clone()  # for the Adam-on-the-penalty prediction
             trace = [(_flat(model), unused0)]
-            dd.fit(model, ds, batch_size=config.batch_size, epochs=config.eq_epochs, seed=seed, eval_train=False,
+            fit(model, ds, batch_size=config.batch_size, epochs=config.eq_epochs, seed=seed, eval_train=False,
                    on_epoch=lambda h, m=model, w=w_in, t=trace: t.append((_flat(m), float(w[:, unused].detach().norm()))),
                    **knobs)
             traces[name] = trace
@@ -378,8 +379,6 @@ def _lam_axis(lams: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def plot(result, out_dir: Path) -> list[Path]:
-    from .. import plots
-
     data = result.data
     sweep = data[data.experiment == "sweep"]
     g = sweep.groupby("lam")
@@ -430,10 +429,8 @@ def plot(result, out_dir: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(1e-8, 2)
-    ax.set_xlabel("RMS of hidden pre-activations z (σ)")
-    ax.set_ylabel("nonlinearity ‖tanh z − z‖ / ‖z‖")
-    ax.set_title("large λ: the tanh layer becomes linear")
-    ax.legend(fontsize=7)
+    plots.label(ax, "RMS of hidden pre-activations z (σ)", "nonlinearity ‖tanh z − z‖ / ‖z‖",
+                "large λ: the tanh layer becomes linear", fontsize=7)
     figures.append(plots.save(fig, out_dir, "l2_linear"))
 
     eq = data[data.experiment == "equivalence"]
@@ -445,10 +442,7 @@ def plot(result, out_dir: Path) -> list[Path]:
             plots.measured(ax, part.epoch, part.max_abs_diff.clip(lower=1e-18), label=label)
         plots.theory(ax, [1, eq.epoch.max()], [1e-6, 1e-6], label="check threshold 1e-6", color="k")
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("max |Δ parameter| (float64)")
-        ax.set_title("same seed, same batches")
-        ax.legend(fontsize=7)
+        plots.label(ax, "epoch", "max |Δ parameter| (float64)", "same seed, same batches", fontsize=7)
         ax = axes[1]
         adam = eq[eq.family == "adam"]
         init = float(adam.unused_norm_init.iloc[0])
@@ -460,11 +454,9 @@ def plot(result, out_dir: Path) -> list[Path]:
         few = adam.iloc[::max(1, len(adam) // 20)]  # ~20 points, so the theory lines stay visible
         plots.measured(ax, few.step, few.unused_norm_l2 / init, label="Adam + L2 (measured)", color="C0", mfc="none")
         plots.measured(ax, few.step, few.unused_norm_decay / init, label="AdamW (measured)", color="C1", mfc="none")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("norm of zero-gradient weights / at init")
-        ax.set_title(f"weights of {int(adam.n_unused.iloc[0])} constant inputs (data gradient 0)")
         ax.set_ylim(-0.02, 1.05)
-        ax.legend(fontsize=7)
+        plots.label(ax, "optimizer step", "norm of zero-gradient weights / at init",
+                    f"weights of {int(adam.n_unused.iloc[0])} constant inputs (data gradient 0)", fontsize=7)
         figures.append(plots.save(fig, out_dir, "l2_weight_decay"))
     return figures
 
@@ -477,11 +469,7 @@ STUDY = Study(
     theory="GD on L + λ/(2n)·‖w‖² shrinks w by (1 − ηλ/n) per step (= SGD weight_decay λ/n, ≠ AdamW): ‖w‖ "
            "falls and training loss rises with λ; validation loss is U-shaped; at very large λ the output "
            "is its bias and the training loss is the chance loss ln K",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     seeds_quick=2,
-    seeds_full=3,
     quick_time=0.9,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

@@ -256,10 +256,8 @@ def plot(result, out_dir) -> list:
         plots.measured(ax, mean.index * shift, mean, yerr=np.clip(np.vstack([mean - lo, hi - mean]), 0, None), label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("depth L (hidden layers)")
-    ax.set_ylabel("‖g32 − g64‖ / ‖g64‖")
+    plots.label(ax, "depth L (hidden layers)", "‖g32 − g64‖ / ‖g64‖", fontsize=7)
     ax.set_title(f"float32 gradient error vs depth, width {n}\n(points: geometric mean; bars: min–max)", fontsize=10)
-    ax.legend(fontsize=7)
     figures.append(plots.save(fig, out_dir, "error_vs_depth"))
 
     fd = data[data.experiment == "gradcheck"]
@@ -283,11 +281,6 @@ STUDY = Study(
     theory="Well-conditioned net: relative float32 gradient error ~ √(L·n)·u, u = 2^−24. Chaotic tanh net: rounding "
            "errors grow like χ_1^(L/2) with χ_1 = σ_w²·E[φ'(√q* z)²] > 1, until the float32 gradient is O(1) wrong. "
            "Deep ReLU nets collapse a batch's representations, and the cancelling batch sum magnifies errors.",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=0.9,  # measured on 2 CPU cores (deepdiag run all --quick)
 )

@@ -55,8 +55,6 @@ from ..init import init_weights
 from ..models import mlp
 from ..study import Measurement, Study, check_rule, check_close
 
-EXPERIMENTS = ("identity_output", "identity_gradients", "random_chain")
-
 
 @dataclass(frozen=True)
 class Config:
@@ -238,10 +236,7 @@ def plot(result, out_dir) -> list:
         plots.theory(ax, L, a ** (L - 1.0), label=f"theory a^(L−1), a={a:g}")
         plots.measured(ax, sub.depth[::4], ratio[::4], label=f"measured, a={a:g}")
     ax.set_yscale("log")
-    ax.set_xlabel("depth L (layers)")
-    ax.set_ylabel("|ŷ| / |w_L x|  (output scale)")
-    ax.set_title("Deep linear chain W = a·I")
-    ax.legend(fontsize=7)
+    plots.label(ax, "depth L (layers)", "|ŷ| / |w_L x|  (output scale)", "Deep linear chain W = a·I", fontsize=7)
     figures.append(plots.save(fig, out_dir, "output_vs_depth"))
 
     grads = data[data.experiment == "identity_gradients"]
@@ -258,10 +253,7 @@ def plot(result, out_dir) -> list:
         plots.measured(ax2, wgt.layer[::4], wgt.grad_norm[::4], label=f"‖∂ŷ/∂W_l‖, a={a:g}")
     for ax, title in ((ax1, "back-propagated signal"), (ax2, "weight gradient per layer")):
         ax.set_yscale("log")
-        ax.set_xlabel("layer l")
-        ax.set_ylabel("gradient norm")
-        ax.set_title(f"{title}, L={int(deepest.depth.max())}")
-        ax.legend(fontsize=6, ncol=2)
+        plots.label(ax, "layer l", "gradient norm", f"{title}, L={int(deepest.depth.max())}", fontsize=6, ncol=2)
     figures.append(plots.save(fig, out_dir, "gradients_by_layer"))
 
     rand = data[data.experiment == "random_chain"]
@@ -274,10 +266,7 @@ def plot(result, out_dir) -> list:
         plots.theory(ax, layers, mean * layers, label=f"theory l·E[ln ratio], a={a:g}")
         plots.measured(ax, layers[::5], stats["mean"].to_numpy()[::5], yerr=stats["std"].to_numpy()[::5],
                        label=f"measured (mean ± sd), a={a:g}")
-    ax.set_xlabel("layer l")
-    ax.set_ylabel("ln(‖h_l‖ / ‖x‖)")
-    ax.set_title(f"Random Gaussian chain, std a/√n, n={n}")
-    ax.legend(fontsize=7)
+    plots.label(ax, "layer l", "ln(‖h_l‖ / ‖x‖)", f"Random Gaussian chain, std a/√n, n={n}", fontsize=7)
     figures.append(plots.save(fig, out_dir, "random_chain"))
     return figures
 
@@ -290,11 +279,6 @@ STUDY = Study(
     theory="With L−1 layers a·I and a last layer w_L: ŷ = a^(L−1)·w_L x; back-propagated signal at layer l "
            "a^(L−1−l)·‖w_L‖; every a·I layer's weight gradient a^(L−2)·‖w_L‖‖x‖. Gaussian W with std a/√n: "
            "successive norms scale by a·e^(½(ψ(n/2)−ln(n/2))) ≈ a(1 − 1/(2n)) on (geometric) average.",
-    config=Config,
-    quick=QUICK,
-    measure=measure,
-    plot=plot,
-    seeds_quick=1,
-    seeds_full=3,
+    config=Config, quick=QUICK, measure=measure, plot=plot,
     quick_time=0.7,  # measured on 2 CPU cores (deepdiag run all --quick)
 )
