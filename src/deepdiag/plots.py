@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import figspec  # noqa: E402
+from . import atomic, figspec  # noqa: E402
 
 
 def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
@@ -41,7 +41,8 @@ def save(fig, folder: Path, name: str) -> Path:
     report draws interactively, see ``deepdiag.figspec``); close it and return the PNG's path."""
     path = Path(folder) / f"{name}.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    path.with_suffix(".json").write_text(json.dumps(figspec.extract(fig)))
+    with atomic.temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    atomic.write_text(path.with_suffix(".json"), json.dumps(figspec.extract(fig)))
     plt.close(fig)
     return path
