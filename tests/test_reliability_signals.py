@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import deepdiag as dd
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 EPOCHS = 800  # ~1 s per run on one thread: some runs finish, others are in flight at the signal
@@ -29,7 +31,7 @@ def command(out: Path, engine: str) -> list[str]:
 
 
 def environment() -> dict:
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(dd.__file__).resolve().parents[1])
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 

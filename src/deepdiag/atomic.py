@@ -39,6 +39,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _mode(path: Path) -> int:
+    """The permissions `path` has, or those a plain ``open(path, "w")`` would give it (0666 less umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def temporary_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; on a clean exit it is fsync-ed and renamed onto `path`,
@@ -48,14 +58,17 @@ def temporary_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, _mode(path))  # mkstemp's 0600 would make every result private
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # a failed write(): name the file meant
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
 

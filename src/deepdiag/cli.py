@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -141,12 +142,18 @@ def _os_message(e: OSError) -> str:
     return f"cannot use{where}: {e.strerror or e}"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"warning: {message}")
+
+
 def guarded(fn):
     """Run a command body; map each failure to one line and its exit code (traceback with --debug)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # e.g. a damaged result file set aside: one line on stderr
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt as e:
@@ -374,7 +381,8 @@ def run(
                   f"training run in {out_dir / 'runs.sqlite'}; run the same command again to resume")
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
     except OSError as e:  # e.g. the disk filled up while writing results
-        raise UsageError(f"--out {out_dir}: cannot write results ({_os_message(e)})") from None
+        raise UsageError(f"--out {out_dir}: cannot write {e.filename or 'the results'}: "
+                         f"{e.strerror or e}") from None
     if as_json:
         out.print_json(json.dumps({"studies": rows, "report": str(report)}))
     else:
