@@ -119,7 +119,7 @@ class Severity(str, Enum):
     error = "error"
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A problem with what the user asked for: reported as one line, exit 2."""
 
 

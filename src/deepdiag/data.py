@@ -61,7 +61,7 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from . import atomic
-from ._validate import check_choice, check_number
+from ._validate import check_bool, check_choice, check_number
 
 __all__ = ["Dataset", "NAMES", "load", "cache_dir"]
 
@@ -192,6 +192,7 @@ def _check_args(name, task, n_train, val_fraction, test_fraction, seed, label_no
     if n_train is not None:
         check_number("n_train", n_train, low=1, integer=True)
     check_number("label_noise", label_noise, low=0, high=1)
+    check_bool("random_labels", random_labels)  # "no" is truthy: it would redraw every label
     if task == "regression" and (label_noise > 0 or random_labels):
         raise ValueError(f"label_noise={label_noise!r} and random_labels={random_labels!r} apply to "
                          f"classification only; {name!r} is a regression set")

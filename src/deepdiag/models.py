@@ -95,9 +95,10 @@ class MLP(nn.Module):
         return self.out(h)  # (batch, out_features)
 
 
-def _check_common(in_features, out_features, width, dropout) -> tuple[int, int, int, float]:
+def _check_common(in_features, out_features, width, dropout,
+                  in_name: str = "in_features") -> tuple[int, int, int, float]:
     """The sizes as Python ints (numpy integers accepted) and dropout as a float, each checked."""
-    return (check_number("in_features", in_features, low=1, integer=True),
+    return (check_number(in_name, in_features, low=1, integer=True),
             check_number("out_features", out_features, low=1, integer=True),
             check_number("width", width, low=1, integer=True),
             float(check_number("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)))
@@ -204,7 +205,7 @@ def conv_net(
     >>> dd.conv_net(1, 10)(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
     """
-    in_channels, out_features, _, dropout = _check_common(in_channels, out_features, 1, dropout)
+    in_channels, out_features, _, dropout = _check_common(in_channels, out_features, 1, dropout, "in_channels")
     if isinstance(channels, (str, bytes)) or not isinstance(channels, Iterable):
         raise TypeError(f"channels={channels!r} must be a sequence of positive integers, e.g. (16, 32)")
     channels = list(channels)
