@@ -20,20 +20,21 @@ from . import Engine
 from .local import train_batch
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int) -> None:
     import signal
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it shuts us down)
-    _die_with_parent(os.getppid())
+    _die_with_parent(driver)
     torch.set_num_threads(threads)
 
 
 def _die_with_parent(parent: int) -> None:
-    """End this worker when the driver dies, even by SIGKILL (no cleanup of its own runs then): Linux's
-    PR_SET_PDEATHSIG, and everywhere a daemon thread that exits once the parent pid changes (checked
-    every 0.5 s; a worker reparented to init or a subreaper has a new parent)."""
+    """End this worker when the driver (pid `parent`, passed in: the worker may start after it died)
+    dies, even by SIGKILL (no cleanup of its own runs then): Linux's PR_SET_PDEATHSIG, and everywhere a
+    daemon thread that exits once the parent pid changes (checked every 0.5 s; a worker reparented to
+    init or a subreaper has a new parent)."""
     import threading
     import time
 
@@ -78,7 +79,7 @@ class ProcessEngine(Engine):
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads,))
+                                             initializer=_init_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
     def submit(self, batch: list[RunConfig]) -> Future:
