@@ -36,7 +36,6 @@ from rich.table import Table
 from rich.text import Text
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_USER_CODE, EXIT_INTERNAL = 0, 1, 2, 3, 4
-REPORT_URL = "https://github.com/deepdiag/deepdiag/issues"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -86,10 +85,11 @@ class _Stdout:
 
 class App(typer.Typer):
     """The typer app; run as the ``deepdiag`` command it turns SIGTERM and SIGHUP into the Ctrl-C path
-    (finished runs committed, workers stopped, exit 128 + signal)."""
+    (finished runs committed, workers stopped, exit 128 + signal) and ignores a second signal while
+    that cleanup runs."""
 
     def __call__(self, *args, **kwargs):
-        handled = (signal.SIGTERM, signal.SIGHUP)
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {sig: signal.signal(sig, _interrupted) for sig in handled}
         try:
             return super().__call__(*args, **kwargs)
@@ -174,8 +174,8 @@ def guarded(fn):
         except Exception as e:  # a failure inside deepdiag itself
             if _debug():
                 raise
-            raise fail(f"internal error: {type(e).__name__}: {e}; please report it at {REPORT_URL} "
-                       "(rerun with --debug for the traceback)", EXIT_INTERNAL) from None
+            raise fail(f"internal error: {type(e).__name__}: {e}; please report it to the deepdiag "
+                       "maintainers with the traceback that --debug shows", EXIT_INTERNAL) from None
     return wrapper
 
 
