@@ -8,7 +8,7 @@ import pytest
 import deepdiag as dd
 from deepdiag.rules import ALL_RULES, Curves, judge_curves
 from deepdiag.rules import curves as dg
-from deepdiag.findings import CODES, Finding, at_least, sort_findings, worst
+from deepdiag.findings import CODES, at_least, sort_findings, worst
 
 CORE = ("vanishing_gradients", "exploding_gradients", "vanishing_activations", "exploding_activations",
         "symmetric_units", "dead_units", "saturated_units", "overfitting", "underfitting", "divergence",

@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 import deepdiag as dd
-from deepdiag.data import Dataset
 
 
 def test_l2_penalty_equals_formula_weights_only():

@@ -1,5 +1,4 @@
 """The init study: quick mode reproduces the claims; each check is computed from the data and can fail."""
-import math
 
 import numpy as np
 import pytest

@@ -1,28 +1,112 @@
 """The ``deepdiag`` command: parses arguments and calls the library, nothing more.
 
-Results go to stdout; progress, logs and errors to stderr. Exit codes: 0 ok; 1 a study not reproduced
-(``run``) or a finding at or above ``--fail-on`` (``check``); 2 a usage error or a failure inside
-deepdiag (one line on stderr, the traceback only with ``--debug``); 130 interrupted.
+Results go to stdout; progress, logs and errors to stderr (one line; the traceback only with ``--debug``
+or ``DEEPDIAG_DEBUG=1``). Every command exits with one of these codes:
+
+====  =======================================================================================
+code  meaning
+====  =======================================================================================
+0     fine: every claim reproduced (``run``), no finding at ``--fail-on`` or worse (``check``)
+1     a finding at or above ``--fail-on`` (``check``); a claim not reproduced or inconclusive (``run``)
+2     usage error: a bad option or value, a missing file, an unusable ``--out`` directory or run store
+3     the user's code failed: their file or factory raised, or called ``sys.exit``
+4     internal error in deepdiag: one line on stderr; please report it (with ``--debug``'s traceback)
+130   interrupted by Ctrl-C (SIGINT); 143 terminated (SIGTERM), 129 hung up (SIGHUP): finished runs
+      stay in the store, worker processes are stopped, the same command resumes
+====  =======================================================================================
+
+A reader that stops early (``deepdiag check m.py:build | head -1``) is not an error: output it no longer
+reads is dropped and the command ends with the code above it would have had.
 """
+import contextlib
 import functools
 import json
+import math
 import os
+import signal
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .engines import ENGINES, check_engine, get_engine
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Diagnose PyTorch networks and reproduce the textbook claims about them.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_USER_CODE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP turned into the KeyboardInterrupt path (clean shutdown); exit 128 + the signal."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def _interrupted(signum, frame) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+class _Stdout:
+    """sys.stdout for the console, read at each write (so test runners can swap it); when the reader of
+    a pipe has gone (``| head -1``), further output is dropped instead of failing the command."""
+
+    closed_pipe = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            try:
+                return sys.stdout.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_pipe:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.closed_pipe = True
+        with contextlib.suppress(OSError, ValueError):  # the interpreter's own flush at exit stays quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+
+    def __getattr__(self, name):  # isatty, fileno, encoding: those of the current sys.stdout
+        return getattr(sys.stdout, name)
+
+
+class App(typer.Typer):
+    """The typer app; run as the ``deepdiag`` command it turns SIGTERM and SIGHUP into the Ctrl-C path
+    (finished runs committed, workers stopped, exit 128 + signal) and ignores a second signal while
+    that cleanup runs."""
+
+    def __call__(self, *args, **kwargs):
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, _interrupted) for sig in handled}
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+          help="Diagnose PyTorch networks and reproduce the textbook claims about them. Exit codes: 0 fine; "
+               "1 a finding at --fail-on or worse / a claim not reproduced; 2 usage error; 3 your code "
+               "failed; 4 internal error (please report); 130/143 interrupted (SIGINT/SIGTERM).")
+# markup off: user text (module names like "[/]", summaries) is printed as it is, never parsed as markup
+out = Console(file=_Stdout(), highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 STATE = {"debug": False}
 
 
@@ -37,36 +121,92 @@ class Severity(str, Enum):
     error = "error"
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A problem with what the user asked for: reported as one line, exit 2."""
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
+class UserCodeError(Exception):
+    """The user's own code (their file, factory or model) raised or exited: one line, exit 3."""
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)  # e.g. "deepdiag[dask]" stays
+    err.print(Text.assemble(("error:", "bold red"), " ", message))
     return typer.Exit(code)
 
 
+def _debug() -> bool:
+    return STATE["debug"] or os.environ.get("DEEPDIAG_DEBUG", "") not in ("", "0")
+
+
+def _os_message(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot use{where}: {e.strerror or e}"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"warning: {message}")
+
+
 def guarded(fn):
-    """Run a command body; turn library errors into one line and exit 2 (traceback with --debug)."""
+    """Run a command body; map each failure to one line and its exit code (traceback with --debug)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # e.g. a damaged result file set aside: one line on stderr
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             err.print("interrupted")
-            raise typer.Exit(130) from None
-        except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
-            if STATE["debug"]:
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
+        except UserCodeError as e:
+            if _debug():
+                raise
+            raise fail(str(e), EXIT_USER_CODE) from None
+        except (UsageError, ValueError, TypeError, ImportError) as e:
+            if _debug():
                 raise
             raise fail(str(e)) from None
-        except Exception as e:  # a failure inside deepdiag or the user's code
-            if STATE["debug"]:
+        except OSError as e:
+            if _debug():
                 raise
-            raise fail(f"{type(e).__name__}: {e} (run with --debug for the traceback)") from None
+            raise fail(_os_message(e)) from None
+        except Exception as e:  # a failure inside deepdiag itself
+            if _debug():
+                raise
+            raise fail(f"internal error: {type(e).__name__}: {e}; please report it to the deepdiag "
+                       "maintainers with the traceback that --debug shows", EXIT_INTERNAL) from None
     return wrapper
+
+
+@contextlib.contextmanager
+def user_code(what: str, files: tuple = ()):
+    """Run the user's code: what it raises (or a ``sys.exit``) becomes a UserCodeError naming `what`.
+    With `files`, only failures raised from a frame in one of those files are theirs (e.g. their model's
+    forward inside ``dd.checkup``); the rest pass through to be judged as usage or internal errors."""
+    try:
+        yield
+    except (KeyboardInterrupt, typer.Exit, UsageError):
+        raise
+    except SystemExit as e:
+        raise UserCodeError(f"{what} called sys.exit({e.code!r}); nothing was checked") from None
+    except BaseException as e:
+        if files and not _raised_in(e, files):
+            raise
+        raise UserCodeError(f"{what} raised {type(e).__name__}: {e}") from e
+
+
+def _raised_in(e: BaseException, files: tuple) -> bool:
+    """Whether a frame of `e`'s traceback lies in one of `files`."""
+    wanted = {os.path.realpath(f) for f in files}
+    tb = e.__traceback__
+    while tb is not None:
+        if os.path.realpath(tb.tb_frame.f_code.co_filename) in wanted:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 @app.callback()
@@ -129,11 +269,15 @@ def parse_value(key: str, raw: str, default):
     for kind in (int, float):
         if isinstance(default, kind) or default is None:
             try:
-                return kind(raw)
+                value = kind(raw)
             except ValueError:
                 if default is not None:
                     raise UsageError(f"--set {key}={raw!r}: expected {kind.__name__} "
                                      f"(default {default!r})") from None
+                continue
+            if kind is float and not math.isfinite(value):  # no knob means anything at inf or nan
+                raise UsageError(f"--set {key}={raw!r}: expected a finite number (default {default!r})")
+            return value
     if default is None and raw.lower() in ("none", "null"):
         return None
     return raw
@@ -153,10 +297,11 @@ def _select(studies: list[str]) -> list[str]:
 
 def _cached(folder: Path, quick: bool, seeds, knob_values: dict):
     """The saved result.json of an identical earlier run (same mode, seeds and knobs), if any."""
-    path = folder / "result.json"
-    if not path.exists():
+    from .results import read_result
+
+    saved = read_result(folder / "result.json")  # a damaged one is set aside (named in a warning): rerun
+    if saved is None:
         return None
-    saved = json.loads(path.read_text())
     same = saved.get("quick") == quick and (seeds is None or len(saved.get("seeds", [])) == seeds)
     same = same and all(saved.get("config", {}).get(k) == (list(v) if isinstance(v, tuple) else v)
                         for k, v in knob_values.items())
@@ -221,22 +366,64 @@ def run(
     knob_values = parse_sets(sets or [], names)
     runs = {"engine": engine, "engine_options": engine_options(engine, address, workers), "resume": not fresh}
     _check_device(device)
+    _check_out(out_dir)
+    _check_store(out_dir, fresh)
     _threads()
     rows = []
     try:
         for name in names:
             rows.append(_run_one(name, quick, out_dir, seeds, knob_values[name], fresh, run_study, runs))
-    except KeyboardInterrupt:
+        write_tables(out_dir)
+        report = build_report(out_dir)
+    except KeyboardInterrupt as e:
         err.print(f"interrupted: {len(rows)} finished studies are saved in {out_dir}, and every finished "
                   f"training run in {out_dir / 'runs.sqlite'}; run the same command again to resume")
-        raise typer.Exit(130) from None
-    write_tables(out_dir)
-    report = build_report(out_dir)
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
+    except OSError as e:  # e.g. the disk filled up while writing results
+        raise UsageError(f"--out {out_dir}: cannot write {e.filename or 'the results'}: "
+                         f"{e.strerror or e}") from None
     if as_json:
         out.print_json(json.dumps({"studies": rows, "report": str(report)}))
     else:
         _print_verdicts(rows, report)
-    raise typer.Exit(0 if all(r["verdict"] == "reproduced" for r in rows) else 1)
+    raise typer.Exit(EXIT_OK if all(r["verdict"] == "reproduced" for r in rows) else EXIT_FINDING)
+
+
+def _check_out(out_dir: Path) -> None:
+    """--out must be a directory deepdiag can create and write in: one line naming it otherwise."""
+    import tempfile
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: exists and is not a directory; give a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out_dir}: cannot write there ({e.strerror or e}); give a writable "
+                         "directory") from None
+
+
+def _check_store(out_dir: Path, fresh: bool) -> None:
+    """The run store DIR/runs.sqlite must open; a damaged one stops the command (naming it) unless
+    --fresh, which sets it aside (renamed ``runs.sqlite.corrupt-<time>``) and starts a new one."""
+    from .atomic import set_aside
+    from .store import FILENAME, Store, StoreError
+
+    path = out_dir / FILENAME
+    if not path.exists():
+        return
+    try:
+        Store(path).close()
+    except StoreError as e:
+        if not fresh or "damaged" not in str(e):
+            raise
+        moved = set_aside(path)
+        for extra in ("-wal", "-shm"):  # the journal of the damaged file belongs with it
+            side = path.with_name(path.name + extra)
+            if side.exists():
+                os.replace(side, moved.with_name(moved.name + extra))
+        err.print(f"warning: run store {path} was damaged; set aside as {moved.name}, starting a new one")
 
 
 def _run_one(name, quick, out_dir, seeds, values, fresh, run_study, runs: dict) -> dict:
@@ -260,7 +447,7 @@ def _print_verdicts(rows: list[dict], report: Path) -> None:
     colour = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
     table = Table("study", "verdict", "checks", "wall time")
     for r in rows:
-        table.add_row(r["study"], f"[{colour[r['verdict']]}]{r['verdict']}[/]", f"{r['passed']}/{r['total']}",
+        table.add_row(r["study"], Text(r["verdict"], style=colour[r["verdict"]]), f"{r['passed']}/{r['total']}",
                       f"{r['wall_time']:.1f} s")
     out.print(table)
     out.print(f"report: {report}")
@@ -297,7 +484,8 @@ def load_factory(target: str):
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent.resolve()))
     try:
-        spec.loader.exec_module(module)
+        with user_code(f"importing {file}"):
+            spec.loader.exec_module(module)
     finally:
         sys.path.pop(0)
     factory = getattr(module, name, None)
@@ -337,7 +525,9 @@ def check(
     import deepdiag as dd
 
     _threads()
-    built = load_factory(target)()
+    factory = load_factory(target)
+    with user_code(f"the factory {target}"):
+        built = factory()
     parts = built if isinstance(built, tuple) else (built,)
     model = parts[0]
     if not isinstance(model, nn.Module):
@@ -345,7 +535,9 @@ def check(
     inputs = parts[1] if len(parts) > 1 else _inputs_for(model, input_shape)
     targets = parts[2] if len(parts) > 2 else None
     loss_fn = parts[3] if len(parts) > 3 else None
-    result = dd.checkup(model, torch.as_tensor(inputs), targets=targets, loss_fn=loss_fn)
+    user_file = target.rpartition(":")[0]
+    with user_code(f"your model or loss from {user_file}", files=(user_file,)):
+        result = dd.checkup(model, torch.as_tensor(inputs), targets=targets, loss_fn=loss_fn)
     findings = result.findings
     if as_json:
         out.print_json(json.dumps({"findings": [f.to_dict() for f in findings],
@@ -354,7 +546,7 @@ def check(
         _print_findings(findings, result.layers)
     rank = {"info": 0, "warning": 1, "error": 2}
     worst = max((rank[f.severity] for f in findings), default=-1)
-    raise typer.Exit(1 if worst >= rank[fail_on.value] else 0)
+    raise typer.Exit(EXIT_FINDING if worst >= rank[fail_on.value] else EXIT_OK)
 
 
 def _print_findings(findings, layers) -> None:

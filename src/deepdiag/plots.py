@@ -11,7 +11,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from . import figspec
+from . import atomic, figspec
 
 
 def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
@@ -51,6 +51,7 @@ def save(fig, folder: Path, name: str) -> Path:
     report draws interactively, see ``deepdiag.figspec``); return the PNG's path."""
     path = Path(folder) / f"{name}.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    path.with_suffix(".json").write_text(json.dumps(figspec.extract(fig)))
+    with atomic.temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    atomic.write_text(path.with_suffix(".json"), json.dumps(figspec.extract(fig)))
     return path

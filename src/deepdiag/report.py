@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import figspec
+from . import atomic, figspec
 from .results import load_results
 
 TEMPLATE = "report.html.j2"
@@ -89,5 +89,5 @@ def build_report(directory: str | Path, title: str = "deepdiag report") -> Path:
     html = loader.get_template(TEMPLATE).render(title=title, sections=sections, environment=env,
                                                 plotlyjs=plotly_js())
     path = directory / "report.html"
-    path.write_text(html, encoding="utf-8")
+    atomic.write_text(path, html)
     return path

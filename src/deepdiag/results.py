@@ -9,13 +9,51 @@ Parquet files when pyarrow is installed).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from . import atomic
 from .store import FILENAME, load_runs
 from .study import ORDER
+
+RESULT_KEYS = ("name", "claim", "verdict", "checks", "seeds", "quick", "wall_time")
+
+
+class DamagedFileWarning(UserWarning):
+    """A result file that could not be read was set aside (renamed ``*.corrupt-<time>``) and skipped."""
+
+
+def set_aside_damaged(path: Path, problem: str) -> None:
+    """Warn, naming `path` and what is wrong with it, and rename it out of the way (``atomic.set_aside``)
+    so that the rest of the directory stays readable and the next ``deepdiag run`` rebuilds it."""
+    try:
+        moved = atomic.set_aside(path)
+        where = f"set aside as {moved.name}"
+    except OSError as e:  # a read-only directory: leave it, but still skip it
+        where = f"could not be set aside ({e.strerror})"
+    warnings.warn(f"damaged result file {str(path)!r} ({problem}): {where}; the next deepdiag run "
+                  "rebuilds it", DamagedFileWarning, stacklevel=3)
+
+
+def read_result(path: str | Path) -> dict | None:
+    """A study's saved ``result.json`` as a dict; None when it is missing, or damaged (truncated, not
+    JSON, not a result), in which case it is set aside with a warning that names it."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        set_aside_damaged(path, f"not valid JSON: {e}")
+        return None
+    missing = [k for k in RESULT_KEYS if k not in saved] if isinstance(saved, dict) else list(RESULT_KEYS)
+    if missing:
+        set_aside_damaged(path, f"not a study result: no {', '.join(missing)}")
+        return None
+    return saved
 
 
 @dataclass
@@ -63,7 +101,9 @@ def load_results(directory: str | Path) -> Results:
     sweeps = load_runs(directory) if has_store else pd.DataFrame()
     studies, checks, data, raw = [], [], {}, {}
     for folder in folders:
-        result = json.loads((folder / "result.json").read_text())
+        result = read_result(folder / "result.json")
+        if result is None:
+            continue
         name = result["name"]
         raw[name] = result
         passed = sum(c["passed"] is True for c in result["checks"])
@@ -72,9 +112,20 @@ def load_results(directory: str | Path) -> Results:
                         "quick": result["quick"], "seeds": len(result["seeds"]), "claim": result["claim"]})
         checks += [{"study": name, **c} for c in result["checks"]]
         csv = folder / "data.csv"
-        data[name] = pd.read_csv(csv) if csv.exists() and csv.stat().st_size > 1 else pd.DataFrame()
+        data[name] = _read_data(csv)
     return Results(directory, pd.DataFrame(studies, columns=STUDY_COLUMNS),
                    pd.DataFrame(checks) if checks else pd.DataFrame(columns=["study"]), data, raw, sweeps)
+
+
+def _read_data(csv: Path) -> pd.DataFrame:
+    """A study's data.csv; empty when absent, and set aside (empty) when it cannot be parsed."""
+    if not csv.exists() or csv.stat().st_size <= 1:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(csv)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        set_aside_damaged(csv, str(e).strip().splitlines()[0])
+        return pd.DataFrame()
 
 
 def write_tables(directory: str | Path) -> list[Path]:
@@ -83,13 +134,15 @@ def write_tables(directory: str | Path) -> list[Path]:
     paths = []
     for name, frame in (("studies", res.studies), ("checks", res.checks)):
         path = Path(directory) / f"{name}.csv"
-        frame.to_csv(path, index=False)
+        with atomic.temporary_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
         paths.append(path)
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             continue
         table = frame.astype({c: str for c in ("measured", "expected") if c in frame})
-        table.to_parquet(path.with_suffix(".parquet"), index=False)
+        with atomic.temporary_path(path.with_suffix(".parquet")) as tmp:
+            table.to_parquet(tmp, index=False)
         paths.append(path.with_suffix(".parquet"))
     return paths

@@ -124,6 +124,9 @@ class RunConfig:
         for name in ("dropout", "lr", "momentum", "l2", "weight_decay", "val_fraction", "test_fraction",
                      "label_noise"):  # 1 and 1.0 hash alike
             set_(name, float(getattr(self, name)))
+        for name in ("n_train", "data_seed", "width", "depth", "batch_size", "epochs", "patience", "seed"):
+            if getattr(self, name) is not None:  # numpy integers are accepted; the hash needs Python ints
+                set_(name, int(getattr(self, name)))
 
     def _check_data(self, set_) -> None:
         """The data options, checked by the data module's own rules (errors name the option)."""

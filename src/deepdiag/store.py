@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS runs (
 )"""
 
 
+class StoreError(ValueError):
+    """A store file that cannot be used (not a SQLite database, damaged, or not writable); the message
+    names the file. ``deepdiag run --fresh`` sets a damaged one aside and starts a new one."""
+
+
 class Store:
     """A SQLite results store. ``Store(path)`` opens or creates the file; ``Store(None)`` is in memory."""
 
@@ -55,13 +60,17 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.where = ":memory:" if self.path is None else str(self.path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per run
-        self._db = sqlite3.connect(self.where, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        if self.path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.where, timeout=timeout, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(SCHEMA)
+            self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        except sqlite3.Error as e:
+            raise store_error(self.where, e) from None
 
     def put(self, result: RunResult) -> None:
         """Commit one finished run (its own transaction)."""
@@ -127,6 +136,16 @@ class Store:
         return False
 
 
+def store_error(where: str, e: sqlite3.Error) -> StoreError:
+    """One line naming the store file and what is wrong with it (and what to do)."""
+    text = str(e)
+    if "readonly" in text or "unable to open" in text:
+        return StoreError(f"run store {where!r} cannot be opened for writing ({text}); check the "
+                          "permissions of the file and its directory (SQLite writes a -wal file beside it)")
+    return StoreError(f"run store {where!r} is damaged ({text}); set it aside (deepdiag run --fresh "
+                      "renames it *.corrupt-<time> and starts a new one)")
+
+
 def open_store(store) -> Store:
     """A Store from None (in memory), a Store, a ``.sqlite``/``.db`` file or a results directory."""
     if store is None or isinstance(store, Store):
@@ -144,4 +163,7 @@ def load_runs(directory: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ValueError(f"no run store at {str(path)!r}; write one with dd.sweep(..., store={str(directory)!r})")
     with Store(path) as s:
-        return s.table()
+        try:
+            return s.table()
+        except sqlite3.DatabaseError as e:  # damage found only when its pages are read
+            raise store_error(str(path), e) from None

@@ -38,6 +38,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from . import atomic
 from ._validate import check_choice, check_number
 from ._version import __version__
 from .engines import ENGINES, check_engine
@@ -151,8 +152,9 @@ class StudyResult:
         """Write ``out/<name>/result.json``, ``data.csv`` and the figures; return the folder."""
         folder = Path(out) / self.name
         folder.mkdir(parents=True, exist_ok=True)
-        self.data.to_csv(folder / "data.csv", index=False)
-        (folder / "result.json").write_text(json.dumps(self.to_dict(with_data=False), indent=2))
+        with atomic.temporary_path(folder / "data.csv") as tmp:
+            self.data.to_csv(tmp, index=False)
+        atomic.write_text(folder / "result.json", json.dumps(self.to_dict(with_data=False), indent=2))
         return folder
 
     def __str__(self) -> str:

@@ -21,12 +21,13 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
 
-from ._validate import check_choice, check_number
+from ._validate import check_bool, check_choice, check_keys, check_number
 from .jsonsafe import json_safe
 from .regularization import l2_penalty, weight_parameters
 
@@ -51,17 +52,30 @@ class TrainConfig:
     eval_train: bool = True
 
     def __post_init__(self):
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_number("lr", self.lr, low=0.0, low_inclusive=False)
-        check_number("momentum", self.momentum, low=0.0, high=1.0, high_inclusive=False)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise in place)
+        set_("optimizer", check_choice("optimizer", self.optimizer, OPTIMIZERS))
+        set_("lr", float(check_number("lr", self.lr, low=0.0, low_inclusive=False)))
+        set_("momentum", float(check_number("momentum", self.momentum, low=0.0, high=1.0, high_inclusive=False)))
         if self.batch_size is not None:
-            check_number("batch_size", self.batch_size, low=1, integer=True)
-        check_number("epochs", self.epochs, low=1, integer=True)
-        check_number("l2", self.l2, low=0.0)
-        check_number("weight_decay", self.weight_decay, low=0.0)
+            set_("batch_size", check_number("batch_size", self.batch_size, low=1, integer=True))
+        set_("epochs", check_number("epochs", self.epochs, low=1, integer=True))
+        set_("l2", float(check_number("l2", self.l2, low=0.0)))
+        set_("weight_decay", float(check_number("weight_decay", self.weight_decay, low=0.0)))
         if self.patience is not None:
-            check_number("patience", self.patience, low=1, integer=True)
-        check_number("seed", self.seed, low=0, integer=True)
+            set_("patience", check_number("patience", self.patience, low=1, integer=True))
+        set_("restore_best", check_bool("restore_best", self.restore_best))
+        set_("seed", check_number("seed", self.seed, low=0, integer=True))
+        set_("eval_train", check_bool("eval_train", self.eval_train))
+
+    @classmethod
+    def coerce(cls, config) -> TrainConfig:
+        """`config` as a TrainConfig: None gives the defaults, a mapping its keys (unknown keys named)."""
+        if config is None or isinstance(config, cls):
+            return cls() if config is None else config
+        if isinstance(config, Mapping):
+            return cls(**check_keys("config", config, [f.name for f in fields(cls)]))
+        raise TypeError(f"config={config!r} must be a dd.TrainConfig, a dict of its fields or None, "
+                        f"not {type(config).__name__}")
 
 
 @dataclass
@@ -213,22 +227,85 @@ def fit(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if config is None:
-        config = TrainConfig(**overrides)
-    elif overrides:
-        config = replace(config, **overrides)
+    config = TrainConfig.coerce(config)
+    if overrides:
+        config = replace(config, **check_keys("fit's keyword arguments", overrides,
+                                              [f.name for f in fields(TrainConfig)]))
     device, dtype = _model_device_dtype(model)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no trainable parameter (every requires_grad is False): fit would "
+                         "change nothing; unfreeze some with p.requires_grad_(True)")
+    _check_data(data)
     x, y, x_val, y_val = _prepare(data, device, dtype)
     task = getattr(data, "task", "classification" if not y.is_floating_point() else "regression")
     classify = task == "classification"
+    out_features = _output_width(model, x)
+    if classify and loss_fn is None:  # a loss of the user's own may take other targets (soft labels)
+        _check_classes(y, "data.y_train", out_features)
+        if y_val is not None:
+            _check_classes(y_val, "data.y_val", out_features)
     if loss_fn is None:
-        with torch.no_grad():
-            out_features = model.eval()(x[:1]).shape[1]
         loss_fn = default_loss(task, out_features)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
         return _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch)
+
+
+def _check_data(data) -> None:
+    """data has x_train and y_train (and x_val with y_val) of matching lengths: errors name the field."""
+    for name in ("x_train", "y_train"):
+        if getattr(data, name, None) is None:
+            raise TypeError(f"data={type(data).__name__} has no {name}: give a dd.data.Dataset or an object "
+                            "with x_train, y_train (and optionally x_val, y_val)")
+    for split in ("train", "val"):
+        xs, ys = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
+        if (xs is None) != (ys is None):
+            raise ValueError(f"data.x_{split} and data.y_{split} come together: one of them is None")
+        if xs is not None and len(xs) != len(ys):
+            raise ValueError(f"data.x_{split} has {len(xs)} rows but data.y_{split} has {len(ys)}: "
+                             "they must have one target per input")
+        if xs is not None and len(xs) == 0 and split == "train":
+            raise ValueError("data.x_train is empty: fit needs at least one training example")
+
+
+def _output_width(model: nn.Module, x: torch.Tensor) -> int:
+    """The model's number of outputs, from one forward pass on x[:1] in eval mode: errors name what
+    does not fit (the feature count, a tuple output)."""
+    first = next((m for m in model.modules() if next(m.parameters(recurse=False), None) is not None), None)
+    if isinstance(first, nn.Linear) and x.dim() == 2 and x.shape[1] != first.in_features:
+        raise ValueError(f"data.x_train has {x.shape[1]} features per row but the model's first layer "
+                         f"expects in_features={first.in_features}")
+    was_training = model.training
+    with torch.no_grad():
+        try:
+            out = model.eval()(x[:1])
+        except RuntimeError as e:
+            raise ValueError(f"the model cannot take data.x_train of shape {tuple(x.shape)}: {e}") from None
+        finally:
+            model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model returned a {type(out).__name__}, not a tensor: fit needs model(x) to "
+                        "be a (batch, outputs) tensor; wrap it to return the logits")
+    if out.dim() != 2:
+        raise ValueError(f"the model's output has shape {tuple(out.shape)}; fit needs (batch, outputs)")
+    return out.shape[1]
+
+
+def _check_classes(y: torch.Tensor, name: str, out_features: int) -> None:
+    """Class targets for the default loss are integer ids in [0, out_features) (0/1 for one output)."""
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"{name} holds {y.dtype} values, but classification needs integer class ids "
+                         "(e.g. y.long()); for real-valued targets use a regression data set "
+                         "(task='regression')")
+    if len(y) == 0:
+        return
+    classes = max(out_features, 2)  # one output unit: binary ids 0 and 1
+    low, high = int(y.min()), int(y.max())  # host sync: once, before training
+    if low < 0 or high >= classes:
+        raise ValueError(f"{name} holds class ids from {low} to {high}, but the model has "
+                         f"{out_features} output(s): ids must lie in [0, {classes - 1}]; "
+                         "give the model one output per class")
 
 
 def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch) -> History:
@@ -244,6 +321,9 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
         for i in range(0, n, batch):
             idx = order[i:i + batch]
             loss = loss_fn(model(x[idx]), y[idx])
+            if hist.steps == 0 and not losses and (not isinstance(loss, torch.Tensor) or loss.dim() != 0):
+                raise ValueError(f"loss_fn returned {_shape_of(loss)}, not a scalar tensor: use a loss that "
+                                 "averages over the batch (reduction='mean')")
             objective = loss + l2_penalty(model, config.l2, n) if config.l2 > 0 else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -268,6 +348,10 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
         model.load_state_dict(best_state)
     hist.wall_time = time.perf_counter() - start
     return hist
+
+
+def _shape_of(value) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _record(hist, model, epoch, epoch_losses, x, y, x_val, y_val, loss_fn, classify, config):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import torch
@@ -22,9 +23,38 @@ from .base import Engine
 from .local import train_batch
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it shuts us down)
+    _die_with_parent(driver)
     torch.set_num_threads(threads)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the driver (pid `parent`, passed in: the worker may start after it died)
+    dies, even by SIGKILL (no cleanup of its own runs then): Linux's PR_SET_PDEATHSIG, and everywhere a
+    daemon thread that exits once the parent pid changes (checked every 0.5 s; a worker reparented to
+    init or a subreaper has a new parent)."""
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="deepdiag-parent-watch", daemon=True).start()
 
 
 def default_workers() -> int:
@@ -64,7 +94,7 @@ class ProcessEngine(Engine):
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads,))
+                                             initializer=_init_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
     def submit(self, batch: list[RunConfig]) -> Future:
@@ -75,11 +105,16 @@ class ProcessEngine(Engine):
     def shutdown(self, cancel: bool = False) -> None:
         if self._pool is None:
             return
-        if cancel:  # Ctrl-C: drop queued batches and stop the workers now (their runs are in flight)
-            procs = list(getattr(self._pool, "_processes", {}).values())
+        if cancel:  # Ctrl-C, SIGTERM: drop queued batches and stop the workers now (their runs are in flight)
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
             for proc in procs:
                 proc.terminate()
+            for proc in procs:  # reap them: no worker outlives the driver
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=5)
         else:
             self._pool.shutdown(wait=True)
         self._pool = None

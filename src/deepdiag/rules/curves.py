@@ -244,7 +244,7 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     bs_txt = f", batch size {batch_size}" if batch_size is not None else ""
     return [Finding("oscillating_loss", "warning",
                     f"The training loss swings by {swing:.0%} of its starting value "
-                    + (f"around a trend that no longer falls" if drift >= OSC_SETTLED else
+                    + ("around a trend that no longer falls" if drift >= OSC_SETTLED else
                        f"and the epoch loss reverses {epoch_pairs}× by ≥ {OSC_EPOCH_GAP:.0%}")
                     + f"{lr_txt}{bs_txt}: the steps overshoot instead of settling.", ev,
                     sentence(how) + "; or add a learning-rate schedule that decays it.", [], step, fix=fix)]

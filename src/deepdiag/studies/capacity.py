@@ -83,11 +83,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import plots
 from .._validate import check_choice, check_number
-from ..data import load
 from ..models import ACTIVATIONS
 from ..monitor import Monitor
 from ..runs import RunConfig, dataset_of

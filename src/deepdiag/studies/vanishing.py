@@ -215,7 +215,7 @@ def measure(config: Config, seeds: list[int]) -> Measurement:
         mean, var = meanfield.gaussian_chain_log_rate(a, n)
         se = math.sqrt(var / (depth * k))
         checks.append(check_close(
-            f"random W rate a={a:g}", f"Gaussian W with std a/√n: successive layer norms shrink/grow by ≈ a",
+            f"random W rate a={a:g}", "Gaussian W with std a/√n: successive layer norms shrink/grow by ≈ a",
             rate, math.exp(mean), rtol=4 * se,
             detail=f"geometric-mean ratio over {depth} layers, {k} chains ({len(seeds)} seed(s)), n={n}; "
             f"theory a·e^(½(ψ(n/2)−ln(n/2))) = {math.exp(mean):.5f} (a itself: {a:g}); "
