@@ -456,10 +456,11 @@ def _print_verdicts(rows: list[dict], report: Path) -> None:
 @app.command()
 @guarded
 def report(
-    directory: Annotated[Path, typer.Argument(help="a results directory written by deepdiag run")],
+    directory: Annotated[Path, typer.Argument(help="a results directory written by deepdiag run, or a run "
+                                              "saved by Monitor.save (its run.json)")],
     open_browser: Annotated[bool, typer.Option("--open", help="open the report in a browser")] = False,
 ) -> None:
-    """(Re)build DIR/report.html from the results in DIR alone."""
+    """(Re)build DIR/report.html from what DIR alone holds: study results, or a saved run."""
     from .report import build_report
 
     path = build_report(directory)
