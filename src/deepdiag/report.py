@@ -14,6 +14,7 @@ import base64
 import gzip
 import json
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from . import atomic, figspec
@@ -52,6 +53,21 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _engines_used(results) -> str:
+    """Where the studies' training runs trained, over all studies: "local 40, vectorized 24; 0 reused"."""
+    trained, reused, recorded = Counter(), 0, False
+    for r in results:
+        used = r.get("engines")
+        if used:  # results written before engines were recorded have none
+            recorded = True
+            trained.update(used["trained"])
+            reused += used["reused"]
+    if not recorded:
+        return "not recorded"
+    runs = ", ".join(f"{e} {n}" for e, n in trained.most_common()) or "no run trained"
+    return f"{runs}; {reused} reused"
+
+
 def build_report(directory: str | Path, title: str = "deepdiag report") -> Path:
     """(Re)build ``directory/report.html`` from the results in `directory` (study results, or a run saved
     by ``Monitor.save``: its ``run.json``); return its path."""
@@ -69,8 +85,10 @@ def build_report(directory: str | Path, title: str = "deepdiag report") -> Path:
                    for p in result.get("figures", [])]
         sections.append({**result, "figures": figures, "csv_gzip": _csv_gzip(folder),
                          "passed": sum(c["passed"] is True for c in result["checks"])})
-    env = next(iter(res.raw.values())).get("environment", {})
-    env = {**env, "git commit": _git_commit(), "total wall time (s)": round(float(res.studies["wall_time"].sum()), 1)}
+    env = dict(next(iter(res.raw.values())).get("environment", {}))
+    env = {**{("engine asked" if k == "engine" else k): v for k, v in env.items()},
+           "engines used": _engines_used(res.raw.values()), "git commit": _git_commit(),
+           "total wall time (s)": round(float(res.studies["wall_time"].sum()), 1)}
     html = render_page(TEMPLATE, title=title, sections=sections, environment=env)
     path = directory / "report.html"
     atomic.write_text(path, html)
