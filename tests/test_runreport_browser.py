@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from deepdiag.runreport import load_run
-from test_report_browser import browser  # noqa: F401  (the fixture: Debian's chromium through playwright)
+from test_report_browser import browser, open_page  # noqa: F401  (browser: the fixture, Debian's chromium)
 from test_runreport import KILL_AT, dying_run
 
 
@@ -13,13 +13,7 @@ def run_page(browser, tmp_path_factory):  # noqa: F811
     mon, model = dying_run()
     folder = mon.save(tmp_path_factory.mktemp("run"))
     path = mon.report(folder / "run.html")
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.errors, page.requests = [], []
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("request", lambda r: page.requests.append(r.url))
-    page.goto(path.resolve().as_uri(), wait_until="load")
-    page.wait_for_timeout(500)
+    page = open_page(browser, path)
     yield page, load_run(folder), model
     page.close()
 
