@@ -20,7 +20,7 @@ PACKAGE = "deepdiag"
 LAYERS = [
     ("measure", ("measure", "tensorboard")),
     ("rules", ("rules",)),
-    ("ways in", ("checkup", "monitor")),
+    ("ways in", ("checkup", "monitor", "runreport")),  # runreport: a Monitor's run saved and drawn
     ("repair", ("repair",)),
     ("runs", ("runs", "probes")),  # the run nouns, and the measurements taken on a trained run
     ("engines", ("engines",)),

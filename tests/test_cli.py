@@ -63,7 +63,9 @@ def test_run_writes_results_report_and_json(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["studies"] == [{"study": "clitoy", "verdict": "reproduced", "passed": 1, "total": 1,
-                                   "wall_time": summary["studies"][0]["wall_time"]}]
+                                   "wall_time": summary["studies"][0]["wall_time"], "kept": False,
+                                   "engines": {"engine": "local", "runs": 0, "trained": {}, "reused": 0,
+                                               "fallbacks": {}}}]
     saved = json.loads((tmp_path / "clitoy" / "result.json").read_text())
     assert saved["config"]["width"] == 3 and saved["config"]["dims"] == [4, 5] and saved["seeds"] == [0, 1]
     assert (tmp_path / "report.html").exists() and (tmp_path / "studies.csv").exists()

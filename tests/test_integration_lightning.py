@@ -1,6 +1,5 @@
 """The Lightning callback with the real library on CPU: a healthy fit stays silent, a layer left out of the
 optimizer is found, logged when first seen and saved; step losses respect gradient accumulation."""
-import json
 import logging
 
 import pytest
@@ -15,6 +14,7 @@ import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 
 from deepdiag.integrations.lightning import DeepdiagCallback  # noqa: E402
+from deepdiag.runreport import load_run  # noqa: E402
 
 
 class RecordingLogger(Logger):
@@ -102,8 +102,8 @@ def test_healthy_fit_is_silent_and_records_epochs(loaders, tmp_path):
     assert epochs.train_loss.iloc[-1] == pytest.approx(sum(trainer.lightning_module.batch_losses[-17:]) / 17)
     saved = tmp_path / "deepdiag"  # no save_dir: default_root_dir (the logger has no directory)
     assert saved.is_dir() and cb.saved and all(str(p).startswith(str(saved)) for p in cb.saved)
-    if not hasattr(mon, "save"):
-        assert json.loads((saved / "findings.json").read_text()) == [f.to_dict() for f in cb.findings]
+    assert cb.saved == [saved, saved / "report.html"] and (saved / "report.html").stat().st_size > 0
+    assert load_run(saved).findings == cb.findings
 
 
 def test_layer_left_out_of_optimizer_is_found_logged_and_saved(loaders, tmp_path, caplog):
@@ -121,9 +121,9 @@ def test_layer_left_out_of_optimizer_is_found_logged_and_saved(loaders, tmp_path
     counts = [(step, m) for step, m in logger.metrics if "deepdiag/findings_warning" in m]
     assert counts and counts[0][1]["deepdiag/findings_warning"] >= 1 and counts[0][0] < trainer.global_step
     assert (tmp_path / "dd").is_dir() and cb.saved
-    if not hasattr(cb.monitor, "save"):
-        saved = json.loads((tmp_path / "dd" / "findings.json").read_text())
-        assert any(f["code"] == "stalled_updates" and f["layers"] == [first] for f in saved)
+    saved = load_run(tmp_path / "dd")
+    assert any(f.code == "stalled_updates" and f.layers == [first] for f in saved.findings)
+    assert (tmp_path / "dd" / "report.html").exists()
 
 
 def test_gradient_accumulation_steps_once_per_optimizer_step(loaders, tmp_path):

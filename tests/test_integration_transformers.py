@@ -1,7 +1,6 @@
 """The transformers callback with the real Trainer on CPU: a tiny BERT built from a config (no download)
 learns a token rule silently; a learning rate too small to move the weights is found, logged and saved;
 the step loss the Monitor gets is the loss the Trainer logs, with and without gradient accumulation."""
-import json
 import logging
 
 import pytest
@@ -14,6 +13,7 @@ require_integration("transformers", "accelerate")
 import transformers  # noqa: E402
 
 from deepdiag.integrations.transformers import DeepdiagCallback  # noqa: E402
+from deepdiag.runreport import load_run  # noqa: E402
 
 SEQ, VOCAB = 12, 100
 
@@ -121,9 +121,9 @@ def test_learning_rate_too_small_is_found_logged_and_saved(tmp_path, caplog):
     counts = [h for h in trainer.state.log_history if "deepdiag/findings_warning" in h]
     assert counts and counts[0]["deepdiag/findings_warning"] >= 1 and counts[0]["step"] < trainer.state.global_step
     assert cb.saved and (tmp_path / "dd").is_dir()
-    if not hasattr(cb.monitor, "save"):
-        saved = json.loads((tmp_path / "dd" / "findings.json").read_text())
-        assert any(f["code"] == "stalled_updates" and f["severity"] == "warning" for f in saved)
+    saved = load_run(tmp_path / "dd")
+    assert any(f.code == "stalled_updates" and f.severity == "warning" for f in saved.findings)
+    assert (tmp_path / "dd" / "report.html").exists()
 
 
 @pytest.mark.parametrize("model", [FirstTokenMLP, tiny_bert], ids=["mean_per_batch", "num_items_in_batch"])

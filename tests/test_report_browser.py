@@ -47,16 +47,22 @@ def report(quick_results):
     return build_report(quick_results)
 
 
-@pytest.fixture(scope="module")
-def page(browser, report):
-    """The report, loaded once; console errors and every request URL are kept on the page object."""
+def open_page(browser, path: Path):
+    """`path` loaded in a new page; console errors and every request URL are kept on the page object."""
     page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page.errors, page.requests = [], []
     page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.on("request", lambda r: page.requests.append(r.url))
-    page.goto(report.resolve().as_uri(), wait_until="load")
+    page.goto(path.resolve().as_uri(), wait_until="load")
     page.wait_for_timeout(500)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, report):
+    """The report, loaded once."""
+    page = open_page(browser, report)
     yield page
     page.close()
 

@@ -434,32 +434,39 @@ def _run_one(name, quick, out_dir, seeds, values, fresh, run_study, runs: dict) 
         err.print(f"{name}: kept earlier result ({cached['verdict']}); --fresh reruns it")
         result = cached
     else:
-        err.print(f"running {name} ({'quick' if quick else 'full'}, engine {runs['engine']})…")
+        err.print(f"running {name} ({'quick' if quick else 'full'}, --engine {runs['engine']})…")
         result = run_study(name, quick=quick, out=out_dir, seeds=seeds, progress=True, **runs,
                            **values).to_dict(with_data=False)
         err.print(f"{name}: {result['verdict']} in {result['wall_time']:.1f} s")
     passed = sum(c["passed"] is True for c in result["checks"])
     return {"study": name, "verdict": result["verdict"], "passed": passed, "total": len(result["checks"]),
-            "wall_time": round(result["wall_time"], 2)}
+            "wall_time": round(result["wall_time"], 2), "engines": result.get("engines") or {},
+            "kept": cached is not None}
 
 
 def _print_verdicts(rows: list[dict], report: Path) -> None:
+    from .sweep import engine_line
+
     colour = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
     table = Table("study", "verdict", "checks", "wall time")
     for r in rows:
         table.add_row(r["study"], Text(r["verdict"], style=colour[r["verdict"]]), f"{r['passed']}/{r['total']}",
                       f"{r['wall_time']:.1f} s")
     out.print(table)
+    for r in rows:  # where the runs actually trained: a run the engine could not take names its reason
+        kept = " (kept earlier result)" if r["kept"] else ""
+        out.print(f"{r['study']}: {engine_line(r['engines']) if r['engines'] else 'engines not recorded'}{kept}")
     out.print(f"report: {report}")
 
 
 @app.command()
 @guarded
 def report(
-    directory: Annotated[Path, typer.Argument(help="a results directory written by deepdiag run")],
+    directory: Annotated[Path, typer.Argument(help="a results directory written by deepdiag run, or a run "
+                                              "saved by Monitor.save (its run.json)")],
     open_browser: Annotated[bool, typer.Option("--open", help="open the report in a browser")] = False,
 ) -> None:
-    """(Re)build DIR/report.html from the results in DIR alone."""
+    """(Re)build DIR/report.html from what DIR alone holds: study results, or a saved run."""
     from .report import build_report
 
     path = build_report(directory)

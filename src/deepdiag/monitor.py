@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,7 @@ from .measure.records import LayerStats
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.layers import MIN_POSITIONS
 
-STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm")
+STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "unit_frac")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 
@@ -77,8 +78,12 @@ def _seen_key(f: Finding) -> tuple:
 
 @dataclass
 class MonitorHistory:
-    """``layers``: one row per kept step and layer (long format); ``steps``: the loss per kept step
-    (when ``step(loss)`` was given); ``epochs``: one row per ``epoch()`` call."""
+    """``layers``: one row per kept step and layer (long format): act_rms, in_rms (RMS of the output and
+    input), signal_norm (per-sample ‖∂L/∂output‖), grad_norm and weight_norm (‖∂L/∂W‖, ‖W‖), grad_rel and
+    update_rel (‖∂L/∂W‖/‖W‖, and ‖ΔW‖ per step/‖W‖ from the latest weight snapshot), dead_frac /
+    saturated_frac (share of the layer's ReLU units that never fired / tanh-sigmoid units saturated over
+    the last one or two unit windows); NaN where not measured. ``steps``: the loss per kept step (when
+    ``step(loss)`` was given); ``epochs``: one row per ``epoch()`` call."""
 
     layers: object
     steps: object
@@ -314,9 +319,11 @@ class Monitor:
         for site in sites:
             d = latest.get(site.index, {})
             w = wmap.get(site.index, (nan, nan, nan))
-            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2]]
+            u = self._units.units.get(site.index)  # dead / saturated share of its units (history only)
+            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2],
+                     u.bad_fraction() if u is not None else nan]
             scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
-                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0]
+                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0, 1.0]
         key = tuple(scale)
         if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
             self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.rows.device))
@@ -342,16 +349,25 @@ class Monitor:
 
         buf, losses, steps = self._host()
         recs = []
+        # units measured at a weight layer's input (functional activations) belong to the layer producing them
+        owner = {s.index: s.producer if s.kind == "weight" else s.name for s in self.rec.sites}
+        rel = lambda x, w: x / w if 0 < w < math.inf else math.nan  # noqa: E731  (x relative to ‖W‖)
         if buf is not None:
             arr = buf.double().numpy()
             for k, step in enumerate(steps):
+                units = {owner[s.index]: (s.family, arr[k, s.index, 6]) for s in self.rec.sites
+                         if not math.isnan(arr[k, s.index, 6])}
                 for site in self.rec.sites:
                     v = arr[k, site.index]
+                    fam, frac = units.get(site.name, (None, math.nan))
                     recs.append({"step": step, "layer": site.name, "kind": site.kind, "act_rms": v[0],
                                  "in_rms": v[1], "signal_norm": v[2], "grad_norm": v[3], "weight_norm": v[4],
-                                 "grad_rel": v[3] / v[4] if 0 < v[4] < math.inf else math.nan})
+                                 "grad_rel": rel(v[3], v[4]), "update_rel": rel(v[5], v[4]),
+                                 "dead_frac": frac if fam == "relu" else math.nan,
+                                 "saturated_frac": frac if fam in ("tanh", "sigmoid") else math.nan})
         layers = pd.DataFrame(recs, columns=["step", "layer", "kind", "act_rms", "in_rms", "signal_norm",
-                                             "grad_norm", "weight_norm", "grad_rel"])
+                                             "grad_norm", "weight_norm", "grad_rel", "update_rel", "dead_frac",
+                                             "saturated_frac"])
         step_df = pd.DataFrame({"step": steps, "loss": losses.double().numpy() if losses is not None else []})
         return MonitorHistory(layers, step_df, pd.DataFrame(self._epoch_rows(),
                                                             columns=["epoch", "step", "train_loss", "val_loss",
@@ -447,6 +463,27 @@ class Monitor:
         from .tensorboard import write_tensorboard
 
         return write_tensorboard(self, log_dir)
+
+    def save(self, directory) -> Path:
+        """Write the run (history, findings with the step first seen, metadata) into `directory`, read
+        back by ``deepdiag.runreport.load_run`` and ``deepdiag report DIR``; returns the directory."""
+        from .runreport import snapshot
+
+        return snapshot(self).save(directory)
+
+    def report(self, path="run.html") -> Path:
+        """Write the run as one self-contained HTML page (curves, per-layer heatmaps, findings); returns
+        its path. The same page as ``deepdiag report DIR`` draws from ``save(DIR)``."""
+        from .runreport import render, snapshot
+
+        return render(snapshot(self), path)
+
+    def new_pass(self) -> None:
+        """Say that a new training forward pass starts. Needed only when the loop never calls the monitored
+        module itself (e.g. a Lightning ``training_step`` that calls ``self.net(x)``): the monitor
+        recognises a new pass by that call, and would otherwise take each later pass for repeated calls
+        of the same layers."""
+        self.rec._reset_pass()
 
     def close(self) -> None:
         """Remove every hook (and export to ``log_dir`` if one was given); safe to call twice.

@@ -10,7 +10,7 @@ the knob values of its quick mode, and two functions:
 ``out=``, writes ``out/<study>/result.json``, ``data.csv`` and the PNG figures.
 
 Training runs go through the sweep layer. A study's ``measure`` lists its runs as ``RunConfig``s
-and calls ``train_runs(configs)``, which hands them to ``deepdiag.sweep.run_configs`` with the engine,
+and calls ``train_runs(configs)``, which hands them to ``deepdiag.sweep.train_configs`` with the engine,
 store, resume and progress settings of the ``run_study`` call in progress. With ``out=`` the store is
 ``out/runs.sqlite``: every finished run is committed there the moment it ends, so running the study
 again (or after Ctrl-C) retrains nothing that finished and gives the same numbers. Measurements
@@ -43,7 +43,7 @@ from ._validate import check_choice, check_number
 from ._version import __version__
 from .engines import ENGINES, check_engine
 from .jsonsafe import json_safe
-from .sweep import run_configs
+from .sweep import EngineUse, train_configs
 
 ORDER = ("capacity", "l2", "dropout", "vanishing", "init", "depth", "precision")
 
@@ -131,6 +131,7 @@ class StudyResult:
     figures: list[str] = field(default_factory=list)
     notes: str = ""
     environment: dict = field(default_factory=dict)
+    engines: dict = field(default_factory=dict)  # EngineUse.to_dict(): where its training runs trained
 
     @property
     def passed(self) -> int:
@@ -139,7 +140,7 @@ class StudyResult:
     def to_dict(self, with_data: bool = True) -> dict:
         """JSON-safe dict (NaN/Inf become None)."""
         out = {k: getattr(self, k) for k in ("name", "claim", "theory", "verdict", "config", "seeds", "quick",
-                                                "wall_time", "figures", "notes", "environment")}
+                                                "wall_time", "figures", "notes", "environment", "engines")}
         out["checks"] = [c.to_dict() for c in self.checks]
         if with_data:
             out["data"] = self.data.to_dict(orient="records")
@@ -277,7 +278,7 @@ def environment(engine: str = "local") -> dict:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where and how a study's runs train: what ``train_runs`` passes to ``sweep.run_configs``."""
+    """Where and how a study's runs train: what ``train_runs`` passes to ``sweep.train_configs``."""
 
     engine: str = "local"
     store: Any = None  # a results directory, .sqlite file or Store; None: in memory (per call)
@@ -285,6 +286,7 @@ class RunSettings:
     progress: bool = False
     engine_options: dict = field(default_factory=dict)
     label: str = "runs"
+    used: list = field(default_factory=list)  # an EngineUse per train_runs call, appended as they return
 
 
 # measure() called directly (tests, notebooks) trains with these defaults; run_study sets its own
@@ -298,8 +300,9 @@ def train_runs(configs) -> list:
     progress (outside one: the local engine, an in-memory store). A failed run stops the study with its
     error: a study's checks need every run."""
     s = _SETTINGS.get()
-    results = run_configs(configs, engine=s.engine, store=s.store, resume=s.resume, progress=s.progress,
-                          label=s.label, **s.engine_options)
+    results, used = train_configs(configs, engine=s.engine, store=s.store, resume=s.resume,
+                                  progress=s.progress, label=s.label, **s.engine_options)
+    s.used.append(used)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         last = (failed[0].error or "").strip().splitlines()[-1:] or ["no error text"]
@@ -365,7 +368,7 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
         name=study.name, claim=study.claim, theory=study.theory, verdict=verdict(measured.checks),
         checks=measured.checks, data=measured.data, config=json_safe(dataclasses.asdict(config)),
         seeds=seed_list, quick=quick, wall_time=time.perf_counter() - start, notes=measured.notes,
-        environment=environment(engine),
+        environment=environment(engine), engines=_engines_used(engine, settings.used),
     )
     if out is not None:
         folder = Path(out) / study.name
@@ -374,6 +377,14 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
             result.figures = [str(p) for p in study.plot(result, folder)]
         result.save(out)
     return result
+
+
+def _engines_used(engine: str, used: list) -> dict:
+    """The study's ``EngineUse`` calls merged, as a dict (``EngineUse.to_dict``)."""
+    total = EngineUse(used[0].engine if used else engine)
+    for u in used:
+        total = total.merge(u)
+    return total.to_dict()
 
 
 def _short(value: Any) -> str:

@@ -18,12 +18,14 @@ import dataclasses
 import itertools
 import logging
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._validate import check_choice, check_number
 from .engines import ENGINES, STOP_ENGINES, get_engine
-from .engines.vectorized import group
+from .engines.vectorized import group, not_vectorizable
 from .findings import severity_rank
 from .runs import FIELDS, RunConfig, RunResult
 from .store import Store, open_store
@@ -144,12 +146,13 @@ def sweep(
     owned = not isinstance(store, Store)
     db = open_store(store)
     try:
-        name = _train_missing(configs, engine, db, resume, progress, stop_on, "sweep", engine_options)
+        used = _train_missing(configs, engine, db, resume, progress, stop_on, "sweep", engine_options)
         table = db.table([c.hash for c in configs])
     finally:
         if owned:
             db.close()
-    table.attrs["engine"] = name
+    table.attrs["engine"] = used.engine
+    table.attrs["engines"] = used.to_dict()  # runs per engine that trained them, reused, why any fell back
     return table
 
 
@@ -171,6 +174,13 @@ def run_configs(
     >>> results = run_configs([RunConfig(width=16), RunConfig(width=64)], engine="local", store="results/")
     >>> [r.to_history().val_loss[-1] for r in results]
     """
+    return train_configs(configs, engine, store, resume, progress, stop_on, label, **engine_options)[0]
+
+
+def train_configs(configs, engine: str = "auto", store=None, resume: bool = True, progress: bool = True,
+                  stop_on: str | None = None, label: str = "sweep",
+                  **engine_options) -> tuple[list[RunResult], EngineUse]:
+    """``run_configs``, and where its runs trained (an ``EngineUse``)."""
     configs = [as_config(c) for c in configs]
     if not configs:
         raise ValueError("configs is empty; give at least one RunConfig")
@@ -178,18 +188,66 @@ def run_configs(
     owned = not isinstance(store, Store)
     db = open_store(store)
     try:
-        _train_missing(unique, engine, db, resume, progress, stop_on, label, engine_options)
+        used = _train_missing(unique, engine, db, resume, progress, stop_on, label, engine_options)
         found = {r.hash: r for r in db.results([c.hash for c in unique])}
     finally:
         if owned:
             db.close()
-    return [found[c.hash] for c in configs]
+    return [found[c.hash] for c in configs], used
+
+
+@dataclass(frozen=True)
+class EngineUse:
+    """Where the runs of one driver call (or, merged, of one study) trained.
+
+    ``engine``: the engine asked for (``auto`` resolved); ``runs``: run hash -> the engine that trained it
+    (``RunResult.engine``), or ``"reused"`` for a finished run the store already held; ``reasons``: run
+    hash -> why a run went to the local loop instead of the batched model (vectorized asked, or auto
+    choosing local), e.g. "vectorized cannot run probes: weight_norm": one short text per kind."""
+
+    engine: str
+    runs: dict = field(default_factory=dict)
+    reasons: dict = field(default_factory=dict)
+
+    def merge(self, other: EngineUse) -> EngineUse:
+        """Both calls' runs; a run trained by either counts as trained, not reused."""
+        runs = {**self.runs, **{h: e for h, e in other.runs.items() if e != "reused" or h not in self.runs}}
+        return EngineUse(self.engine, runs, {**self.reasons, **other.reasons})
+
+    def to_dict(self) -> dict:
+        """``{"engine": asked, "runs": n, "trained": {engine: n}, "reused": n, "fallbacks": {engine: {reason: n}}}``."""
+        trained = Counter(e for e in self.runs.values() if e != "reused")
+        fallbacks: dict = {}
+        for h, why in self.reasons.items():
+            where = self.runs.get(h)
+            if why and where not in (None, "reused"):
+                fallbacks.setdefault(where, Counter())[why] += 1
+        return {"engine": self.engine, "runs": len(self.runs), "trained": dict(trained),
+                "reused": sum(e == "reused" for e in self.runs.values()),
+                "fallbacks": {e: dict(c) for e, c in fallbacks.items()}}
+
+    def line(self) -> str:
+        return engine_line(self.to_dict())
+
+
+def engine_line(used: dict) -> str:
+    """An ``EngineUse.to_dict()`` in one line: "24 runs — 24 local (vectorized cannot run probes:
+    weight_norm); 0 reused"."""
+    if not used.get("runs"):
+        return "no training runs"
+    parts = []
+    for engine, n in sorted(used["trained"].items(), key=lambda kv: -kv[1]):
+        why = used.get("fallbacks", {}).get(engine, {})
+        text = "; ".join(r if len(why) == 1 else f"{r} ×{k}" for r, k in why.items())
+        parts.append(f"{n} {engine}" + (f" ({text})" if text else ""))
+    trained = ", ".join(parts) or "none trained"
+    return f"{used['runs']} runs — {trained}; {used['reused']} reused"
 
 
 def _train_missing(configs: list[RunConfig], engine: str, db, resume: bool, progress: bool, stop_on,
-                   label: str, engine_options: dict) -> str:
+                   label: str, engine_options: dict) -> EngineUse:
     """Train the configs the store does not hold as finished (all of them with resume=False) on the
-    engine, committing each result as it arrives; return the engine's name (auto resolved)."""
+    engine, committing each result as it arrives; return where each run trained (auto resolved)."""
     name = check_choice("engine", engine, ("auto", *ENGINES))
     if not isinstance(resume, bool):
         raise TypeError(f"resume={resume!r} must be a bool")
@@ -202,6 +260,7 @@ def _train_missing(configs: list[RunConfig], engine: str, db, resume: bool, prog
         finished = {r.hash for r in db.results([c.hash for c in configs if c.hash in finished])
                     if still_finished(r, stop_on)}
     todo = [c for c in configs if c.hash not in finished]
+    reasons: dict[str, str] = {}  # run hash -> why it did not train on the batched model
     if name == "auto" and stop_on is not None:
         name = "local"
         log.info("engine=auto chose 'local': stop_on=%r attaches a Monitor (every rule) to each run; "
@@ -210,10 +269,15 @@ def _train_missing(configs: list[RunConfig], engine: str, db, resume: bool, prog
     elif name == "auto":
         name, why = choose_engine(todo)
         log.info("engine=auto chose %r: %s", name, why)
+        if name == "local":  # what kept each run off the batched model
+            reasons = {c.hash: not_vectorizable(c) or "vectorized had no other run of its shape to batch with"
+                       for c in todo}
     runner = get_engine(name, **engine_options)
     runner.stop_on = stop_on
-    _drive(runner, todo, db, len(configs) - len(todo), len(configs), progress, label)
-    return name
+    trained = _drive(runner, todo, db, len(configs) - len(todo), len(configs), progress, label)
+    runs = {c.hash: "reused" for c in configs if c.hash in finished}
+    reasons.update(getattr(runner, "fallbacks", {}))  # the engine's own (vectorized: runs it passed on)
+    return EngineUse(name, {**runs, **trained}, {h: r for h, r in reasons.items() if h in trained and r})
 
 
 def choose_engine(configs: list[RunConfig]) -> tuple[str, str]:
@@ -228,16 +292,18 @@ def choose_engine(configs: list[RunConfig]) -> tuple[str, str]:
 
 
 def _drive(runner, todo: list[RunConfig], db, already: int, total: int, progress: bool,
-           label: str = "sweep") -> None:
-    """Feed the engine, commit every result as it arrives, show progress; Ctrl-C shuts down cleanly."""
+           label: str = "sweep") -> dict[str, str]:
+    """Feed the engine, commit every result as it arrives, show progress; Ctrl-C shuts down cleanly.
+    Returns run hash -> the engine that trained it."""
     bar = _Progress(total, already, enabled=progress and sys.stderr.isatty(), label=label)
-    committed = 0
+    committed, engines = 0, {}
     try:
         with bar:
             if todo:
                 for result in runner.run(todo):
                     db.put(result)  # one transaction per finished run
                     committed += 1
+                    engines[result.hash] = result.engine
                     bar.advance("stopped" if (result.metrics or {}).get("stopped") else result.status)
     except KeyboardInterrupt:
         runner.shutdown(cancel=True)
@@ -246,6 +312,7 @@ def _drive(runner, todo: list[RunConfig], db, already: int, total: int, progress
         raise
     finally:
         runner.shutdown()
+    return engines
 
 
 class _Progress:

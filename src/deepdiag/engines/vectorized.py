@@ -90,6 +90,19 @@ def shape_key(c: RunConfig) -> tuple | None:
             c.batch_size, c.epochs, c.dtype, c.device, c.dropout > 0)
 
 
+def not_vectorizable(c: RunConfig) -> str | None:
+    """Why `c` cannot join a batched model (one short reason, the same for every run of that kind), or None
+    when it can (``shape_key`` is not None)."""
+    if c.patience is not None:
+        return "vectorized cannot stop early (patience)"
+    if c.norm is not None:
+        return f"vectorized cannot train {c.norm} layers"
+    if c.probes != EXTENDED["probes"]:
+        return f"vectorized cannot run probes: {', '.join(c.probes)}"
+    other = [k for k, v in EXTENDED.items() if getattr(c, k) != v]
+    return f"vectorized cannot honour {', '.join(other)}" if other else None
+
+
 def group(configs: list[RunConfig]) -> tuple[list[list[RunConfig]], list[RunConfig]]:
     """(groups of vectorizable configs sharing a shape key, configs that are not vectorizable)."""
     groups, rest = {}, []
@@ -113,13 +126,16 @@ class VectorizedEngine(Engine):
             raise TypeError(f"engine='vectorized' takes the options max_members and compile; got "
                             f"{', '.join(map(repr, options))}")
         self.max_members, self.compile = max_members, compile
+        self.fallbacks: dict[str, str] = {}  # run hash -> why it trained on the local loop instead
 
     def run(self, configs: list[RunConfig]) -> Iterator[RunResult]:
         groups, rest = group(configs)
+        self.fallbacks.update((c.hash, not_vectorizable(c)) for c in rest)
         for g in groups:
             for i in range(0, len(g), self.max_members):
                 chunk = g[i:i + self.max_members]
                 if len(chunk) == 1:
+                    self.fallbacks[chunk[0].hash] = "vectorized had no other run of its shape to batch with"
                     rest.append(chunk[0])
                     continue
                 try:
@@ -127,6 +143,7 @@ class VectorizedEngine(Engine):
                 except Exception as e:  # e.g. out of memory: the reference loop records each run's fate
                     log.warning("vectorized group of %d runs failed (%s: %s); training them one by one",
                                 len(chunk), type(e).__name__, e)
+                    self.fallbacks.update((c.hash, f"vectorized group failed ({type(e).__name__})") for c in chunk)
                     results = [train_run(c, self.stop_on) for c in chunk]
                 yield from results
         for c in rest:

@@ -14,13 +14,11 @@ import torch
 from torch import Tensor
 
 from ..findings import SEVERITIES, Finding
-from ..jsonsafe import dumps
 
 # Monitor options a callback passes through; on_finding and optimizer are the callback's own.
 MONITOR_OPTIONS = ("every", "capacity", "window", "n_classes", "baseline", "log_dir", "loss_fn", "check_every",
                    "lr", "batch_size")
 EPOCH_FIELDS = ("train_loss", "val_loss", "train_acc", "val_acc")  # Monitor.epoch's arguments
-FINDINGS_FILE = "findings.json"
 REPORT_FILE = "report.html"
 
 
@@ -117,25 +115,15 @@ class FindingLog:
         return {f"deepdiag/findings_{s}": sum(f.severity == s for f in self.seen) for s in SEVERITIES}
 
 
-def save_run(monitor, findings: list[Finding], save_dir) -> list[Path]:
-    """Write what the run left into `save_dir`: ``monitor.save(dir)`` and ``monitor.report(dir/report.html)``
-    where the Monitor has them, else the findings as JSON in ``dir/findings.json``. Returns the paths written."""
+def save_run(monitor, save_dir) -> list[Path]:
+    """Write what the run left into `save_dir`: ``monitor.save(dir)`` (its history and findings, read back
+    by ``deepdiag report DIR``) and the page ``dir/report.html``. Returns the two paths."""
     out = Path(save_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if hasattr(monitor, "save"):
-        written.append(Path(monitor.save(out) or out))
-    else:
-        path = out / FINDINGS_FILE
-        path.write_text(dumps([f.to_dict() for f in findings], indent=2))
-        written.append(path)
-    if hasattr(monitor, "report"):
-        written.append(Path(monitor.report(out / REPORT_FILE) or out / REPORT_FILE))
-    return written
+    return [monitor.save(out), monitor.report(out / REPORT_FILE)]
 
 
 def finish(monitor, save_dir: str | os.PathLike) -> tuple[list[Finding], list[Path]]:
     """End of training: the findings (new ones still go to ``on_finding``), every hook removed, the run saved."""
     findings = monitor.check()
     monitor.close()
-    return findings, save_run(monitor, findings, save_dir)
+    return findings, save_run(monitor, save_dir)

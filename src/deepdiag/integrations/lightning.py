@@ -100,10 +100,9 @@ class DeepdiagCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.monitor is not None:
-            # A new forward pass starts. The Monitor's recorder notices one when the monitored module itself
-            # is called; a training_step that calls its submodules (self.net(x)) never calls pl_module, so
-            # without this every pass after the first would look like a repeated call of each layer.
-            self.monitor.rec._reset_pass()
+            # a training_step that calls its submodules (self.net(x)) never calls pl_module itself, by which
+            # the Monitor would recognise a new pass (see Monitor.new_pass)
+            self.monitor.new_pass()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.monitor is None:

@@ -95,6 +95,15 @@ class UnitWindow:
             cur = torch.maximum(cur, self.previous) if self.is_max else cur + self.previous
         return (cur > 0).long() if self.is_max else cur
 
+    def bad_fraction(self) -> Tensor:
+        """The share of units in trouble over both windows, 0-d on the device (no host sync): ReLU units
+        that never fired (dead), or tanh/sigmoid units at their asymptote on more than half the positions
+        seen (saturated) — the unit rules' definitions (``deepdiag.measure.layer_stats``)."""
+        c = self.counts()
+        if self.is_max:
+            return (c == 0).float().mean()
+        return (c.float() > 0.5 * max(1, self.seen)).float().mean()
+
 
 class UnitWindows:
     """Every unit layer's ``UnitWindow``; ``tick()`` after each recorded step rolls them every `window`."""
