@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .findings import Finding, severity_rank
-from .measure.io import IOProbe, input_facts, loss_kind, output_facts
+from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import LayerStats, OutputFacts
@@ -198,6 +198,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             meas = _to_host(meas)
             loss_value = float(loss.detach())
             rows = build_layer_stats(rec.sites, meas)
+            nonfinite = nonfinite_facts(inputs, targets, model, out, None if surrogate else loss.detach())
     finally:
         rec.detach()
         probe.remove()
@@ -211,7 +212,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             m.training = t
     first = next((r for r in rows if r.kind == "weight"), None)  # the layer the inputs feed
     inputs = input_facts(seen.get("input"), first.name if first else None, first.act_std if first else None)
-    findings = judge(rows, output=output, inputs=inputs)
+    findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite)
     frame = _pd().DataFrame([r.to_dict() for r in rows])
     return Checkup(findings, frame, rows, loss_value, surrogate)
 
