@@ -371,7 +371,8 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
         folder = Path(out) / study.name
         folder.mkdir(parents=True, exist_ok=True)
         if study.plot is not None:
-            result.figures = [str(p) for p in study.plot(result, folder)]
+            # recorded relative to the study folder, so the directory can move (the report finds them there)
+            result.figures = [Path(p).name for p in study.plot(result, folder)]
         result.save(out)
     return result
 
