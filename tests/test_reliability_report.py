@@ -110,7 +110,9 @@ def test_a_symlinked_study_folder_is_skipped(results, outside, tmp_path):
     shutil.copytree(results / "figtoy", outside / "copy")
     (outside / "copy" / "figtoy_curve.png").write_bytes(SECRET)
     saved = json.loads((outside / "copy" / "result.json").read_text())
-    (outside / "copy" / "result.json").write_text(json.dumps({**saved, "name": "linked"}))
+    (outside / "copy" / "result.json").write_text(json.dumps({**saved, "name": "linked",
+                                                             "figures": ["figtoy_curve.png"]}))
+    (outside / "copy" / "data.csv").write_bytes(b"a\n" + SECRET + b"\n")
     os.symlink(outside / "copy", results / "linked")
     said = report_warnings(results)
     assert not leaked(results)
