@@ -130,6 +130,7 @@ def test_runs_of_another_deepdiag_version_are_retrained(tmp_path, capsys):
     ("local", "local", True), ("process", "local", True), ("dask", "local", True), ("ray", "local", True),
     ("local", "vectorized", False), ("process", "vectorized", False), ("vectorized", "vectorized", True),
     ("auto", "vectorized", True), ("vectorized", "local", True), ("local", "someday", False),
+    ("auto", "auto", True), ("vectorized", "auto", True), ("local", "auto", False),
 ])
 def test_numeric_classes(requested, stored, reused):
     assert reuses(requested, stored) is reused

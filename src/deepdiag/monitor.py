@@ -184,12 +184,12 @@ class Monitor:
         """Call once per optimizer step, after ``optimizer.step()``; `loss` (the batch loss) is optional."""
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
-        loss = self._scalar_loss(loss)
+        loss, s = self._scalar_loss(loss), self.steps
         try:
             self._step(loss)
         except Exception as e:  # never break the user's loop: skip this step's statistics, say so once
             self.rec.latest = {}
-            self.steps += 1
+            self.steps = s + 1
             self._warn_once(f"step:{type(e).__name__}", f"could not record step {self.steps - 1} "
                             f"({type(e).__name__}: {e}); its statistics are skipped, training goes on "
                             "(see monitor.problems)", e)

@@ -72,11 +72,13 @@ def numeric_class(engine: str) -> str:
 
 
 def reuses(requested: str, stored: str) -> bool:
-    """Whether an engine `requested` may reuse a run that engine `stored` trained: reference numbers
-    serve every engine (vectorized and auto promise them up to float rounding, and the reference is
-    the exact value); vectorized numbers serve only vectorized and auto, which may produce them."""
-    have = numeric_class(stored)
-    return have == "reference" or (have == "vectorized" and numeric_class(requested) in ("vectorized", "mixed"))
+    """Whether an engine `requested` may reuse a run (or a study result) that engine `stored` trained:
+    numbers of its own class; reference numbers serve every engine (vectorized and auto promise them up
+    to float rounding, and the reference is the exact value); vectorized or mixed numbers serve only
+    vectorized and auto, which may produce them."""
+    have, want = numeric_class(stored), numeric_class(requested)
+    batched = ("vectorized", "mixed")
+    return have == want or have == "reference" or (have in batched and want in batched)
 
 
 class EngineUnavailable(ImportError):

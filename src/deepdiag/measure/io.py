@@ -153,7 +153,8 @@ def nonfinite_facts(inputs=None, targets=None, model: nn.Module | None = None, o
               "targets": _floating(targets) if targets is not None else None,
               "output": _floating(output) if output is not None else None,
               "loss": _floating(loss) if loss is not None else None}
-    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()] if model is not None else []
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point() and p.device.type != "meta"
+             ] if model is not None else []  # a meta tensor has no values to count
     counts, where = [], []
     for key, tensors in groups.items():
         if tensors:
