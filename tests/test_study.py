@@ -46,7 +46,7 @@ def test_result_schema_and_files(tmp_path):
     assert saved["verdict"] == "reproduced" and saved["checks"][0]["passed"] is True
     assert {"name", "claim", "measured", "expected", "rule", "passed", "tolerance"} <= set(saved["checks"][0])
     assert pd.read_csv(folder / "data.csv").shape == (2, 3)
-    assert result.figures == [str(folder / "toy.png")] and (folder / "toy.png").stat().st_size > 1000
+    assert result.figures == ["toy.png"] and (folder / "toy.png").stat().st_size > 1000
     json.dumps(result.to_dict())  # JSON-safe with data
 
 

@@ -7,11 +7,16 @@ from deepdiag.studies import vanishing
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    return dd.run_study("vanishing", quick=True, out=tmp_path_factory.mktemp("out"))
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("out")
 
 
-def test_quick_reproduced_with_data_and_figures(quick):
+@pytest.fixture(scope="module")
+def quick(out_dir):
+    return dd.run_study("vanishing", quick=True, out=out_dir)
+
+
+def test_quick_reproduced_with_data_and_figures(quick, out_dir):
     assert quick.verdict == "reproduced", str(quick)
     checks = {c.name: c for c in quick.checks}
     for a in ("0.9", "1", "1.1"):
@@ -24,7 +29,8 @@ def test_quick_reproduced_with_data_and_figures(quick):
     assert set(data.experiment) == {"identity_output", "identity_gradients", "random_chain"}
     assert all(0.97 < checks[f"random W rate a={a}"].measured / float(a) < 1.01 for a in ("0.9", "1", "1.1"))
     assert len(quick.figures) == 3
-    folder = pd.read_csv(f"{quick.figures[0].rsplit('/', 1)[0]}/data.csv")
+    assert all((out_dir / "vanishing" / name).is_file() for name in quick.figures)  # relative to its folder
+    folder = pd.read_csv(out_dir / "vanishing" / "data.csv")
     assert len(folder) == len(data)
 
 

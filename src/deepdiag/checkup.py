@@ -25,13 +25,14 @@ then measures the network's Jacobian alone, which is what the gradient-flow rule
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .findings import Finding, severity_rank
-from .measure.io import IOProbe, input_facts, loss_kind, output_facts
+from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import LayerStats, OutputFacts
@@ -157,6 +158,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (e.g. torch.nn.CrossEntropyLoss()), got {loss_fn!r}")
     params = list(model.parameters())
+    inputs, targets = _check_batch(model, params, inputs, targets)
     saved_grads = [p.grad for p in params]
     saved_flags = [p.requires_grad for p in params]
     saved_modes = [(m, m.training) for m in model.modules()]
@@ -188,6 +190,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                 if not any(f.rank >= 2 for f in output_loss_mismatch(output)):
                     raise
                 loss, surrogate = surrogate_loss(out), True  # the loss cannot run: say why, judge the layers anyway
+            _check_loss(loss)
             if loss.requires_grad:
                 loss.backward()
             meas = {i: dict(d) for i, d in rec.latest.items()}
@@ -198,6 +201,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             meas = _to_host(meas)
             loss_value = float(loss.detach())
             rows = build_layer_stats(rec.sites, meas)
+            nonfinite = nonfinite_facts(inputs, targets, model, out, None if surrogate else loss.detach())
     finally:
         rec.detach()
         probe.remove()
@@ -211,9 +215,72 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             m.training = t
     first = next((r for r in rows if r.kind == "weight"), None)  # the layer the inputs feed
     inputs = input_facts(seen.get("input"), first.name if first else None, first.act_std if first else None)
-    findings = judge(rows, output=output, inputs=inputs)
+    findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite)
     frame = _pd().DataFrame([r.to_dict() for r in rows])
     return Checkup(findings, frame, rows, loss_value, surrogate)
+
+
+def _tensors(value) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _cast(value, dtype: torch.dtype):
+    """`value` (a tensor, or a tuple/list/dict of them) with its floating tensors cast to `dtype`."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+def _check_batch(model: nn.Module, params: list[Tensor], inputs, targets):
+    """The batch checked against the model at the public boundary (each error names the argument):
+    a model with real data (not on the meta device), a batch of at least one sample, and floating
+    inputs and targets in the model's dtype: a float64 model given float32 inputs (or the reverse)
+    gets them cast, with a note, since that cast is what the model's own layers would need; return
+    the (possibly cast) inputs and targets."""
+    if any(p.device.type == "meta" for p in params) or any(b.device.type == "meta" for b in model.buffers()):
+        raise ValueError("model has parameters on the meta device (shapes without data): materialise it "
+                         "first, e.g. model.to_empty(device='cpu') and initialise it, or load its weights")
+    tensors = _tensors(inputs)
+    if not tensors:
+        raise TypeError(f"inputs must be a torch.Tensor, or a tuple/list/dict of tensors, got "
+                        f"{type(inputs).__name__}")
+    first = tensors[0]
+    if first.dim() == 0 or first.shape[0] == 0:
+        raise ValueError(f"inputs is an empty batch (shape {tuple(first.shape)}): give at least one sample "
+                         "along the first dimension (32 or more to judge dead units)")
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if len(dtypes) == 1:
+        dtype = dtypes.pop()
+        found = sorted({str(t.dtype) for t in tensors if t.is_floating_point() and t.dtype != dtype})
+        if found:
+            warnings.warn(f"checkup: inputs are {', '.join(found)} but the model's parameters are {dtype}; "
+                          f"the inputs were cast to {dtype} (do the same in training: x.to({dtype}))",
+                          UserWarning, stacklevel=3)
+            inputs = _cast(inputs, dtype)
+        if targets is not None and targets.is_floating_point() and targets.dtype != dtype:
+            targets = targets.to(dtype)
+    return inputs, targets
+
+
+def _check_loss(loss) -> None:
+    """The loss must be a scalar tensor (what backward() needs): name loss_fn otherwise."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn returned {type(loss).__name__} {loss!r:.40}, not a tensor: return the loss "
+                        "as a torch.Tensor computed from the output (e.g. nn.CrossEntropyLoss()(out, y)), "
+                        "not .item() or a Python number")
+    if loss.numel() != 1:
+        raise ValueError(f"loss_fn returned a tensor of shape {tuple(loss.shape)}, not a scalar: use a loss "
+                         "that averages over the batch (reduction='mean')")
 
 
 def _output_facts(seen: dict, out: Tensor, targets, loss_fn) -> OutputFacts | None:

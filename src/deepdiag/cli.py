@@ -295,17 +295,18 @@ def _select(studies: list[str]) -> list[str]:
     return list(dict.fromkeys(studies))
 
 
-def _cached(folder: Path, quick: bool, seeds, knob_values: dict):
-    """The saved result.json of an identical earlier run (same mode, seeds and knobs), if any."""
+def _cached(name: str, folder: Path, quick: bool, seeds, knob_values: dict, engine: str):
+    """(the saved result.json of an identical earlier run or None, why a saved one is not identical):
+    identical means the same full config, seeds, mode, engine numbers and deepdiag version
+    (``study.identity``), not merely the same knobs on this command line."""
     from .results import read_result
+    from .study import identity, stale
 
     saved = read_result(folder / "result.json")  # a damaged one is set aside (named in a warning): rerun
     if saved is None:
-        return None
-    same = saved.get("quick") == quick and (seeds is None or len(saved.get("seeds", [])) == seeds)
-    same = same and all(saved.get("config", {}).get(k) == (list(v) if isinstance(v, tuple) else v)
-                        for k, v in knob_values.items())
-    return saved if same else None
+        return None, []
+    why = stale(saved, identity(name, quick, seeds, engine, **knob_values))
+    return (None if why else saved), why
 
 
 # --engine values and the options each takes (--address, --workers): the engine table's, and auto
@@ -429,11 +430,13 @@ def _check_store(out_dir: Path, fresh: bool) -> None:
 def _run_one(name, quick, out_dir, seeds, values, fresh, run_study, runs: dict) -> dict:
     """One study: its saved result when an identical one exists (unless --fresh), else run it with the
     engine settings `runs` (a progress bar of its training runs on a terminal)."""
-    cached = None if fresh else _cached(out_dir / name, quick, seeds, values)
+    cached, why = (None, []) if fresh else _cached(name, out_dir / name, quick, seeds, values, runs["engine"])
     if cached is not None:
         err.print(f"{name}: kept earlier result ({cached['verdict']}); --fresh reruns it")
         result = cached
     else:
+        if why:
+            err.print(f"{name}: rerunning — {', '.join(why)} (earlier result in {out_dir / name} differs)")
         err.print(f"running {name} ({'quick' if quick else 'full'}, --engine {runs['engine']})…")
         result = run_study(name, quick=quick, out=out_dir, seeds=seeds, progress=True, **runs,
                            **values).to_dict(with_data=False)

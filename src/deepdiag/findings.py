@@ -24,6 +24,7 @@ CODES = (
     "vanishing_gradients", "exploding_gradients", "vanishing_activations", "exploding_activations",
     "symmetric_units", "dead_units", "saturated_units", "overfitting", "underfitting", "divergence",
     "degradation", "oscillating_loss", "stalled_updates", "output_loss_mismatch", "unscaled_inputs",
+    "nonfinite_values",
 )
 
 

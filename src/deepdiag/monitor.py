@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from torch import Tensor, nn
 from ._validate import check_number
 from .findings import Finding
 from .measure.history import StepBuffer, UnitWindows
-from .measure.io import IOProbe, input_facts, loss_kind, output_facts
+from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import LayerStats
@@ -63,6 +64,13 @@ from .rules.layers import MIN_POSITIONS
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "unit_frac")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
+
+
+def _release(rec: Recorder, probe: IOProbe) -> None:
+    """Remove a Monitor's hooks; run by ``close()`` or, for one never closed, when it is collected."""
+    rec.detach()
+    probe.remove()
 
 
 def _weight_norm(rows: list[LayerStats]) -> float:
@@ -152,13 +160,61 @@ class Monitor:
         self._start: frozenset | None = None  # layer findings present at the start of training (_take_start)
         self._start_step: int | None = None
         self._start_weight: float | None = None  # total weight norm at the start
+        self.problems: list[BaseException] = []  # what the monitor could not measure (warned once each)
+        self._warned: set[str] = set()
+        self._nonfinite = None  # NaN/Inf counts: weights now, the first batch's inputs/targets/output later
+        self._start_weights = nonfinite_facts(model=model)  # host sync, once
+        others = [m for m in _OPEN.get(model, ()) if not m.closed]
+        if others:
+            warnings.warn(f"deepdiag Monitor: this model already has {len(others)} open Monitor(s) with "
+                          f"{sum(m.n_hooks for m in others)} hooks; close each (mon.close() or a `with` "
+                          "block) when done: an open Monitor's hooks stay on the model until it is closed "
+                          "or garbage-collected", RuntimeWarning, stacklevel=2)
+        _OPEN.setdefault(model, weakref.WeakSet()).add(self)
+        # a Monitor never closed releases its hooks when it is garbage-collected (the hooks hold only the
+        # recorder and the probe, never the Monitor, so an unreferenced Monitor is collectable)
+        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe)
         self.rec.attach()
+
+    def _warn_once(self, key: str, message: str, error: BaseException | None = None) -> None:
+        """One RuntimeWarning per kind of problem (the training loop goes on; see ``problems``)."""
+        if error is not None:
+            self.problems.append(error)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"deepdiag Monitor: {message}", RuntimeWarning, stacklevel=4)
 
     # -- the loop --
     def step(self, loss: Tensor | float | None = None) -> None:
         """Call once per optimizer step, after ``optimizer.step()``; `loss` (the batch loss) is optional."""
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
+        loss, s = self._scalar_loss(loss), self.steps
+        try:
+            self._step(loss)
+        except Exception as e:  # never break the user's loop: skip this step's statistics, say so once
+            self.rec.latest = {}
+            self.steps = s + 1
+            self._warn_once(f"step:{type(e).__name__}", f"could not record step {self.steps - 1} "
+                            f"({type(e).__name__}: {e}); its statistics are skipped, training goes on "
+                            "(see monitor.problems)", e)
+
+    def _scalar_loss(self, loss):
+        """The batch loss as a scalar: a per-sample loss (``reduction="none"``) is averaged, with a note
+        once; anything that is not a number is ignored, with a note once."""
+        if loss is None or (isinstance(loss, Tensor) and loss.numel() == 1):
+            return loss
+        if isinstance(loss, Tensor) and loss.is_floating_point() and loss.numel() > 1:
+            self._warn_once("loss_shape", f"step(loss) got a loss of shape {tuple(loss.shape)} (reduction="
+                            "'none'?); its mean is recorded")
+            return loss.detach().mean()
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            return loss
+        self._warn_once("loss_type", f"step(loss) got {type(loss).__name__} {loss!r:.40}, not a number or "
+                        "a floating tensor; the loss is not recorded")
+        return None
+
+    def _step(self, loss) -> None:
         s = self.steps
         if self._io is None and self.probe.results:
             self._judge_io(s)
@@ -227,7 +283,10 @@ class Monitor:
         inputs = input_facts(x, first.name if first is not None else None)
         self.probe.results = []
         self._io = (output, inputs, s)
-        for f in judge(output=output, inputs=inputs, step=s):  # seen at this step, whenever check() next runs
+        first_batch = nonfinite_facts(x, seen.get("target"), None, out)
+        self._nonfinite = replace(first_batch, weights=self._start_weights.weights,
+                                  n_weights=self._start_weights.n_weights)
+        for f in judge(output=output, inputs=inputs, step=s, nonfinite=self._nonfinite):  # seen at this step, whenever check() next runs
             self._first_seen.setdefault(_seen_key(f), s)
 
     def check(self) -> list[Finding]:
@@ -290,6 +349,7 @@ class Monitor:
         if self._buf is None:
             self._setup()
         latest, sites, nan = self.rec.latest, self.rec.sites, self._nan
+        self._fit_weights()
         ws = [w.detach() for _, w in self._weights]
         if ws and self._prev_step is not None:
             # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
@@ -305,6 +365,7 @@ class Monitor:
         for site in sites:  # per-unit evidence: every recorded step
             d = latest.get(site.index)
             if d is not None and "positions" in d:
+                self._fit_units(site, d)
                 self._units.add(site.index, d)
         self._units.tick()
         if not self._buf.keeps(self.recorded):
@@ -330,6 +391,29 @@ class Monitor:
         row = torch.stack(vals) / self._scale[1]  # one kernel each: stack, divide
         self._buf.append(s, row.view(len(sites), len(STATS)), loss)
         self._done()
+
+    def _fit_units(self, site, d: dict) -> None:
+        """A unit layer whose width changed (a layer grown or pruned during training): its per-unit
+        evidence restarts from this step (counts of different units cannot be added), noted once."""
+        w = self._units.units.get(site.index)
+        u = d.get("unit_max", d.get("unit_count"))
+        if w is not None and isinstance(u, Tensor) and w.current.shape != u.shape:
+            del self._units.units[site.index]
+            self._warn_once(f"width:{site.name}", f"layer {site.name!r} changed width from "
+                            f"{tuple(w.current.shape)} to {tuple(u.shape)} units; its dead/saturated-unit "
+                            "evidence restarts from this step")
+
+    def _fit_weights(self) -> None:
+        """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
+        update-size snapshots start again from the weights the model has now."""
+        now = [(s.index, s.module.weight) for s in self.rec.sites if s.kind == "weight"
+               and isinstance(getattr(s.module, "weight", None), Tensor)]
+        if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in
+                                                  zip(now, self._weights, self._prev)):
+            return
+        self._weights = now
+        self._prev = [w.detach().clone() for _, w in now]
+        self._prev_step, self._upd = None, None
 
     def _done(self) -> None:
         self.recorded += 1
@@ -418,8 +502,13 @@ class Monitor:
             meas[site.index] = m
         rows = build_layer_stats(self.rec.sites, meas)
         upd = recent[:, :, 5]  # (recent steps, n_sites): ‖Δw‖ per step
+        live = {id(m) for m in self.model.modules()}  # a layer replaced during training is not judged
+        gone = [site.name for site in self.rec.sites if id(site.module) not in live]
+        if gone:
+            self._warn_once("replaced", f"layer(s) {', '.join(gone)} were replaced in the model after the "
+                            "first step; they are no longer judged (a new Monitor measures the new ones)")
         return [self._with_updates(site, r, upd[:, site.index]) if site.kind == "weight" else r
-                for site, r in zip(self.rec.sites, rows)]
+                for site, r in zip(self.rec.sites, rows) if id(site.module) in live]
 
     @staticmethod
     def _with_updates(site, r: LayerStats, u: Tensor) -> LayerStats:
@@ -454,7 +543,7 @@ class Monitor:
                           else None, start=self._start, start_step=self._start_step)
         output, inputs, io_step = self._io or (None, None, None)
         return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
-                     step=steps[-1] if steps else None, io_step=io_step)
+                     step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)
 
     # -- cleanup --
     def to_tensorboard(self, log_dir):
@@ -488,17 +577,31 @@ class Monitor:
     def close(self) -> None:
         """Remove every hook (and export to ``log_dir`` if one was given); safe to call twice.
         Recorded statistics stay readable."""
-        self.rec.detach()
-        self.probe.remove()
-        if self.log_dir is not None and not self.closed:
-            self.to_tensorboard(self.log_dir)
-        self.closed = True
+        self._finalizer()  # the hooks, once (nothing left to release when collected later)
+        was_closed, self.closed = self.closed, True
+        if self.log_dir is not None and not was_closed:
+            try:
+                self.to_tensorboard(self.log_dir)
+            except OSError as e:
+                raise OSError(e.errno, f"Monitor log_dir={str(self.log_dir)!r}: cannot write the TensorBoard "
+                                       f"files there ({e.strerror or e}); give a writable directory",
+                              e.filename) from e
 
     def __enter__(self) -> Monitor:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Close; when the block is ending with an exception, that exception goes on unchanged and a
+        failure to close (an unwritable ``log_dir``) becomes a warning instead of replacing it."""
+        if exc_type is None:
+            self.close()
+            return False
+        try:
+            self.close()
+        except Exception as e:
+            warnings.warn(f"deepdiag Monitor: could not close cleanly while {exc_type.__name__} was "
+                          f"propagating: {e}", RuntimeWarning, stacklevel=2)
+        return False
 
     @property
     def n_hooks(self) -> int:

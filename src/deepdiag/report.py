@@ -15,33 +15,40 @@ import gzip
 import json
 import subprocess
 from collections import Counter
+import warnings
 from pathlib import Path
 
 from . import atomic, figspec
 from .assets import render_page
-from .results import load_results
+from .results import inside, load_results, local_file
 from .runreport import is_saved_run, load_run, render
 
 TEMPLATE = "report.html.j2"
 
 
-def _figure_html(png: Path) -> dict:
-    """One figure as interactive HTML (from its spec) or, failing that, the PNG as a data: URI."""
-    spec_path = png.with_suffix(".json")
-    png_uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode() if png.exists() else None
-    if spec_path.exists():
+def _figure_html(folder: Path, recorded: str) -> dict | None:
+    """One figure as interactive HTML (from its spec) or, failing that, the PNG as a data: URI; read
+    from the study folder as it is now (``results.local_file``: never from outside it); None when
+    neither can be shown."""
+    png = local_file(folder, recorded)
+    spec_path = local_file(folder, Path(recorded).with_suffix(".json").name)
+    name = Path(recorded).stem
+    png_uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode() if png else None
+    if spec_path is not None:
         spec = json.loads(spec_path.read_text())
         if not spec.get("fallback"):
             fig = figspec.to_plotly(spec)
             html = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
-            return {"name": png.stem, "html": html, "png": png_uri}
-    return {"name": png.stem, "html": None, "png": png_uri}
+            return {"name": name, "html": html, "png": png_uri}
+    return {"name": name, "html": None, "png": png_uri} if png_uri else None
 
 
 def _csv_gzip(folder: Path) -> str | None:
     """folder/data.csv gzip-compressed (mtime 0: the same bytes give the same report), base64."""
     csv = folder / "data.csv"
-    return base64.b64encode(gzip.compress(csv.read_bytes(), mtime=0)).decode() if csv.exists() else None
+    if not csv.is_file() or not inside(folder, csv):  # a symlink out of the folder is not followed
+        return None
+    return base64.b64encode(gzip.compress(csv.read_bytes(), mtime=0)).decode()
 
 
 def _git_commit() -> str | None:
@@ -80,9 +87,14 @@ def build_report(directory: str | Path, title: str = "deepdiag report") -> Path:
                          f"write some with: deepdiag run all --quick --out {directory}")
     sections = []
     for name, result in res.raw.items():
-        folder = directory / name
-        figures = [_figure_html(Path(p) if Path(p).is_absolute() else folder / Path(p).name)
-                   for p in result.get("figures", [])]
+        folder = res.folders[name]  # where its result.json was found, never a path the file names
+        recorded = [p for p in result.get("figures", []) if isinstance(p, str)]
+        figures = [_figure_html(folder, p) for p in recorded]
+        missing = [p for p, f in zip(recorded, figures) if f is None]
+        if missing:
+            warnings.warn(f"{name}: figure(s) {', '.join(map(str, missing))} not found in {str(folder)!r}; "
+                          "left out of the report", UserWarning, stacklevel=2)
+        figures = [f for f in figures if f is not None]
         sections.append({**result, "figures": figures, "csv_gzip": _csv_gzip(folder),
                          "passed": sum(c["passed"] is True for c in result["checks"])})
     env = dict(next(iter(res.raw.values())).get("environment", {}))

@@ -56,6 +56,28 @@ def read_result(path: str | Path) -> dict | None:
     return saved
 
 
+def inside(directory: str | Path, path: str | Path) -> bool:
+    """Whether `path`, with every symlink resolved, lies inside `directory` (resolved too): a results
+    directory someone sent must not make deepdiag read files outside it."""
+    try:
+        Path(path).resolve().relative_to(Path(directory).resolve())
+    except (ValueError, OSError, RuntimeError):  # outside, or a symlink loop
+        return False
+    return True
+
+
+def local_file(folder: str | Path, recorded: str | Path) -> Path | None:
+    """A file a study recorded (a figure), found in its study folder as it is now: ``folder / name``
+    whatever directory was recorded (results written with an absolute ``--out`` and moved since still
+    find their own files, never the old location's), None when it is missing or resolves outside the
+    folder (a symlink out, or a crafted name)."""
+    name = Path(str(recorded)).name
+    if not name or name in (".", ".."):
+        return None
+    path = Path(folder) / name
+    return path if path.is_file() and inside(folder, path) else None
+
+
 @dataclass
 class Results:
     """Everything in a results directory: one row per study, one row per check, each study's data, and
@@ -67,6 +89,7 @@ class Results:
     data: dict[str, pd.DataFrame] = field(default_factory=dict)
     raw: dict[str, dict] = field(default_factory=dict)
     sweeps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    folders: dict[str, Path] = field(default_factory=dict)  # study -> the folder its result.json is in
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -79,7 +102,15 @@ STUDY_COLUMNS = ["study", "verdict", "passed", "total", "wall_time", "quick", "s
 
 
 def _study_folders(directory: Path) -> list[Path]:
-    folders = [p.parent for p in directory.glob("*/result.json")]
+    """The study folders: each ``DIR/<study>/`` holding a result.json, both inside DIR once symlinks are
+    resolved (one pointing elsewhere is skipped with a warning)."""
+    folders = []
+    for p in directory.glob("*/result.json"):
+        if inside(directory, p):
+            folders.append(p.parent)
+        else:
+            warnings.warn(f"{str(p)!r} lies outside {str(directory)!r} (a symlink): skipped", UserWarning,
+                          stacklevel=3)
     rank = {name: i for i, name in enumerate(ORDER)}
     return sorted(folders, key=lambda p: (rank.get(p.name, len(rank)), p.name))
 
@@ -99,13 +130,13 @@ def load_results(directory: str | Path) -> Results:
         raise ValueError(f"no study results in directory={str(directory)!r}; "
                          f"write some with: deepdiag run all --quick --out {directory}")
     sweeps = load_runs(directory) if has_store else pd.DataFrame()
-    studies, checks, data, raw = [], [], {}, {}
+    studies, checks, data, raw, where = [], [], {}, {}, {}
     for folder in folders:
         result = read_result(folder / "result.json")
         if result is None:
             continue
         name = result["name"]
-        raw[name] = result
+        raw[name], where[name] = result, folder
         passed = sum(c["passed"] is True for c in result["checks"])
         studies.append({"study": name, "verdict": result["verdict"], "passed": passed,
                         "total": len(result["checks"]), "wall_time": result["wall_time"],
@@ -114,12 +145,12 @@ def load_results(directory: str | Path) -> Results:
         csv = folder / "data.csv"
         data[name] = _read_data(csv)
     return Results(directory, pd.DataFrame(studies, columns=STUDY_COLUMNS),
-                   pd.DataFrame(checks) if checks else pd.DataFrame(columns=["study"]), data, raw, sweeps)
+                   pd.DataFrame(checks) if checks else pd.DataFrame(columns=["study"]), data, raw, sweeps, where)
 
 
 def _read_data(csv: Path) -> pd.DataFrame:
     """A study's data.csv; empty when absent, and set aside (empty) when it cannot be parsed."""
-    if not csv.exists() or csv.stat().st_size <= 1:
+    if not csv.exists() or csv.stat().st_size <= 1 or not inside(csv.parent, csv):
         return pd.DataFrame()
     try:
         return pd.read_csv(csv)

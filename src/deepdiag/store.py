@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._version import __version__
+from .engines import numeric_class, reuses
 from .jsonsafe import dumps
 from .runs import FIELDS, METRICS, RunConfig, RunResult
 
@@ -89,6 +91,37 @@ class Store:
         """Hashes of runs that need no redoing (done or diverged; failed ones are retried)."""
         marks = ",".join("?" * len(FINISHED))
         return {h for (h,) in self._db.execute(f"SELECT hash FROM runs WHERE status IN ({marks})", FINISHED)}
+
+    def reusable(self, hashes: Iterable[str], engine: str) -> tuple[set[str], str]:
+        """The finished runs among `hashes` that a sweep on `engine` may reuse, and one line on those it
+        may not ("" when none). A stored run is reused only when its numbers are the ones this sweep
+        would compute: trained by an engine of a class `engine` accepts (``engines.reuses``: the
+        vectorized engine's numbers differ from the reference loop's) and by this deepdiag version (a
+        run with no recorded version is trusted). The others are retrained, and replaced."""
+        hashes = list(dict.fromkeys(hashes))
+        marks = ",".join("?" * len(FINISHED))
+        rows = []
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i:i + 500]
+            rows += self._db.execute(f"SELECT engine, versions, hash FROM runs WHERE status IN ({marks}) "
+                                     f"AND hash IN ({','.join('?' * len(chunk))})", (*FINISHED, *chunk))
+        ok, other_engine, other_version = set(), {}, {}
+        for engine_was, vers, h in rows:
+            version = json.loads(vers or "{}").get("deepdiag", __version__)
+            if version != __version__:
+                other_version[version] = other_version.get(version, 0) + 1
+            elif not reuses(engine, engine_was or ""):
+                other_engine[engine_was] = other_engine.get(engine_was, 0) + 1
+            else:
+                ok.add(h)
+        notes = [f"{n} stored run(s) from engine {e} ({numeric_class(e)} numbers)"
+                 for e, n in other_engine.items()]
+        notes += [f"{n} stored run(s) from deepdiag {v}" for v, n in other_version.items()]
+        note = ""
+        if notes:
+            note = (f"{'; '.join(notes)} in {self.where} not reused by engine {engine} "
+                    f"({numeric_class(engine)} numbers, deepdiag {__version__}): retraining them")
+        return ok, note
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

@@ -374,7 +374,8 @@ def run_study(name: str, quick: bool = False, out: str | Path | None = None,
         folder = Path(out) / study.name
         folder.mkdir(parents=True, exist_ok=True)
         if study.plot is not None:
-            result.figures = [str(p) for p in study.plot(result, folder)]
+            # recorded relative to the study folder, so the directory can move (the report finds them there)
+            result.figures = [Path(p).name for p in study.plot(result, folder)]
         result.save(out)
     return result
 
@@ -385,6 +386,43 @@ def _engines_used(engine: str, used: list) -> dict:
     for u in used:
         total = total.merge(u)
     return total.to_dict()
+
+
+def identity(name: str, quick: bool, seeds: int | Sequence[int] | None = None, engine: str = "local",
+             **knob_values) -> dict:
+    """Everything that shapes a study's result, as its ``result.json`` records it: the full resolved
+    config (every knob, defaults included, not just those given), the seed list, quick or full, the
+    engine and the deepdiag version. A saved result is current only when ``stale`` finds nothing."""
+    study = get_study(name)
+    config = json_safe(dataclasses.asdict(make_config(study, quick, knob_values)))
+    return {"quick": quick, "seeds": _seeds(study, quick, seeds), "config": config, "engine": engine,
+            "deepdiag": __version__}
+
+
+def stale(saved: dict, wanted: dict) -> list[str]:
+    """Why a saved result (a ``result.json`` dict) is not the result `wanted` (an ``identity``) would
+    give, one short phrase per difference ("width 16 → 64"); empty when it is current. Engines count
+    only where their numbers differ (``engines.reuses``: a result from the reference loop serves every
+    engine, one from the vectorized engine only vectorized and auto)."""
+    from .engines import numeric_class, reuses
+
+    why = []
+    if saved.get("quick") != wanted["quick"]:
+        why.append(f"{'quick' if saved.get('quick') else 'full'} → {'quick' if wanted['quick'] else 'full'}")
+    if saved.get("seeds") != wanted["seeds"]:
+        why.append(f"seeds {saved.get('seeds')} → {wanted['seeds']}")
+    config = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    for key in dict.fromkeys([*wanted["config"], *config]):
+        if config.get(key, "(unset)") != wanted["config"].get(key, "(unset)"):
+            why.append(f"{key} {config.get(key, '(unset)')} → {wanted['config'].get(key, '(unset)')}")
+    env = saved.get("environment") if isinstance(saved.get("environment"), dict) else {}
+    engine = env.get("engine", "local")  # results written before engines existed came from the local loop
+    if not reuses(wanted["engine"], engine):
+        why.append(f"engine {engine} → {wanted['engine']} ({numeric_class(engine)} numbers differ from "
+                   f"{numeric_class(wanted['engine'])})")
+    if env.get("deepdiag") != wanted["deepdiag"]:
+        why.append(f"deepdiag {env.get('deepdiag', '(unrecorded)')} → {wanted['deepdiag']}")
+    return why
 
 
 def _short(value: Any) -> str:

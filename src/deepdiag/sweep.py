@@ -255,7 +255,9 @@ def _train_missing(configs: list[RunConfig], engine: str, db, resume: bool, prog
     if stop_on is not None and name not in ("auto",) + STOP_ENGINES:
         raise ValueError(f"stop_on={stop_on!r} needs a per-run Monitor, which engine={name!r} does not "
                          f"attach; use engine='auto', {', '.join(map(repr, STOP_ENGINES))} (or stop_on=None)")
-    finished = db.finished_hashes() if resume else set()
+    finished, note = db.reusable([c.hash for c in configs], name) if resume else (set(), "")
+    if note:  # runs of another engine class or deepdiag version: one line, then they retrain
+        print(f"{label}: {note}", file=sys.stderr)
     if finished:  # a run stopped early is redone unless this sweep would have stopped it as well
         finished = {r.hash for r in db.results([c.hash for c in configs if c.hash in finished])
                     if still_finished(r, stop_on)}

@@ -42,13 +42,15 @@ class EngineSpec:
     stops: bool = False  # honours ``dd.sweep(stop_on=...)``
     needs: str | None = None  # the optional package whose absence means its extra is missing
     install: str | None = None  # the command that installs that extra
+    numerics: str = "reference"  # its numeric class: engines of one class give the same numbers
 
 
 # local / process train each run through dd.fit with a Monitor when stopping; vectorized judges per-member
 # statistics with the same rules (divergence, stalled updates, dead units) at epoch ends
 ENGINES = {spec.name: spec for spec in (
     EngineSpec("local", "deepdiag.engines.local", "LocalEngine", stops=True),
-    EngineSpec("vectorized", "deepdiag.engines.vectorized", "VectorizedEngine", stops=True),
+    EngineSpec("vectorized", "deepdiag.engines.vectorized", "VectorizedEngine", stops=True,
+               numerics="vectorized"),
     EngineSpec("process", "deepdiag.engines.process", "ProcessEngine", ("workers",), stops=True),
     EngineSpec("dask", "deepdiag.engines.dask", "DaskEngine", ("address", "workers"),
                needs="distributed", install='pip install "deepdiag[dask]"'),
@@ -56,6 +58,27 @@ ENGINES = {spec.name: spec for spec in (
                needs="ray", install='pip install "deepdiag[ray]"'),
 )}
 STOP_ENGINES = tuple(name for name, spec in ENGINES.items() if spec.stops)
+
+
+def numeric_class(engine: str) -> str:
+    """Which numbers `engine` gives. ``reference``: local, process, dask and ray all train a run with
+    the same ``dd.fit`` loop from the same seeds, so they agree to the bit. ``vectorized``: batched
+    matrix products sum in another order (float rounding, which a deep plain net amplifies) and
+    dropout masks come from one generator for the whole stack, so its numbers differ. ``auto`` (and
+    the vectorized engine itself, which sends single and non-vectorizable runs to the local loop)
+    mixes the two. An unknown name (a run stored by another version) is its own class."""
+    spec = ENGINES.get(engine)
+    return spec.numerics if spec is not None else ("mixed" if engine == "auto" else str(engine))
+
+
+def reuses(requested: str, stored: str) -> bool:
+    """Whether an engine `requested` may reuse a run (or a study result) that engine `stored` trained:
+    numbers of its own class; reference numbers serve every engine (vectorized and auto promise them up
+    to float rounding, and the reference is the exact value); vectorized or mixed numbers serve only
+    vectorized and auto, which may produce them."""
+    have, want = numeric_class(stored), numeric_class(requested)
+    batched = ("vectorized", "mixed")
+    return have == want or have == "reference" or (have in batched and want in batched)
 
 
 class EngineUnavailable(ImportError):
@@ -78,4 +101,5 @@ def get_engine(name: str, **options) -> Engine:
     return getattr(importlib.import_module(spec.module), spec.cls)(**options)
 
 
-__all__ = ["Engine", "EngineSpec", "EngineUnavailable", "ENGINES", "STOP_ENGINES", "check_engine", "get_engine"]
+__all__ = ["Engine", "EngineSpec", "EngineUnavailable", "ENGINES", "STOP_ENGINES", "check_engine", "get_engine",
+           "numeric_class", "reuses"]

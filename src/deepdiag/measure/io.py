@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .hooks import Hooks
-from .records import InputFacts, OutputFacts
+from .records import InputFacts, NonFiniteFacts, OutputFacts
 from .sites import first_tensor, reduce_dims
 
 _LOSS_KINDS = (
@@ -127,3 +127,53 @@ def input_facts(x: Tensor | None, first_layer: str | None = None,
     mean, std = xd.mean(dims), xd.std(dims, correction=0)
     both = torch.stack([mean, std]).cpu().tolist()  # host sync
     return InputFacts(tuple(both[0]), tuple(both[1]), first_layer, first_out_std)
+
+
+def _floating(value) -> list[Tensor]:
+    """The floating tensors in a batch given as a tensor, a tuple/list or a dict of them."""
+    if isinstance(value, Tensor):
+        return [value] if value.is_floating_point() or value.is_complex() else []
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _floating(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _floating(v)]
+    return []
+
+
+def _count_bad(tensors: list[Tensor]) -> list[Tensor]:
+    return [(~torch.isfinite(t.detach())).sum() for t in tensors]
+
+
+def nonfinite_facts(inputs=None, targets=None, model: nn.Module | None = None, output=None,
+                    loss=None) -> NonFiniteFacts:
+    """Count the NaN/±Inf entries of the input batch, the targets, every parameter of `model`, the
+    output and the loss: a full pass over each (once per checkup, or on a Monitor's first step), read
+    in one host sync. Arguments left None are not measured (None in the record)."""
+    groups = {"inputs": _floating(inputs) if inputs is not None else None,
+              "targets": _floating(targets) if targets is not None else None,
+              "output": _floating(output) if output is not None else None,
+              "loss": _floating(loss) if loss is not None else None}
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point() and p.device.type != "meta"
+             ] if model is not None else []  # a meta tensor has no values to count
+    counts, where = [], []
+    for key, tensors in groups.items():
+        if tensors:
+            counts += _count_bad(tensors)
+            where += [key] * len(tensors)
+    counts += _count_bad([p for _, p in named])
+    where += [n for n, _ in named]
+    values = torch.stack([c.cpu() for c in counts]).tolist() if counts else []  # host sync
+    total = {key: 0 for key, tensors in groups.items() if tensors is not None}
+    weights = []
+    for key, v in zip(where, values):
+        if key in groups:
+            total[key] += int(v)
+        elif v:
+            weights.append((key, int(v)))
+    size = lambda ts: sum(t.numel() for t in ts) if ts is not None else None  # noqa: E731
+    return NonFiniteFacts(total.get("inputs"), size(groups["inputs"]), total.get("targets"),
+                          size(groups["targets"]), tuple(weights),
+                          sum(p.numel() for _, p in named) if model is not None else None,
+                          total.get("output"), size(groups["output"]),
+                          bool(total["loss"]) if "loss" in total else None)
+

@@ -137,3 +137,29 @@ class InputFacts:
     feature_std: tuple
     first_layer: str | None = None
     first_out_std: float | None = None
+
+
+@dataclass(frozen=True)
+class NonFiniteFacts:
+    """NaN/±Inf entries where a training step reads numbers: ``inputs`` and ``targets`` (entries of the
+    batch's floating tensors, out of ``n_inputs`` / ``n_targets``), ``weights`` ((parameter name, count)
+    pairs of the parameters holding any, out of ``n_weights`` entries in all), ``output`` (entries of
+    the model's output, out of ``n_output``) and ``loss`` (True when the loss value is not finite).
+    None: not measured."""
+
+    inputs: int | None = None
+    n_inputs: int | None = None
+    targets: int | None = None
+    n_targets: int | None = None
+    weights: tuple = ()
+    n_weights: int | None = None
+    output: int | None = None
+    n_output: int | None = None
+    loss: bool | None = None
+
+    def sources(self) -> list[str]:
+        """Where non-finite values are, in the order data flows: inputs, targets, weights, output, loss."""
+        return [name for name, bad in (("inputs", self.inputs), ("targets", self.targets),
+                                       ("weights", sum(n for _, n in self.weights)), ("output", self.output),
+                                       ("loss", self.loss)) if bad]
+

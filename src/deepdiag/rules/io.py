@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..findings import Finding
-from ..measure.records import InputFacts, OutputFacts
+from ..measure.records import InputFacts, NonFiniteFacts, OutputFacts
 from .remedies import fmt, median
 
 LOGIT_LOSSES = ("cross_entropy", "bce_with_logits")  # losses that apply the softmax/sigmoid themselves
@@ -129,3 +129,54 @@ def unscaled_inputs(facts: InputFacts | None, step: int | None = None) -> list[F
                     "(dd.data.load(..., standardize=True), or sklearn's StandardScaler).",
                     [facts.first_layer] if facts.first_layer else [], step,
                     fix={"standardize_inputs": True})]
+
+
+UPSTREAM = ("inputs", "targets", "weights")  # non-finite here poisons every number computed after it
+
+_NONFINITE_REMEDY = {
+    "inputs": "Find the NaN/Inf in the input data and remove or impute it before training (check "
+              "torch.isfinite(x).all() per batch; common causes: missing values read as NaN, a division by a "
+              "zero standard deviation when standardizing, log of 0).",
+    "targets": "Find the NaN/Inf in the targets and remove those samples or fix how they were computed "
+               "(missing labels read as NaN, a division by zero when scaling them).",
+    "weights": "The weights hold NaN/Inf: re-initialise the model or reload a finite checkpoint; if training "
+               "put them there, lower the learning rate or clip gradients (torch.nn.utils.clip_grad_norm_).",
+    "output": "Inputs and weights are finite but the forward pass is not: look for an overflow (see the "
+              "activation findings), a log or division of 0, or float16 overflow in the model.",
+    "loss": "The output is finite but the loss is not: compute it from logits (CrossEntropyLoss, "
+            "BCEWithLogitsLoss) rather than log of probabilities, and check the targets' range.",
+}
+
+
+def nonfinite_values(facts: NonFiniteFacts | None, step: int | None = None) -> list[Finding]:
+    """nonfinite_values: NaN or ±Inf in the inputs, targets, weights, output or loss (error).
+
+    Named by the first place data flows through that holds one (inputs, targets, weights, then output,
+    loss): a NaN propagates through every sum it enters, so everything downstream of it (activations,
+    gradients, the loss, every statistic the other rules read) is NaN too, and only that first place
+    says what to fix. Why no threshold: one non-finite entry is enough; a single NaN in a batch makes
+    the loss, and then every weight after the next optimizer step, NaN. When inputs, targets or
+    weights are non-finite, ``judge`` reports this finding alone: the gradient and activation rules
+    would read the NaN as exploding gradients and blame the initialisation.
+    """
+    if facts is None:
+        return []
+    where = facts.sources()
+    if not where:
+        return []
+    first = where[0]
+    n_weights = sum(n for _, n in facts.weights)
+    parts = {"inputs": f"{facts.inputs} of {facts.n_inputs} input values",
+             "targets": f"{facts.targets} of {facts.n_targets} target values",
+             "weights": f"{n_weights} of {facts.n_weights} weights (in {len(facts.weights)} parameter(s))",
+             "output": f"{facts.output} of {facts.n_output} output values", "loss": "the loss"}
+    ev = {"sources": where, "first_source": first, "inputs": facts.inputs, "n_inputs": facts.n_inputs,
+          "targets": facts.targets, "n_targets": facts.n_targets, "output": facts.output,
+          "n_output": facts.n_output, "loss_nonfinite": facts.loss, "n_weights": facts.n_weights,
+          "weights": {name: n for name, n in facts.weights[:20]}}
+    layers = [name.rsplit(".", 1)[0] for name, _ in facts.weights] if first == "weights" else []
+    return [Finding("nonfinite_values", "error",
+                    f"NaN/Inf in {'; '.join(parts[w] for w in where)}: every number computed from the "
+                    f"{first} (activations, gradients, the loss) is NaN/Inf too.", ev,
+                    _NONFINITE_REMEDY[first], list(dict.fromkeys(layers)), step)]
+

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
-from ..measure.records import InputFacts, LayerStats, OutputFacts
+from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
 from .curves import divergence, oscillating_loss, overfitting, underfitting, underfitting_cause
 from .depth import compare_depths
-from .io import output_loss_mismatch, unscaled_inputs
+from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training
 from .updates import stalled_updates
@@ -26,7 +26,7 @@ from .updates import stalled_updates
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates,),
-    "io": (output_loss_mismatch, unscaled_inputs),
+    "io": (output_loss_mismatch, unscaled_inputs, nonfinite_values),
     "curves": (divergence, overfitting, underfitting, oscillating_loss),
     "depth": (compare_depths,),
 }
@@ -82,21 +82,27 @@ def judge_layers(layers: Sequence[LayerStats], step: int | None = None) -> list[
 
 def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = None,
           inputs: InputFacts | None = None, curves: Curves | None = None, context: Context = Context(),
-          step: int | None = None, io_step: int | None = None) -> list[Finding]:
+          step: int | None = None, io_step: int | None = None,
+          nonfinite: NonFiniteFacts | None = None) -> list[Finding]:
     """Every rule that has something to judge, most severe first (see the module docstring).
 
     `layers`: per-layer records; `output` / `inputs`: the output and input facts; `curves`; `context`.
     `step`: the step the layer and update findings are stamped with; `io_step`: that of the output and
     input findings (default `step`: a Monitor measures them on its first training step only).
+    `nonfinite`: NaN/Inf counts; NaN/Inf in the inputs, targets or weights is reported alone
+    (``nonfinite_values``: every other measurement is computed from them).
     """
-    found = []
+    io_step = step if io_step is None else io_step
+    poisoned = nonfinite_values(nonfinite, io_step)
+    if poisoned and poisoned[0].evidence["first_source"] in UPSTREAM:
+        return poisoned
+    found = poisoned
     for f in (f for rule in LAYER_RULES for f in rule(layers, step)):
         if context.start is not None and start_key(f) not in context.start:
             f = appeared_in_training(f, context.start_step, context.base_lr)
         found.append(f)
     if layers:
         found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer)
-    io_step = step if io_step is None else io_step
     found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
