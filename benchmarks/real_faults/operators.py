@@ -113,10 +113,14 @@ def _remove_bias(model):
     """nn.Linear / nn.ConvNd lose their bias; other biases (RNN gates, transformers' Conv1D, norm
     layers excepted) become a frozen zero, which computes the same function."""
     norms = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
+    # nn.TransformerEncoderLayer reads its linears' biases directly (its fast-path check): keep them
+    # as frozen zeros there, as its own bias=False would leave none
+    inside = {id(m) for layer in model.modules() if isinstance(layer, nn.TransformerEncoderLayer)
+              for m in layer.modules()}
     for m in model.modules():
         if isinstance(m, norms) or type(m).__name__.endswith("LayerNorm"):
             continue
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.bias is not None:
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.bias is not None and id(m) not in inside:
             m.register_parameter("bias", None)
         else:
             for n, p in m.named_parameters(recurse=False):
@@ -130,11 +134,14 @@ def _remove_bias(model):
 def _last_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Module] | None:
     """(parent, name, module) of the last registered nn.Linear: the output layer of every base."""
     last = None
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                last = (parent, name, child)
-    return last
+    for path, child in model.named_modules():  # depth-first, in registration order
+        if isinstance(child, nn.Linear):
+            last = path
+    if last is None:
+        return None
+    parent_path, _, name = last.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    return parent, name, getattr(parent, name)
 
 
 def _freeze(model):
