@@ -52,11 +52,17 @@ def _list(s: str | None) -> list[str] | None:
     return None if s is None else [x for x in s.split(",") if x]
 
 
+def fingerprint(p: Program) -> str:
+    """The budget and training switches of `p`: a reused plain run must have been trained with these.
+    (Model code is not in it: reuse results only from the same benchmark commit.)"""
+    return repr((p.name, p.optimizer, p.batch_size, p.epochs, p.max_steps, p.shuffle, p.zero_grad,
+                 p.target_scale, p.target_shift, len(p.data.x_train)))
+
+
 def _plain(reuse: dict, p: Program, seed: int) -> tuple[float, bool, float]:
     """(metric, finite, seconds) of a plain run, from `reuse` when it holds one."""
-    key = f"{p.name}@{seed}"
-    if key in reuse:
-        r = reuse[key]
+    r = reuse.get(f"{p.name}@{seed}")
+    if r is not None and r.get("fingerprint") == fingerprint(p):
         return r["metric"], r["finite"], 0.0
     r = train(p, seed)
     return r.metric, r.finite, r.seconds
@@ -99,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     for base in chosen:
         runs = [_plain(reuse, base, s) for s in SEEDS]
         metrics = [m for m, _, _ in runs]
-        plain += [{"program": base.name, "seed": s, "metric": m, "finite": f} for s, (m, f, _) in zip(SEEDS, runs)]
+        plain += [{"program": base.name, "seed": s, "metric": m, "finite": f, "fingerprint": fingerprint(base)}
+                  for s, (m, f, _) in zip(SEEDS, runs)]
         w = train(base, 0, watch=True)
         rows.append(_row(base, None, metrics[0], w, metrics, healthy=healthy(base, metrics)))
         _progress(f"{base.name:28s} {base.metric} {metrics[0]:.3f} (sd {_sd(metrics):.3f}) "
                   f"{'healthy' if rows[-1]['healthy'] else 'NOT HEALTHY'} codes={w.codes}")
         for m in mutants(base, ops):
             metric, finite, _ = _plain(reuse, m, 0)
-            plain.append({"program": m.name, "seed": 0, "metric": metric, "finite": finite})
+            plain.append({"program": m.name, "seed": 0, "metric": metric, "finite": finite,
+                          "fingerprint": fingerprint(m)})
             real = killed(metrics, metric, finite, base.data.task)
             w = train(m, 0, watch=True) if real or a.all_verdicts else None
             rows.append(_row(m, base, metric, w, metrics, real=real, finite=finite))

@@ -49,7 +49,6 @@ class Run:
     monitor_codes: list[str] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
     summaries: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 def _targets(p: Program, y: Tensor) -> Tensor:

@@ -275,7 +275,7 @@ def _bases() -> dict[str, Program]:
         Program("lstm", "rnn", lambda: Recurrent(nn.LSTM, v, c), marks, ce, opt("adam", lr=3e-3), 32, 6),
         Program("gru", "rnn", lambda: Recurrent(nn.GRU, v, c), marks, ce, opt("adam", lr=3e-3), 32, 6),
         Program("transformer", "transformer", lambda: Encoder(v, c), marks, ce, opt("adam", lr=1e-3), 32, 6),
-        Program("bert", "transformer", bert, marks, ce, opt("adamw", lr=2e-3), 32, 6),
+        Program("bert", "transformer", bert, marks, ce, opt("adamw", lr=3e-3), 32, 10),
         Program("gpt2_lm", "transformer", gpt2, lm, token_cross_entropy, opt("adamw", lr=3e-3), 32, 6),
         Program("embedding", "embedding", lambda: MeanEmbedding(v, c), marks, ce, opt("adam", lr=3e-3), 32, 6),
         Program("conv1d", "cnn", lambda: TokenConv(v, c), marks, ce, opt("adam", lr=3e-3), 32, 6),
