@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-verdicts", action="store_true", help="also judge mutants that are not real faults")
     ap.add_argument("--reuse", help="take plain runs from this earlier results JSON")
     ap.add_argument("--out", default="results/real_faults.json")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the selected programs' rows in an existing --out file")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -121,11 +123,16 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             _progress(f"  {m.name:26s} {metric:8.3f} {'REAL' if real else 'no  '} "
                       f"{'detected' if r['detected'] else ('missed' if real else '')} {r['codes']}")
+    out = Path(a.out)
+    if a.update and out.exists():
+        old = json.loads(out.read_text())
+        fresh = {r["program"] for r in rows}
+        rows = [r for r in old["rows"] if r["program"] not in fresh] + rows
+        plain = [r for r in old["plain"] if r["program"] not in fresh] + plain
     summary = _summary(rows)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["deepdiag"] = dd.__file__
     summary["command"] = " ".join(["python -m benchmarks.real_faults", *(argv if argv is not None else sys.argv[1:])])
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps({"summary": summary, "rows": rows, "plain": plain}))
     _write_csv(out.with_suffix(".csv"), rows)

@@ -76,6 +76,8 @@ def _swap_activations(make: Callable[[], nn.Module]):
     def edit(model):
         for parent, name in _activations(model):
             setattr(parent, name, make())
+            if isinstance(parent, nn.TransformerEncoderLayer):
+                parent.activation_relu_or_gelu = 0  # else its eval fast path keeps the built-in ReLU
         return model
     return edit
 
