@@ -43,9 +43,14 @@ def test_every_operator_applies_somewhere_and_accepts_known_codes():
         assert codes and codes <= set(CODES), (op, codes - set(CODES))
 
 
-def test_watched_run_is_the_plain_run():
-    """deepdiag (checkup forks the RNG, the Monitor only reads) must not change training."""
-    p = replace(bases()["mlp"], epochs=1, max_steps=3)
+@pytest.mark.parametrize("program", ["mlp", "transformer/act_sigmoid"])
+def test_watched_run_is_the_plain_run(program):
+    """deepdiag (checkup forks the RNG, the Monitor only reads) must not change training; a mutant
+    must run the same code with or without hooks (nn.TransformerEncoderLayer's hook-free eval fast
+    path once kept ReLU after the activation swap)."""
+    base, _, op = program.partition("/")
+    p = bases()[base] if not op else next(m for m in mutants(bases()[base], [op]))
+    p = replace(p, epochs=1, max_steps=3)
     assert train(p, 0, watch=True).metric == train(p, 0).metric
 
 
