@@ -12,11 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks.real_faults.harness import killed, train  # noqa: E402
-from benchmarks.real_faults.operators import ACCEPTED, OPERATORS, mutants  # noqa: E402
-from benchmarks.real_faults.programs import bases  # noqa: E402
-
-from deepdiag.findings import CODES  # noqa: E402
+from benchmarks.real_faults.harness import killed, train
+from benchmarks.real_faults.operators import ACCEPTED, OPERATORS, mutants
+from benchmarks.real_faults.programs import bases
+from deepdiag.findings import CODES
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -215,9 +215,9 @@ def render(summary: dict, rows: list[dict]) -> str:
     rate = f"{100 * s['detection_rate']:.1f} %" if s["detection_rate"] is not None else "n/a"
     out = [f"bases: {s['bases']} ({s['healthy_bases']} healthy), false alarms: {s['false_alarms']} (goal 0)"
            + (f" -- {'; '.join(s['false_alarm_bases'])}" if s["false_alarm_bases"] else ""),
-           f"mutants: {s['mutants']}, real faults: {s['real_faults']}, detected with an accepted code: "
-           f"{s['detected']} ({rate}, goal >= 95 %), with any code: {s['detected_any_code']}; "
-           f"missed but an accepted code at severity info: {s['accepted_at_info_only']}", ""]
+           (f"mutants: {s['mutants']}, real faults: {s['real_faults']}, detected with an accepted code: "
+            f"{s['detected']} ({rate}, goal >= 95 %), with any code: {s['detected_any_code']}; "
+            f"missed but an accepted code at severity info: {s['accepted_at_info_only']}"), ""]
     out += _table(rows, "family", with_bases=True) + [""] + _table(rows, "operator", with_bases=False)
     missed = [r for r in rows if r["real_fault"] and not r["detected"]]
     if missed:

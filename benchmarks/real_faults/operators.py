@@ -1,29 +1,29 @@
 """Mutation operators from the taxonomy of real deep-learning faults, and the codes each one accepts.
 
 Each operator is a function ``(base Program) -> mutant Program | None`` (None: not applicable to
-that base, e.g. an input-scaling fault on token ids). Names follow DeepCrime's operators (ISSTA 2021,
-Table 2; the taxonomy's "Model", "Training" and "Training data" branches of Humbatova et al. 2020):
+that base, e.g. an input-scaling fault on token ids). Where DeepCrime (ISSTA 2021) has the operator,
+its name is given; the others are faults of the taxonomy (Humbatova et al., ICSE 2020) that DeepCrime
+does not implement:
 
 | DeepCrime operator | here |
 | --- | --- |
-| ACH change activation function | act_sigmoid, act_exponential |
-| ARM remove activation function | act_linear |
-| AAL add activation to the output | out_sigmoid, out_relu |
-| WCI change weights initialisation | init_zeros, init_large, init_small |
-| BCI change bias initialisation | bias_negative |
-| RB remove bias | remove_bias |
-| CLR change learning rate | lr_up (x100), lr_down (/1000) |
-| OCH change optimisation function | opt_sgd_plain (SGD lr 1e-3, no momentum) |
-| LCH change loss function | loss_mse_ids, loss_nll_raw, loss_double_softmax |
-| BCH change batch size | batch_one (same steps), batch_full (same epochs) |
-| EPOCHS change number of epochs | epochs_few |
-| LF freeze layers (DeepCrime's TCL / Humbatova "wrong layers trainable") | freeze |
-| HNE high number of epochs / RE regularisation: WCH add weights regularisation | weight_decay |
-| TUD unscaled data | inputs_x1000, inputs_offset |
-| TUD on regression targets | targets_x1000, targets_offset |
-| TCL change labels (shuffle / noise) | labels_shuffled, labels_noisy |
-| TRD training data not shuffled (taxonomy: "data not shuffled") | no_shuffle |
-| (taxonomy: "missing zero_grad" / wrong gradient accumulation) | no_zero_grad |
+| change_activation_function | act_sigmoid, act_exponential |
+| remove_activation_function | act_linear |
+| add_activation_function (to the output) | out_sigmoid, out_relu |
+| change_weights_initialisation | init_zeros, init_large, init_small |
+| remove_bias | remove_bias |
+| change_learning_rate | lr_up (x100), lr_down (/1000) |
+| change_optimisation_function | opt_sgd_plain (SGD lr 1e-3, no momentum) |
+| add_weights_regularisation | weight_decay |
+| change_loss_function | loss_mse_ids, loss_nll_raw, loss_double_softmax |
+| change_batch_size | batch_one (same steps), batch_full (same epochs) |
+| change_epochs | epochs_few |
+| change_label | labels_shuffled, labels_noisy |
+| (taxonomy) wrong bias initialisation | bias_negative |
+| (taxonomy) layers wrongly not trainable | freeze |
+| (taxonomy) missing input / target normalisation | inputs_x1000, inputs_offset, targets_x1000, targets_offset |
+| (taxonomy) training data not shuffled | no_shuffle |
+| (taxonomy) wrong gradient handling: zero_grad missing | no_zero_grad |
 
 ``ACCEPTED`` maps each operator to the finding codes that name its mechanism, written from theory
 (the meaning of each code in DESIGN.md's table) before deepdiag was run on any mutant. A code is
@@ -35,14 +35,14 @@ linear network, heavy weight decay, label corruption).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .programs import Data, Program, token_cross_entropy
+from .programs import Program, token_cross_entropy
 
 # ---- model edits (applied to the built model; each returns it) ----
 

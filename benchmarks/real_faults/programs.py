@@ -13,9 +13,10 @@ a fixed permutation of the current one 80 % of the time).
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -84,18 +85,18 @@ def opt(name: str, **kw) -> tuple[str, tuple]:
 
 # ---- data ----
 
-@lru_cache(maxsize=None)
+@cache
 def sklearn_data(name: str, images: bool = False) -> Data:
     ds = dd.data.load(name, seed=0)
     shape = (-1, 1, 8, 8) if images else (len(ds.x_train[0]),)
-    x = lambda t: t.reshape(-1, *shape[1:]) if images else t  # noqa: E731
+    x = lambda t: t.reshape(-1, *shape[1:]) if images else t
     return Data(x(ds.x_train), ds.y_train, x(ds.x_val), ds.y_val, ds.task, ds.n_classes)
 
 
 MARK_VOCAB, MARK_LEN, MARK_CLASSES = 32, 16, 4
 
 
-@lru_cache(maxsize=None)
+@cache
 def marker_tokens(n_train: int = 1000, n_val: int = 400, seed: int = 0) -> Data:
     """Sequences of MARK_LEN tokens from a vocabulary of 32. Tokens 4c..4c+3 mark class c (c < 4);
     16..31 are noise. Each sequence holds 2 markers of its class and 1 of another class at random
@@ -116,7 +117,7 @@ def marker_tokens(n_train: int = 1000, n_val: int = 400, seed: int = 0) -> Data:
 LM_VOCAB, LM_LEN = 16, 17
 
 
-@lru_cache(maxsize=None)
+@cache
 def bigram_tokens(n_train: int = 800, n_val: int = 200, seed: int = 0) -> Data:
     """Sequences where token t+1 is perm[token t] with probability 0.8, else uniform: the best
     next-token accuracy is 0.8 + 0.2/16 = 0.81, chance 1/16. Inputs are tokens 0..T-2, targets 1..T-1."""
@@ -223,7 +224,7 @@ class Logits(nn.Module):
 
 def mlp(sizes: list[int], act: type = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), act()]
     return nn.Sequential(*layers[:-1])
 
@@ -284,7 +285,7 @@ def _bases() -> dict[str, Program]:
     return {b.name: b for b in p}
 
 
-@lru_cache(maxsize=None)
+@cache
 def bases() -> dict[str, Program]:
     """Every base program by name (built once; the data are shared, never modified in place)."""
     return _bases()
