@@ -55,11 +55,12 @@ from .measure.history import StepBuffer, UnitWindows
 from .measure.io import IOProbe, input_facts, loss_kind, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
-from .measure.records import LayerStats
+from .measure.coverage import coverage
+from .measure.records import Coverage, LayerStats
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.layers import MIN_POSITIONS
 
-STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm")
+STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "path_norm")
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 
@@ -314,9 +315,11 @@ class Monitor:
         for site in sites:
             d = latest.get(site.index, {})
             w = wmap.get(site.index, (nan, nan, nan))
-            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2]]
+            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2],
+                     d.get("path_norm", nan)]
             scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
-                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0]
+                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0,
+                      math.sqrt(max(1, d.get("path_numel", 1)))]
         key = tuple(scale)
         if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
             self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.rows.device))
@@ -395,6 +398,8 @@ class Monitor:
                 m["signal_norm"], m["signal_numel"] = v[2], 1
             if not math.isnan(v[3]):
                 m["grad_norm"] = v[3]
+            if not math.isnan(v[6]):
+                m["path_norm"], m["path_numel"] = v[6], 1
             u = self._units.units.get(site.index)
             if u is not None:
                 m["unit_count"] = u.counts().cpu().tolist()  # host sync (per unit layer)
@@ -414,6 +419,14 @@ class Monitor:
         if len(u) >= 2 and r.weight_norm:
             more.update(update_rel=float(u.median()) / r.weight_norm, frozen=bool((u == 0).all()))
         return replace(r, **more)
+
+    @property
+    def coverage(self) -> Coverage | None:
+        """Which weight-bearing modules the monitor measures (``deepdiag.measure.records.Coverage``);
+        None before the first recorded step."""
+        if not self.rec.discovered:
+            return None
+        return coverage(self.model, self.rec.sites, {s.index for s in self.rec.sites})[0]
 
     def diagnose(self, baseline: float | None = None, n_classes: int | None = None) -> list[Finding]:
         """Findings from the layer statistics (their current state) and the epoch/step loss curves,

@@ -7,7 +7,7 @@ import math
 from torch import Tensor, nn
 
 from .records import LAYER_FIELDS, UNIT_FAMILIES, LayerStats
-from .sites import Site
+from .sites import Site, matrix_params
 from .weights import column_symmetry, recognise_init, row_symmetry, weight_of
 
 def _f(v):
@@ -46,6 +46,20 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
             r["in_rms"] = _f(m["in_norm"]) / math.sqrt(max(1, m["in_numel"]))
         if m.get("signal_norm") is not None:
             r["signal_norm"] = _f(m["signal_norm"]) / math.sqrt(max(1, m["signal_numel"]))
+        if m.get("path_norm") is not None and s.path is not None:
+            r["path_signal"] = _f(m["path_norm"]) / math.sqrt(max(1, m.get("path_numel", 1)))
+            r["path_side"] = s.path
+        for k in ("attention_peak", "time_ratio", "gate_saturation"):
+            if m.get(k) is not None:
+                r[k] = m[k] if k == "gate_saturation" else _f(m[k])
+        if s.kind in ("embedding", "recurrent", "attention"):
+            ps = matrix_params(s.module, s.kind)
+            if ps:
+                r["weight_norm"] = math.sqrt(sum(float(p.detach().double().norm()) ** 2 for p in ps))
+                r["weight_std"] = float(ps[0].detach().double().std()) if ps[0].numel() > 1 else 0.0
+            if m.get("grad_norm") is not None:
+                r["grad_norm"] = _f(m["grad_norm"])
+                r["grad_rel"] = r["grad_norm"] / r["weight_norm"] if r.get("weight_norm") else None
         if m.get("unit_spread") is not None:
             amax = _f(m["act_absmax"])
             r["unit_spread"] = 0.0 if amax == 0 else _f(m["unit_spread"]) / amax

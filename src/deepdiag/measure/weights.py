@@ -8,15 +8,15 @@ import torch
 from torch import Tensor
 
 from ..init import fans, scheme_std
-from .sites import Site
+from .sites import Site, weight_matrix
 
 INIT_TOLERANCE = 0.15  # a measured weight std within ±15 % of a scheme's std is read as that scheme
 RECOGNISED = ("he", "lecun", "xavier", "default")
 
 
 def weight_of(site: Site) -> Tensor | None:
-    w = getattr(site.module, "weight", None)
-    return w if isinstance(w, Tensor) else None
+    """The site's weight as (out, in, *kernel) (transformers' Conv1D transposed), or None."""
+    return weight_matrix(site.module)
 
 
 def recognise_init(w: Tensor) -> tuple[str, float]:
