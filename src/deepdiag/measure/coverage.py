@@ -13,7 +13,8 @@ import math
 from torch import Tensor, nn
 
 from .records import Coverage, LAYER_FIELDS, LayerStats
-from .sites import Site
+from .sites import Site, safe_norm
+from .weights import weight_summary
 
 
 def weight_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -39,8 +40,8 @@ def coverage(model: nn.Module, sites: list[Site], seen: set[int]) -> tuple[Cover
             missing.append(name)
             continue
         by_param.append(name)
-        wn = math.sqrt(sum(float(p.detach().double().norm()) ** 2 for p in ps))
-        gn = math.sqrt(sum(float(g.detach().double().norm()) ** 2 for g in gs))
+        wn = math.sqrt(sum(weight_summary(p)[1] ** 2 for p in ps))
+        gn = math.sqrt(sum(float(safe_norm(g)) ** 2 for g in gs))
         r = dict.fromkeys(LAYER_FIELDS)
         r.update(name=name, type=type(m).__name__, kind="parameter", weight_norm=wn, grad_norm=gn,
                  grad_rel=gn / wn if wn > 0 else None, is_model_input=False)

@@ -181,5 +181,11 @@ def unit_counts(v: Tensor, family: str, unit_dim: int) -> Tensor:
 
 
 def safe_norm(t: Tensor) -> Tensor:
-    """‖t‖₂ accumulated in float64, so values of ~1e-30 do not square to 0 in float32."""
-    return torch.linalg.vector_norm(t.detach(), dtype=torch.float64)
+    """‖t‖₂ that survives float32 underflow: float32 first (fast, no copy); when that is below 10⁻¹⁵ —
+    entries below ~10⁻¹⁹ square to float32 denormals or 0 — again with float64 accumulation, so values
+    of ~1e-30 are still measured. One host sync (checkup only)."""
+    t = t.detach()
+    n = torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype != torch.float64 else None)
+    if float(n) < 1e-15:  # host sync
+        n = torch.linalg.vector_norm(t, dtype=torch.float64)
+    return n.double()

@@ -110,29 +110,30 @@ def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[F
         "ratio_first_last": sig[0] / sig[-1], "depth": len(w), "signal_norm": dict(zip(names, sig)),
         "grad_rel": {r.name: r.grad_rel for r, _ in w if r.grad_rel is not None}, "threshold": ORDERS,
     }
+    found = []
     if _orders(down) == "vanishing":
         i, j, ratio = i_dn, j_dn, down
         per_layer = ratio ** (1.0 / (j - i)) if ratio > 0 else 0.0
-        evidence.update(ratio=ratio, per_layer_factor=per_layer, between=[names[i], names[j]])
+        evidence = {**evidence, "ratio": ratio, "per_layer_factor": per_layer, "between": [names[i], names[j]]}
         how = ("is exactly 0 (blocked by dead units, or float32 underflow)" if ratio == 0 else
                f"is {1 / ratio:.3g}× smaller than at {names[j]} ({fmt(per_layer)}× per layer over "
                f"{j - i + 1} layers)")
         where = "the first layer" if i == 0 else names[i]
-        return [_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
+        found.append(_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
                               f"The gradient reaching {where} {how}, so early layers barely learn.", evidence,
                               rows, "for deep nets add residual connections (dd.mlp(..., residual=True)) or "
-                              "normalization", [r.name for r, s in w[i:j + 1] if s <= sig[j] / ORDERS], step)]
+                              "normalization", [r.name for r, s in w[i:j + 1] if s <= sig[j] / ORDERS], step))
     if _orders(up) == "exploding":
         i, j, ratio = i_up, j_up, up
         per_layer = ratio ** (1.0 / (j - i)) if ratio < math.inf else ratio
-        evidence.update(ratio=ratio, per_layer_factor=per_layer, between=[names[i], names[j]])
-        return [_init_finding("exploding_gradients", ratio >= ORDERS_ERROR,
+        evidence = {**evidence, "ratio": ratio, "per_layer_factor": per_layer, "between": [names[i], names[j]]}
+        found.append(_init_finding("exploding_gradients", ratio >= ORDERS_ERROR,
                               f"The gradient grows {ratio:.3g}× from {names[j]} back to {names[i]} "
                               f"({fmt(per_layer)}× per layer over {j - i + 1} layers), so early layers take huge "
                               f"steps.", evidence,
                               rows, "clip gradients or lower the learning rate; in residual nets add normalization "
-                              "(norm='layer')", [r.name for r, s in w[i:j + 1] if s >= sig[j] * ORDERS], step)]
-    return []
+                              "(norm='layer')", [r.name for r, s in w[i:j + 1] if s >= sig[j] * ORDERS], step))
+    return found
 
 
 def _extreme_pair(sig: list[float], pick) -> tuple[int, int, float]:
