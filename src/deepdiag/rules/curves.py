@@ -156,6 +156,17 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         ev, "Lower the learning rate (e.g. 10×), clip gradients (torch.nn.utils.clip_grad_norm_), "
                         "and check the initialisation with dd.checkup.", [],
                         step if step is not None else where, fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+    spike = _step_blowup(sl)
+    if spike is not None:
+        first, peak, end = spike
+        return [Finding("divergence", "error",
+                        f"The step loss jumped {peak / first:.3g}× from {fmt(first)} to {fmt(peak)} and ended at "
+                        f"{fmt(end)}, {end / first:.2g}× where it started: the iterates left the basin.",
+                        {"first_loss": first, "peak_loss": peak, "end_loss": end, "growth": peak / first,
+                         "per": "step", "threshold": BLOWUP, "end_threshold": BLOWUP_END},
+                        "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
+                        [], int(steps[-1]) if steps is not None and len(steps) else None,
+                        fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
     curve = [x for x in t if math.isfinite(x)]
     kind = "epoch"
     if len(curve) < 3 and len(sl) >= 3:
@@ -169,6 +180,26 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], len(curve), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
     return []
+
+
+BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
+
+
+def _step_blowup(step_loss: list[float]) -> tuple[float, float, float] | None:
+    """(first, peak, end) when the step loss rose > 10× its first value (the loss at the initialisation,
+    before any update: the first recorded step) and its
+    end (median of the last ≤ 10) is still ≥ 2× the first, else None. Why: the first losses are at the
+    initialisation, about the chance level; no minibatch of a run that is learning scores ten times
+    chance, and a run that ends at twice its *starting* loss has been thrown out of the basin and not
+    come back (the LSTM at SGD lr 10 that goes 0.71 → 45 in 4 steps and ends at 5× chance) — within the
+    first epoch, before any epoch curve exists."""
+    x = [v for v in step_loss if math.isfinite(v)]
+    if len(x) < 6:
+        return None
+    first, end, peak = x[0], median(x[-10:]), max(x)
+    if first > 0 and peak > BLOWUP * first and end >= BLOWUP_END * first:
+        return first, peak, end
+    return None
 
 
 OSC_WINDOW = 100  # judge the last <= 100 recorded step losses ...

@@ -18,7 +18,7 @@ from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, OutputFacts
 from .curves import divergence, oscillating_loss, overfitting, underfitting, underfitting_cause
 from .depth import compare_depths
-from .io import output_loss_mismatch, unscaled_inputs
+from .io import output_loss_mismatch, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training
 from .updates import stalled_updates
@@ -26,7 +26,7 @@ from .updates import stalled_updates
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates,),
-    "io": (output_loss_mismatch, unscaled_inputs),
+    "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets),
     "curves": (divergence, overfitting, underfitting, oscillating_loss),
     "depth": (compare_depths,),
 }
@@ -97,7 +97,7 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     if layers:
         found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer)
     io_step = step if io_step is None else io_step
-    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step)
+    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step) + unscaled_targets(output, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
     return sort_findings(found)
