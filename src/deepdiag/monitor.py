@@ -58,6 +58,7 @@ from .measure.recorder import Recorder
 from .measure.coverage import coverage
 from .measure.records import Coverage, LayerStats
 from .rules import Context, Curves, judge, judge_layers, start_key
+from .rules.judge import bottleneck
 from .rules.layers import MIN_POSITIONS
 
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "path_norm")
@@ -448,7 +449,7 @@ class Monitor:
         context = Context(lr=self.lr, base_lr=self.base_lr, batch_size=self.batch_size,
                           knows_optimizer=self.optimizer is not None, weight_decay=wd,
                           weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
-                          else None, start=self._start, start_step=self._start_step)
+                          else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows))
         output, inputs, io_step = self._io or (None, None, None)
         return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
                      step=steps[-1] if steps else None, io_step=io_step)
