@@ -52,6 +52,8 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
         if m.get("path_norm") is not None and s.path is not None:
             r["path_signal"] = _f(m["path_norm"]) / math.sqrt(max(1, m.get("path_numel", 1)))
             r["path_side"] = s.path
+        elif s.path == "out" and r["signal_norm"] is not None:  # one hook serves both
+            r["path_signal"], r["path_side"] = r["signal_norm"], "out"
         for k in ("attention_peak", "time_ratio", "gate_saturation"):
             if m.get(k) is not None:
                 r[k] = m[k] if k == "gate_saturation" else _f(m[k])

@@ -208,6 +208,8 @@ class Recorder:
         batch = yd.shape[0] if yd.dim() > 1 else 1
         if site.kind in PATH_KINDS:  # the main-path signal ∂L/∂h at this site's input or output
             for side, t in (("out", y), ("in", x)):
+                if side == "out" and site.kind != "norm":
+                    continue  # the output's signal hook measures it (signal_norm is the path signal there)
                 if isinstance(t, Tensor) and t.requires_grad and (not self.discovered or site.path == side):
                     t.register_hook(self._path_hook(site, side, t.shape[0] if t.dim() > 1 else 1))
         if site.kind in ("embedding", "recurrent", "attention"):
