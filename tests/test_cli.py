@@ -167,6 +167,8 @@ def test_check_healthy_and_zero_init(factory_file):
     assert zero.exit_code == 1
     codes = {f["code"] for f in json.loads(zero.stdout)["findings"]}
     assert "symmetric_units" in codes
+    cover = json.loads(zero.stdout)["coverage"]
+    assert cover["weight_modules"] >= 2 and cover["fraction"] == 1.0 and cover["not_measured"] == []
 
 
 @pytest.mark.parametrize("target, words, code", [

@@ -44,8 +44,6 @@ class Case:
 
 
 CASES = [
-    Case("oscillating_batch2", "oscillating_loss", lr=0.2, bs=2),
-    Case("oscillating_large_lr", "oscillating_loss", lr=1.0),
     Case("divergence_large_lr_regression", "divergence", data="teacher", out=1, loss="mse", act="tanh", lr=1.0,
          metric="val_loss"),
     Case("dead_units_during_training_large_lr", "dead_units", lr=0.5, momentum=0.9),

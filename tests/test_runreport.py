@@ -10,6 +10,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import deepdiag as dd
+from deepdiag.jsonsafe import json_safe
 from deepdiag import runreport
 from deepdiag.cli import app
 from deepdiag.monitor import Monitor
@@ -63,7 +64,8 @@ def test_save_and_load_round_trip(dying, tmp_path):
     assert meta["model"] == "Sequential" and meta["deepdiag"] == dd.__version__
     assert [x["name"] for x in meta["layers"]] == [s.name for s in mon.rec.sites]
     assert (meta["every"], meta["capacity"], meta["window"], meta["steps"]) == (1, 256, WINDOW, STEPS)
-    assert run.coverage is None  # this Monitor reports none
+    cover = mon.coverage  # what the Monitor measured, saved as it reported it
+    assert (run.coverage["weight_modules"], run.coverage["measured"]) == (cover.weight_modules, cover.measured) == (3, 3)
     doc = json.loads((tmp_path / "run" / "run.json").read_text())
     assert doc["format"] == runreport.FORMAT and set(doc["tables"]) == {"layers", "steps", "epochs"}
 
@@ -112,16 +114,12 @@ def test_saturated_share_and_functional_units_belong_to_their_layer():
     assert layers[layers.layer == "fc2"].saturated_frac.isna().all()
 
 
-def test_coverage_is_saved_when_the_monitor_has_one(dying, tmp_path):
+def test_coverage_is_saved_and_drawn(dying, tmp_path):
     mon, _ = dying
-    mon.coverage = {"measured": 3, "not measured": ["emb"]}
-    try:
-        run = load_run(mon.save(tmp_path))
-    finally:
-        del mon.coverage
-    assert run.coverage == {"measured": 3, "not measured": ["emb"]}
+    run = load_run(mon.save(tmp_path))
+    assert run.coverage == json_safe(mon.coverage.to_dict())
     html = runreport.render(run, tmp_path / "r.html").read_text()
-    assert 'id="coverage"' in html and "not measured" in html
+    assert 'id="coverage"' in html and "weight_modules" in html
 
 
 def test_the_page_draws_what_was_saved(dying, tmp_path):

@@ -32,11 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from .findings import Finding, severity_rank
+from .jsonsafe import json_safe
+from .measure.coverage import coverage
 from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
-from .measure.records import LayerStats, OutputFacts
-from .measure.sites import safe_norm
+from .measure.records import Coverage, LayerStats, OutputFacts
+from .measure.recurrent import recurrent_facts
+from .measure.sites import matrix_params, safe_norm
 from .rules import judge
 from .rules.io import output_loss_mismatch
 from .train import default_loss
@@ -55,6 +58,13 @@ class Checkup:
     rows: list[LayerStats] = field(default_factory=list)
     loss: float | None = None
     surrogate: bool = False
+    coverage: Coverage | None = None
+
+    def to_dict(self) -> dict:
+        """Findings, the layer rows, the loss and the coverage as a JSON-safe dict."""
+        return json_safe({"findings": [f.to_dict() for f in self.findings], "layers": [r.to_dict() for r in self.rows],
+                          "loss": self.loss, "surrogate": self.surrogate,
+                          "coverage": self.coverage.to_dict() if self.coverage is not None else None})
 
     def codes(self, severity: str = "info") -> set[str]:
         """Codes of the findings at `severity` or worse."""
@@ -64,6 +74,8 @@ class Checkup:
     def __str__(self) -> str:
         lines = [f"deepdiag checkup: {len(self.layers)} layers, "
                  f"{'surrogate loss' if self.surrogate else 'loss'} {self.loss:.4g}"]
+        if self.coverage is not None:
+            lines.append(f"coverage: {self.coverage}")
         if not self.findings:
             lines.append("no findings")
         lines += [str(f) for f in self.findings]
@@ -195,13 +207,17 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                 loss.backward()
             meas = {i: dict(d) for i, d in rec.latest.items()}
             for s in rec.sites:
-                w = getattr(s.module, "weight", None)
-                if s.kind == "weight" and isinstance(w, Tensor) and w.grad is not None and s.index in meas:
-                    meas[s.index]["grad_norm"] = safe_norm(w.grad)
+                gs = [p.grad for p in matrix_params(s.module, s.kind) if p.grad is not None]
+                if gs and s.index in meas:
+                    meas[s.index]["grad_norm"] = torch.linalg.vector_norm(torch.stack([safe_norm(g) for g in gs]))
+                if s.kind == "recurrent" and s.index in meas:
+                    meas[s.index].update(recurrent_facts(s.module, meas[s.index]))
             meas = _to_host(meas)
             loss_value = float(loss.detach())
             rows = build_layer_stats(rec.sites, meas)
             nonfinite = nonfinite_facts(inputs, targets, model, out, None if surrogate else loss.detach())
+            cover, param_rows = coverage(model, rec.sites, set(meas))
+            rows += param_rows
     finally:
         rec.detach()
         probe.remove()
@@ -217,7 +233,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
     inputs = input_facts(seen.get("input"), first.name if first else None, first.act_std if first else None)
     findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite)
     frame = _pd().DataFrame([r.to_dict() for r in rows])
-    return Checkup(findings, frame, rows, loss_value, surrogate)
+    return Checkup(findings, frame, rows, loss_value, surrogate, cover)
 
 
 def _tensors(value) -> list[Tensor]:

@@ -551,6 +551,7 @@ def check(
     findings = result.findings
     if as_json:
         out.print_json(json.dumps({"findings": [f.to_dict() for f in findings],
+                                   "coverage": result.coverage.to_dict() if result.coverage else None,
                                    "layers": json.loads(result.layers.to_json(orient="records"))}))
     else:
         _print_findings(findings, result.layers)

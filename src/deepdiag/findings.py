@@ -24,6 +24,7 @@ CODES = (
     "vanishing_gradients", "exploding_gradients", "vanishing_activations", "exploding_activations",
     "symmetric_units", "dead_units", "saturated_units", "overfitting", "underfitting", "divergence",
     "degradation", "oscillating_loss", "stalled_updates", "output_loss_mismatch", "unscaled_inputs",
+    "unscaled_targets",
     "nonfinite_values",
 )
 
@@ -40,6 +41,7 @@ FIX_KEYS = {
     "out_features": "give the output layer this many units (one per class)",
     "target_range": "map the targets into this [low, high] range",
     "standardize_inputs": "standardize every input feature with the training set's mean and std",
+    "standardize_targets": "standardize the regression targets with the training set's mean and std",
     "epochs": "stop training after this epoch (early stopping)",
     "residual": "add residual connections (dd.mlp(..., residual=True))",
 }

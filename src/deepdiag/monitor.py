@@ -57,11 +57,15 @@ from .measure.history import StepBuffer, UnitWindows
 from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
-from .measure.records import LayerStats
+from .measure.coverage import coverage
+from .measure.records import Coverage, LayerStats
 from .rules import Context, Curves, judge, judge_layers, start_key
+from .rules.judge import bottleneck
 from .rules.layers import MIN_POSITIONS
 
-STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "unit_frac")
+STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "unit_frac",
+         "path_norm")
+UNIT_FRAC, PATH_NORM = STATS.index("unit_frac"), STATS.index("path_norm")  # columns read by name below
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
@@ -382,9 +386,10 @@ class Monitor:
             w = wmap.get(site.index, (nan, nan, nan))
             u = self._units.units.get(site.index)  # dead / saturated share of its units (history only)
             vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2],
-                     u.bad_fraction() if u is not None else nan]
+                     u.bad_fraction() if u is not None else nan, d.get("path_norm", nan)]
             scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
-                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0, 1.0]
+                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0, 1.0,
+                      math.sqrt(max(1, d.get("path_numel", 1)))]
         key = tuple(scale)
         if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
             self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.rows.device))
@@ -439,8 +444,8 @@ class Monitor:
         if buf is not None:
             arr = buf.double().numpy()
             for k, step in enumerate(steps):
-                units = {owner[s.index]: (s.family, arr[k, s.index, 6]) for s in self.rec.sites
-                         if not math.isnan(arr[k, s.index, 6])}
+                units = {owner[s.index]: (s.family, arr[k, s.index, UNIT_FRAC]) for s in self.rec.sites
+                         if not math.isnan(arr[k, s.index, UNIT_FRAC])}
                 for site in self.rec.sites:
                     v = arr[k, site.index]
                     fam, frac = units.get(site.name, (None, math.nan))
@@ -495,6 +500,8 @@ class Monitor:
                 m["signal_norm"], m["signal_numel"] = v[2], 1
             if not math.isnan(v[3]):
                 m["grad_norm"] = v[3]
+            if not math.isnan(v[PATH_NORM]):
+                m["path_norm"], m["path_numel"] = v[PATH_NORM], 1
             u = self._units.units.get(site.index)
             if u is not None:
                 m["unit_count"] = u.counts().cpu().tolist()  # host sync (per unit layer)
@@ -520,6 +527,14 @@ class Monitor:
             more.update(update_rel=float(u.median()) / r.weight_norm, frozen=bool((u == 0).all()))
         return replace(r, **more)
 
+    @property
+    def coverage(self) -> Coverage | None:
+        """Which weight-bearing modules the monitor measures (``deepdiag.measure.records.Coverage``);
+        None before the first recorded step."""
+        if not self.rec.discovered:
+            return None
+        return coverage(self.model, self.rec.sites, {s.index for s in self.rec.sites})[0]
+
     def diagnose(self, baseline: float | None = None, n_classes: int | None = None) -> list[Finding]:
         """Findings from the layer statistics (their current state) and the epoch/step loss curves,
         most severe first (``deepdiag.rules.judge``). `baseline` / `n_classes` override the
@@ -540,7 +555,7 @@ class Monitor:
         context = Context(lr=self.lr, base_lr=self.base_lr, batch_size=self.batch_size,
                           knows_optimizer=self.optimizer is not None, weight_decay=wd,
                           weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
-                          else None, start=self._start, start_step=self._start_step)
+                          else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows))
         output, inputs, io_step = self._io or (None, None, None)
         return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
                      step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)

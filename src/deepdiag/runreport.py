@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +102,10 @@ def _has_pyarrow() -> bool:
     return True
 
 
-def _coverage(monitor) -> Any:
-    """The Monitor's coverage as JSON-safe data, when it has one (a table, a record or a dict)."""
-    cov = getattr(monitor, "coverage", None)
-    if callable(cov):
-        cov = cov()
-    if cov is None:
-        return None
-    if isinstance(cov, pd.DataFrame):
-        return json_safe(cov.to_dict(orient="records"))
-    if is_dataclass(cov) and not isinstance(cov, type):
-        return json_safe(asdict(cov))
-    if hasattr(cov, "to_dict"):
-        return json_safe(cov.to_dict())
-    return json_safe(cov)
+def _coverage(monitor) -> dict | None:
+    """The Monitor's ``Coverage`` (measured / weight-bearing modules) as JSON-safe data, None if unknown."""
+    cov = monitor.coverage
+    return None if cov is None else json_safe(cov.to_dict())
 
 
 def snapshot(monitor) -> SavedRun:

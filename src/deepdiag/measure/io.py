@@ -110,8 +110,11 @@ def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets
     if targets is not None and isinstance(targets, Tensor) and targets.numel():
         t = targets.detach()
         facts["target_kind"] = "float" if t.is_floating_point() else "int"
-        lo_hi = torch.stack([t.min(), t.max()]).double().tolist()  # host sync
-        facts["target_min"], facts["target_max"] = lo_hi
+        stats = [t.min(), t.max()] + ([t.double().square().mean().sqrt()] if t.is_floating_point() else [])
+        vals = torch.stack([v.double() for v in stats]).tolist()  # host sync
+        facts["target_min"], facts["target_max"] = vals[:2]
+        if t.is_floating_point():
+            facts["target_rms"] = vals[2]
     return OutputFacts(**facts)
 
 

@@ -7,8 +7,11 @@ import math
 from torch import Tensor, nn
 
 from .records import LAYER_FIELDS, UNIT_FAMILIES, LayerStats
-from .sites import Site
-from .weights import column_symmetry, recognise_init, row_symmetry, weight_of
+from .sites import Site, matrix_params
+from .weights import column_symmetry, recognise_init, row_symmetry, weight_of, weight_summary
+
+SYMMETRIC = 1e-3  # rows this close are worth comparing the outgoing weights of (the rule's tolerance is 1e-4)
+
 
 def _f(v):
     if v is None:
@@ -46,14 +49,29 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
             r["in_rms"] = _f(m["in_norm"]) / math.sqrt(max(1, m["in_numel"]))
         if m.get("signal_norm") is not None:
             r["signal_norm"] = _f(m["signal_norm"]) / math.sqrt(max(1, m["signal_numel"]))
+        if m.get("path_norm") is not None and s.path is not None:
+            r["path_signal"] = _f(m["path_norm"]) / math.sqrt(max(1, m.get("path_numel", 1)))
+            r["path_side"] = s.path
+        elif s.path == "out" and r["signal_norm"] is not None:  # one hook serves both
+            r["path_signal"], r["path_side"] = r["signal_norm"], "out"
+        for k in ("attention_peak", "time_ratio", "gate_saturation"):
+            if m.get(k) is not None:
+                r[k] = m[k] if k == "gate_saturation" else _f(m[k])
+        if s.kind in ("embedding", "recurrent", "attention"):
+            ps = matrix_params(s.module, s.kind)
+            if ps:
+                r["weight_norm"] = math.sqrt(sum(weight_summary(p)[1] ** 2 for p in ps))
+                r["weight_std"] = weight_summary(ps[0])[0]
+            if m.get("grad_norm") is not None:
+                r["grad_norm"] = _f(m["grad_norm"])
+                r["grad_rel"] = r["grad_norm"] / r["weight_norm"] if r.get("weight_norm") else None
         if m.get("unit_spread") is not None:
             amax = _f(m["act_absmax"])
             r["unit_spread"] = 0.0 if amax == 0 else _f(m["unit_spread"]) / amax
         w = weight_of(s)
         if w is not None and s.kind == "weight":
-            r["weight_std"] = float(w.detach().double().std()) if w.numel() > 1 else 0.0
-            r["weight_norm"] = float(w.detach().double().norm())
-            r["init_scheme"], r["init_std"] = recognise_init(w)
+            r["weight_std"], r["weight_norm"] = weight_summary(s.module.weight)
+            r["init_scheme"], r["init_std"] = recognise_init(w, r["weight_std"])
             b = getattr(s.module, "bias", None)
             b = b if isinstance(b, Tensor) else None
             r["bias_mean"] = float(b.detach().double().mean()) if b is not None else None
@@ -63,8 +81,9 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
                 nxt = later[0]
                 nw = weight_of(nxt)
                 r["next_layer"] = nxt.name
-                if nw is not None and nw.dim() >= 2 and nw.shape[1] == w.shape[0] and not isinstance(nxt.module, nn.Bilinear):
-                    r["sym_next"] = column_symmetry(nw)
+                if nw is not None and nw.dim() >= 2 and nw.shape[1] == w.shape[0] and not isinstance(nxt.module, nn.Bilinear) \
+                        and r["sym_rows"] is not None and r["sym_rows"] <= SYMMETRIC:
+                    r["sym_next"] = column_symmetry(nw)  # only read when the rows are identical (one pass saved)
             if m.get("grad_norm") is not None:
                 r["grad_norm"] = _f(m["grad_norm"])
                 r["grad_rel"] = r["grad_norm"] / r["weight_norm"] if r["weight_norm"] > 0 else math.inf

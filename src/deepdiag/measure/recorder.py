@@ -1,8 +1,9 @@
 """``Recorder``: forward hooks on every site, tensor hooks on weight-layer outputs for ∂L/∂output.
 
-It finds the sites on the first training forward pass (``deepdiag.measure.sites``) and then keeps,
-per site, the device tensors of the latest forward/backward pass; ``checkup`` reads them once,
-``Monitor`` accumulates them.
+It finds the sites on the first training forward pass (``deepdiag.measure.sites``) and the main path
+through them (``deepdiag.measure.paths``: each site's input or output tensor that every path from the
+data to the output passes through), and then keeps, per site, the device tensors of the latest
+forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch import Tensor, nn
 from ..init import fans
 from .hooks import Hooks
 from .records import UNIT_FAMILIES
-from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, Site, first_tensor, infer_family, module_kind,
-                    ptr, reduce_dims, safe_norm, unit_counts)
+from .paths import dominators_of_sources
+from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, PATH_KINDS, Site, first_tensor, infer_family, module_kind,
+                    ptr, reduce_dims, safe_norm, unit_counts, weight_matrix)
 
 
 class Recorder:
@@ -42,10 +44,14 @@ class Recorder:
         if len(self.hooks):
             return self
         self.hooks.add(self.model.register_forward_pre_hook(self._root_pre))
+        if not self.discovered:
+            self._discovery_hooks.add(self.model.register_forward_hook(self._root_post))
         for name, m in self.model.named_modules():
             kind = module_kind(m)
             if kind is not None:
                 self.hooks.add(m.register_forward_hook(self._forward))
+                if kind == "attention" and self.detail:  # checkup: ask for the attention probabilities
+                    self.hooks.add(m.register_forward_pre_hook(_attention_weights, with_kwargs=True))
             elif not self.discovered and not any(True for _ in m.children()) \
                     and not any(True for _ in m.parameters(recurse=False)):
                 # parameter-free leaves (dropout, pooling, flatten): only to trace what feeds what
@@ -68,6 +74,7 @@ class Recorder:
     # -- per forward pass --
     def _reset_pass(self):
         self._calls: dict[int, int] = {}
+        self._nodes: dict[int, tuple] = {}  # discovery: site index -> (input node, output node, input has grad)
         self._covered: set[int] = set()  # data_ptrs of activation-module outputs (and their pass-throughs)
         self._producer: dict[int, Site] = {}  # data_ptr -> weight/norm site that produced it
         self._inputs: set[int] = set()
@@ -79,6 +86,28 @@ class Recorder:
         for a in list(args):
             if isinstance(a, Tensor):
                 self._inputs.add(a.data_ptr())
+
+    def _root_post(self, module, args, out):
+        """End of the discovery pass: mark each site's main-path tensor (``site.path`` = "in"/"out")."""
+        if self.discovered or not torch.is_grad_enabled():
+            return
+        y = first_tensor(out)
+        root = y.grad_fn if isinstance(y, Tensor) else None
+        sources = [o for i, (_, o, fed) in self._nodes.items()
+                   if not fed and self.sites[i].kind in ("weight", "embedding", "recurrent", "attention")]
+        if not sources:
+            first = next((self._nodes[s.index][1] for s in self.sites if s.index in self._nodes), None)
+            sources = [first]
+        cuts = dominators_of_sources(root, sources)
+        taken: set[int] = set()
+        for s in self.sites:  # one position per site (output preferred) and per graph node
+            n_in, n_out, _ = self._nodes.get(s.index, (None, None, False))
+            for side, n in (("out", n_out), ("in", n_in)):
+                if n is not None and id(n) in cuts and id(n) not in taken:
+                    s.path = side
+                    taken.add(id(n))
+                    break
+        self._nodes = {}
 
     def _passthrough(self, module, args, out):
         if not torch.is_grad_enabled():
@@ -110,6 +139,11 @@ class Recorder:
             site = self._new_site(module, k, x, y)
         if not self.discovered:  # tracing what feeds what: only needed while sites are being found
             self._keep.append(y)  # hold it: a freed tensor's address could be reused by a later one
+            if site.kind in PATH_KINDS:
+                xin = x if x is not None and x.is_floating_point() and site.kind != "embedding" else None
+                node_in = xin.grad_fn if xin is not None else None
+                self._nodes[site.index] = (node_in, y.grad_fn, node_in is not None)
+                self._keep += [n for n in (node_in, y.grad_fn) if n is not None]  # keep the ids valid
             if site.kind == "activation":
                 self._covered.add(y.data_ptr())
             else:
@@ -117,7 +151,7 @@ class Recorder:
                 if site.kind == "weight":
                     self._last_out = (site, y)
         if self.enabled:
-            self.latest[site.index] = self._measure(site, x, y)
+            self.latest[site.index] = self._measure(site, x, y, args, out)
 
     def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
         kind = module_kind(m)
@@ -126,7 +160,7 @@ class Recorder:
         site = Site(len(self.sites), name, m, kind, type(m).__name__)
         if kind == "weight":
             conv = isinstance(m, CONV_LAYERS)
-            site.fan_in, site.fan_out = fans(m.weight)
+            site.fan_in, site.fan_out = fans(weight_matrix(m))
             site.unit_dim = 1 if conv else -1
             site.units = y.shape[site.unit_dim] if y.dim() else 1
             if x is not None and x.is_floating_point():
@@ -137,6 +171,9 @@ class Recorder:
                     z = self._last_out if self._last_out is not None and self._last_out[0] is prev[-1] else None
                     site.family = infer_family(x, z[1] if z else None)  # host syncs: discovery pass only
                     site.producer = prev[-1].name
+        elif kind in ("embedding", "recurrent", "attention"):
+            site.unit_dim = -1
+            site.units = y.shape[-1] if y.dim() else 1
         elif kind == "norm":
             site.unit_dim = 1 if isinstance(m, nn.modules.batchnorm._NormBase) or isinstance(m, nn.GroupNorm) else -1
             site.units = y.shape[site.unit_dim] if y.dim() > 1 else 1
@@ -153,7 +190,7 @@ class Recorder:
         self._by_key[(id(m), k)] = site
         return site
 
-    def _measure(self, site: Site, x: Tensor | None, y: Tensor) -> dict[str, Tensor]:
+    def _measure(self, site: Site, x: Tensor | None, y: Tensor, args=(), out=None) -> dict[str, Tensor]:
         """Device reductions for one site; a handful of kernels, no host sync.
 
         The output's scale is kept as ‖y‖₂ (and, with ``detail``, the mean: Var = ‖y‖²/n − mean² is
@@ -168,11 +205,32 @@ class Recorder:
             s["act_mean"] = yd.mean()
         if site.kind != "activation" or self.detail:
             s["act_norm"] = norm(yd)
+        batch = yd.shape[0] if yd.dim() > 1 else 1
+        if site.kind in PATH_KINDS:  # the main-path signal ∂L/∂h at this site's input or output
+            for side, t in (("out", y), ("in", x)):
+                if side == "out" and site.kind != "norm":
+                    continue  # the output's signal hook measures it (signal_norm is the path signal there)
+                if isinstance(t, Tensor) and t.requires_grad and (not self.discovered or site.path == side):
+                    t.register_hook(self._path_hook(site, side, t.shape[0] if t.dim() > 1 else 1))
+        if site.kind in ("embedding", "recurrent", "attention"):
+            if y.requires_grad:
+                y.register_hook(self._grad_hook(site.index, batch))
+            if site.kind == "recurrent" and self.detail:  # re-computed step by step after the backward pass
+                s["_rnn"] = (x.detach() if x is not None else None, _hidden_arg(args))
+                s["_rnn_grads"] = {}
+                for k, t in enumerate(_flat_tensors(out)):  # output, h_n (, c_n): ∂L/∂ of each
+                    if t.requires_grad:
+                        t.register_hook(self._keep_grad(site.index, k))
+            if site.kind == "attention" and self.detail and isinstance(out, (tuple, list)) and len(out) > 1 \
+                    and isinstance(out[1], Tensor) and out[1].dim() >= 3:
+                p = out[1].detach()
+                s["attention_peak"] = p.amax(-1).mean()  # mean over queries (and heads) of the largest probability
         if site.kind == "weight":
-            if x is not None and (self.detail or not self.discovered or site.index in self._edges):
+            if x is not None and x.is_floating_point() and (self.detail or not self.discovered
+                                                            or site.index in self._edges):
                 s["in_norm"], s["in_numel"] = norm(x.detach()), x.numel()
             if y.requires_grad:
-                y.register_hook(self._grad_hook(site.index, yd.shape[0] if yd.dim() > 1 else 1))
+                y.register_hook(self._grad_hook(site.index, batch))
             if site.family in UNIT_FAMILIES and x is not None:
                 self._units(s, x.detach(), site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1)
             if self.detail and yd.dim() >= 2 and site.units > 1:
@@ -192,6 +250,22 @@ class Recorder:
             s["unit_count"] = unit_counts(v, family, unit_dim)
             s["positions"] = v.numel() // max(1, s["unit_count"].numel())
 
+    def _path_hook(self, site: Site, side: str, batch: int):
+        """∂L/∂h at the site's main-path tensor (the side ``site.path`` names, known by backward time)."""
+        norm = safe_norm if self.detail else torch.linalg.vector_norm
+
+        def hook(g: Tensor):
+            if self.enabled and site.index in self.latest and site.path == side:
+                self.latest[site.index]["path_norm"] = norm(g.detach())
+                self.latest[site.index]["path_numel"] = batch
+        return hook
+
+    def _keep_grad(self, index: int, k: int):
+        def hook(g: Tensor):
+            if self.enabled and index in self.latest:
+                self.latest[index]["_rnn_grads"][k] = g.detach()
+        return hook
+
     def _grad_hook(self, index: int, batch: int):
         """∂L/∂output: its norm in float64; divided by √batch when read, the per-sample norm."""
         norm = safe_norm if self.detail else torch.linalg.vector_norm
@@ -201,3 +275,24 @@ class Recorder:
                 self.latest[index]["signal_norm"] = norm(g.detach())
                 self.latest[index]["signal_numel"] = batch
         return hook
+
+
+def _hidden_arg(args) -> object:
+    """The initial hidden state passed to a recurrent module (its second positional argument), or None."""
+    return args[1] if len(args) > 1 else None
+
+
+def _flat_tensors(obj) -> list[Tensor]:
+    """The tensors of a (nested) tuple, in order."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _flat_tensors(o)]
+    return []
+
+
+def _attention_weights(module, args, kwargs):
+    """MultiheadAttention pre-hook (checkup only): return per-head attention probabilities too."""
+    kwargs = dict(kwargs)
+    kwargs["need_weights"], kwargs["average_attn_weights"] = True, False
+    return args, kwargs

@@ -37,6 +37,16 @@ class LayerStats:
     the positions), ``frac_saturated`` (fraction of saturated values).
     Updates (Monitor only): ``update_rel`` (median per-step ‖ΔW‖/‖W‖ over recent steps), ``frozen``
     (ΔW exactly 0 at every one), ``trainable`` (``weight.requires_grad``).
+    Depth: ``path_signal`` (per-sample ‖∂L/∂h‖ at this site's main-path tensor, ``path_side`` "in" or
+    "out": its input or output; None off the main path, see ``deepdiag.measure.paths``).
+    Attention (MultiheadAttention, checkup): ``attention_peak`` (mean over queries and heads of the
+    largest attention probability: 1/keys when uniform, 1 when collapsed onto one key).
+    Recurrent (RNN/LSTM/GRU, checkup): ``gate_saturation`` (((gate, fraction of its units saturated on
+    more than half of the samples × time steps), ...)), ``time_ratio`` (per-sample ‖∂L/∂h_1‖ over
+    ‖∂L/∂h_T‖ of the last layer's state: > 1 when the gradient grows back through time).
+    Kinds beyond weight/norm/activation: "embedding", "recurrent", "attention" (their ≥ 2-D parameters
+    summarised in ``weight_norm``/``grad_norm``), "parameter" (a module no hook saw: only its
+    parameters' norms).
     Wiring: ``is_model_input`` (fed by the model's input), ``source`` (an activation's producing layer),
     ``inferred_family`` (relu/tanh/sigmoid of functionally-activated units on a weight layer).
     """
@@ -77,6 +87,11 @@ class LayerStats:
     is_model_input: bool = False
     source: str | None = None
     inferred_family: str | None = None
+    path_signal: float | None = None
+    path_side: str | None = None
+    attention_peak: float | None = None
+    gate_saturation: tuple | None = None
+    time_ratio: float | None = None
 
     @property
     def unit_family(self) -> str | None:
@@ -86,8 +101,9 @@ class LayerStats:
     def to_dict(self) -> dict:
         """The record as a dict (``inferred_family`` only where set, as the layer table shows it)."""
         d = asdict(self)
-        if d["inferred_family"] is None:
-            del d["inferred_family"]
+        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio"):
+            if d[k] is None:
+                del d[k]
         return d
 
 
@@ -104,7 +120,8 @@ class OutputFacts:
     and name of the leaf module whose output is the model's output (None when not a module's output);
     ``out_width``: size of dimension 1 (1 for a 1-D output); ``n_samples``; ``out_min`` / ``out_max``;
     ``strictly_inside01``: every output in (0, 1) on ≥ 8 samples; ``rows_sum_to_one``: every row sums to
-    1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``; ``default_loss``:
+    1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``, ``target_rms`` (float
+targets: √mean(y²)); ``default_loss``:
     checkup chose the loss itself. None: not measured.
     """
 
@@ -120,6 +137,7 @@ class OutputFacts:
     target_kind: str | None = None
     target_min: float | None = None
     target_max: float | None = None
+    target_rms: float | None = None
     default_loss: bool | None = None
 
     def evidence(self) -> dict:
@@ -163,3 +181,36 @@ class NonFiniteFacts:
                                        ("weights", sum(n for _, n in self.weights)), ("output", self.output),
                                        ("loss", self.loss)) if bad]
 
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which weight-bearing modules (those owning a parameter of ≥ 2 dimensions) were measured.
+
+    ``weight_modules``: how many the model has; ``measured``: seen by a hook (their own, or that of the
+    attention/recurrent module that calls them functionally, e.g. MultiheadAttention's ``out_proj``);
+    ``by_parameter``: no hook saw them but their parameters got a gradient (weight and gradient norms
+    only, rows of kind "parameter"); ``not_measured``: neither (unused in the pass, or frozen).
+    """
+
+    weight_modules: int
+    measured: int
+    by_parameter: tuple = ()
+    not_measured: tuple = ()
+
+    @property
+    def fraction(self) -> float:
+        """Measured (by hook or by parameter) over weight-bearing modules (1.0 for none)."""
+        return (self.measured + len(self.by_parameter)) / self.weight_modules if self.weight_modules else 1.0
+
+    def to_dict(self) -> dict:
+        return {"weight_modules": self.weight_modules, "measured": self.measured,
+                "by_parameter": list(self.by_parameter), "not_measured": list(self.not_measured),
+                "fraction": self.fraction}
+
+    def __str__(self) -> str:
+        s = f"{self.measured} of {self.weight_modules} weight-bearing modules measured"
+        if self.by_parameter:
+            s += f", {len(self.by_parameter)} by their parameters only"
+        if self.not_measured:
+            s += f"; not measured: {', '.join(self.not_measured[:8])}{' ...' if len(self.not_measured) > 8 else ''}"
+        return s

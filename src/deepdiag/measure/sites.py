@@ -39,6 +39,10 @@ from torch import Tensor, nn
 from ..init import NORM_LAYERS
 WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 CONV_LAYERS = (nn.modules.conv._ConvNd,)
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+ATTENTION = (nn.MultiheadAttention,)
+PATH_KINDS = ("weight", "norm", "embedding", "recurrent", "attention")  # their outputs may lie on the main path
 ACTIVATION_FAMILIES = {
     nn.ReLU: "relu", nn.ReLU6: "relu",
     nn.Tanh: "tanh", nn.Hardtanh: "tanh", nn.Softsign: "tanh",
@@ -70,17 +74,53 @@ class Site:
     fan_in: int | None = None
     fan_out: int | None = None
     is_model_input: bool = False  # weight site fed by the model's input directly
+    path: str | None = None  # "in" / "out": this site's input / output lies on the main path (measure.paths)
     extra: dict = field(default_factory=dict)
 
 
+def is_transposed_linear(m: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): y = x·W + b with W of shape (in, out), a Linear with W transposed."""
+    w = getattr(m, "weight", None)
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and isinstance(w, Tensor) and w.dim() == 2
+
+
+def weight_matrix(m: nn.Module) -> Tensor | None:
+    """The module's weight as (out, in, *kernel): transposed for ``Conv1D``; None without a ≥ 2-D weight."""
+    w = getattr(m, "weight", None)
+    if not isinstance(w, Tensor) or w.dim() < 2:
+        return None
+    return w.t() if is_transposed_linear(m) else w
+
+
 def module_kind(m: nn.Module) -> str | None:
+    """weight (Linear, Bilinear, Conv, transformers' Conv1D), embedding, recurrent (RNN/LSTM/GRU),
+    attention (MultiheadAttention), norm, activation, or None (not a site)."""
     if isinstance(m, WEIGHT_LAYERS) and getattr(m, "weight", None) is not None and m.weight.dim() >= 2:
         return "weight"
+    if is_transposed_linear(m):
+        return "weight"
+    if isinstance(m, EMBEDDINGS):
+        return "embedding"
+    if isinstance(m, RECURRENT):
+        return "recurrent"
+    if isinstance(m, ATTENTION):
+        return "attention"
     if isinstance(m, NORM_LAYERS):
         return "norm"
     if type(m) in ACTIVATION_FAMILIES and ACTIVATION_FAMILIES[type(m)] is not None:
         return "activation"
     return None
+
+
+def matrix_params(m: nn.Module, kind: str) -> list[Tensor]:
+    """The ≥ 2-D parameters a site's weight statistics cover: the weight of a weight/embedding site,
+    every ≥ 2-D parameter of a recurrent or attention module (its gates; in_proj and out_proj)."""
+    if kind in ("weight", "embedding"):
+        w = getattr(m, "weight", None)
+        return [w] if isinstance(w, Tensor) and w.dim() >= 2 else []
+    if kind in ("recurrent", "attention"):
+        return [p for p in m.parameters() if p.dim() >= 2]
+    return []
 
 
 def first_tensor(obj) -> Tensor | None:
@@ -141,5 +181,11 @@ def unit_counts(v: Tensor, family: str, unit_dim: int) -> Tensor:
 
 
 def safe_norm(t: Tensor) -> Tensor:
-    """‖t‖₂ accumulated in float64, so values of ~1e-30 do not square to 0 in float32."""
-    return torch.linalg.vector_norm(t.detach(), dtype=torch.float64)
+    """‖t‖₂ that survives float32 underflow: float32 first (fast, no copy); when that is below 10⁻¹⁵ —
+    entries below ~10⁻¹⁹ square to float32 denormals or 0 — again with float64 accumulation, so values
+    of ~1e-30 are still measured. One host sync (checkup only)."""
+    t = t.detach()
+    n = torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype != torch.float64 else None)
+    if float(n) < 1e-15:  # host sync
+        n = torch.linalg.vector_norm(t, dtype=torch.float64)
+    return n.double()

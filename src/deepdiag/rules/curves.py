@@ -61,29 +61,63 @@ def overfitting(train_loss: Sequence[float], val_loss: Sequence[float]) -> list[
     return []
 
 
+UNDERFIT_ACC = 0.5  # training accuracy less than halfway from chance (1/k) to a perfect fit ...
+# ... and no longer rising fast enough: at the rate of the last 3 epochs, halfway is more epochs away than the run has had
+UNDERFIT_TRAIN_VAL = 0.05  # ... and validation accuracy within 5 points of training accuracy (bias, not variance)
+
+
 def underfitting(train_loss: Sequence[float], baseline: float | None,
-                 train_acc: Sequence[float] | None = None) -> list[Finding]:
-    """underfitting: after ≥ 3 epochs the best training loss is still ≥ 90 % of the chance baseline
-    (ln k for cross-entropy over k classes, Var(y) for MSE) → warning. Why: the baseline is what a
-    constant prediction scores; a model that cannot beat it by 10 % on the data it trains on has learnt
-    (almost) nothing, whatever happens on validation.
+                 train_acc: Sequence[float] | None = None, val_acc: Sequence[float] | None = None) -> list[Finding]:
+    """underfitting: the model does poorly on its own *training* data (high bias) → warning.
+
+    * Learns nothing: after ≥ 3 epochs the best training loss is still ≥ 90 % of the chance baseline
+      (ln k for cross-entropy over k classes, Var(y) for MSE). The baseline is what a constant prediction
+      scores; a model that cannot beat it by 10 % on the data it trains on has learnt (almost) nothing.
+    * Plateaued far from fitting (classification, with ≥ 6 epochs of training accuracy and k = e^baseline
+      classes): the best training accuracy is below halfway from chance to 1, (a − 1/k)/(1 − 1/k) < 0.5;
+      it has plateaued — at the rate r the best rose over the last 3 epochs, reaching halfway would take
+      more epochs than the run has had ((a_half − a)/r > epochs); and, when validation accuracy is given,
+      it is within 5 points of it. Why: networks of ordinary size can fit their
+      training set (Zhang et al. 2017 fit even random labels), so a plateau that far from it, with the
+      validation score just as low, is bias (capacity or optimisation), not variance; the plateau test
+      keeps a healthy run that is still climbing silent, and halfway keeps runs at the noise floor of a
+      hard task (0.85 accuracy on 2 classes = 0.7 of the way) silent.
     """
     t = [x for x in _clean(train_loss) if math.isfinite(x)]
-    if baseline is None or baseline <= 0 or len(t) < UNDERFIT_EPOCHS:
+    if baseline is None or baseline <= 0:
         return []
-    best = min(t)
-    if best < UNDERFIT_FRACTION * baseline:
+    if len(t) >= UNDERFIT_EPOCHS and min(t) >= UNDERFIT_FRACTION * baseline:
+        best = min(t)
+        ev = {"best_train_loss": best, "baseline": baseline, "fraction_of_baseline": best / baseline,
+              "epochs": len(t), "train_loss": t, "threshold": UNDERFIT_FRACTION}
+        if train_acc:
+            ev["train_acc"] = _clean(train_acc)
+        return [Finding("underfitting", "warning",
+                        f"After {len(t)} epochs the best training loss {fmt(best)} is still {best / baseline:.0%} of "
+                        f"the chance-level loss {fmt(baseline)}.", ev,
+                        "Train longer or with a larger learning rate, give the model more capacity (width/depth), "
+                        "check its initialisation (dd.checkup) and lower any regularization (l2, dropout).",
+                        [], len(t))]
+    a = [x for x in _clean(train_acc) if math.isfinite(x)]
+    k = round(math.exp(baseline)) if baseline < 10 else 0
+    if k < 2 or len(a) < 2 * UNDERFIT_EPOCHS:
         return []
-    ev = {"best_train_loss": best, "baseline": baseline, "fraction_of_baseline": best / baseline,
-          "epochs": len(t), "train_loss": t, "threshold": UNDERFIT_FRACTION}
-    if train_acc:
-        ev["train_acc"] = _clean(train_acc)
+    skill = (max(a) - 1.0 / k) / (1.0 - 1.0 / k)
+    half = 1.0 / k + UNDERFIT_ACC * (1.0 - 1.0 / k)
+    rate = (max(a[-UNDERFIT_EPOCHS:]) - max(a[:-UNDERFIT_EPOCHS])) / UNDERFIT_EPOCHS  # per epoch
+    plateau = rate <= 0 or (half - max(a)) / rate > len(a)
+    v = [x for x in _clean(val_acc) if math.isfinite(x)]
+    close = not v or abs(v[-1] - a[-1]) <= UNDERFIT_TRAIN_VAL
+    if not (skill < UNDERFIT_ACC and plateau and close):
+        return []
+    ev = {"best_train_acc": max(a), "classes": k, "skill": skill, "threshold": UNDERFIT_ACC, "train_acc": a,
+          "val_acc": v or None, "train_loss": t, "epochs": len(a), "acc_rate_per_epoch": rate}
     return [Finding("underfitting", "warning",
-                    f"After {len(t)} epochs the best training loss {fmt(best)} is still {best / baseline:.0%} of "
-                    f"the chance-level loss {fmt(baseline)}.", ev,
-                    "Train longer or with a larger learning rate, give the model more capacity (width/depth), "
-                    "check its initialisation (dd.checkup) and lower any regularization (l2, dropout).",
-                    [], len(t))]
+                    f"The training accuracy has plateaued at {max(a):.2f} over {k} classes (less than halfway "
+                    f"from chance to a perfect fit{', validation alike' if v else ''}): the model cannot fit its "
+                    f"own training data.", ev,
+                    "Give the model more capacity (wider/deeper layers, no bottleneck), then check the "
+                    "learning rate and any regularization (l2, dropout).", [], len(a))]
 
 
 UNDERFIT_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
@@ -91,7 +125,7 @@ UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: sti
 
 
 def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
-                       weight_ratio: float | None = None) -> Finding:
+                       weight_ratio: float | None = None, bottleneck: tuple | None = None) -> Finding:
     """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
 
     * weight decay that crushes the weights: ``weight_decay`` > 0 and the total weight norm fell below
@@ -102,14 +136,24 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
     * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
       leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
       steps point the right way but are too small for the budget.
+    * capacity: a hidden layer narrower than the output (``bottleneck`` = (name, units, output units)):
+      every class score is a function of that layer's few numbers, so with fewer of them than classes
+      the classes must share directions and cannot all be told apart → the remedy names the layer.
     Otherwise the finding is returned as it is (capacity, data or a bug: no single knob to name).
     """
     if f.code != "underfitting" or f.rank < 1:
         return f
+    if bottleneck is not None and bottleneck[1] < bottleneck[2]:
+        name, units, out = bottleneck
+        return replace(f, summary=f"{f.summary} Cause: capacity — {name} has {units} unit(s), fewer than the "
+                                  f"{out} outputs.",
+                       evidence={**f.evidence, "cause": "capacity", "bottleneck": name, "bottleneck_units": units},
+                       remedy=f"Widen {name} to at least {out} units (the narrowest layer bounds what the output "
+                              f"can separate); then retrain.")
     t = f.evidence.get("train_loss") or []
     if weight_decay and weight_ratio is not None and weight_ratio < UNDERFIT_SHRINK:
         fix = {"weight_decay": pow10_round(weight_decay / 10)}
-        return replace(f, summary=f"{f.summary} Weight decay {fmt(weight_decay)} shrank the weights to "
+        return replace(f, summary=f"{f.summary} Cause: optimisation — weight decay {fmt(weight_decay)} shrank the weights to "
                                      f"{weight_ratio:.0%} of their starting norm.",
                        evidence={**f.evidence, "weight_decay": weight_decay, "weight_norm_ratio": weight_ratio},
                        remedy=f"Lower the weight decay (weight_decay={fmt(fix['weight_decay'])}): it outweighs "
@@ -118,7 +162,7 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
     if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
         fix = lr_fix(lr, 10.0)
         what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× larger learning rate"
-        return replace(f, summary=f"{f.summary} The loss is still falling, slowly, in every recent epoch.",
+        return replace(f, summary=f"{f.summary} Cause: optimisation — the loss is still falling, slowly, in every recent epoch.",
                        evidence={**f.evidence, "lr": lr, "weight_norm_ratio": weight_ratio},
                        remedy=f"Take larger steps ({what}) or train longer: the updates point the right way "
                               f"but are too small for this budget.", fix=fix)
@@ -156,6 +200,17 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         ev, "Lower the learning rate (e.g. 10×), clip gradients (torch.nn.utils.clip_grad_norm_), "
                         "and check the initialisation with dd.checkup.", [],
                         step if step is not None else where, fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+    spike = _step_blowup(sl)
+    if spike is not None:
+        first, peak, end = spike
+        return [Finding("divergence", "error",
+                        f"The step loss jumped {peak / first:.3g}× from {fmt(first)} to {fmt(peak)} and ended at "
+                        f"{fmt(end)}, {end / first:.2g}× where it started: the iterates left the basin.",
+                        {"first_loss": first, "peak_loss": peak, "end_loss": end, "growth": peak / first,
+                         "per": "step", "threshold": BLOWUP, "end_threshold": BLOWUP_END},
+                        "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
+                        [], int(steps[-1]) if steps is not None and len(steps) else None,
+                        fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
     curve = [x for x in t if math.isfinite(x)]
     kind = "epoch"
     if len(curve) < 3 and len(sl) >= 3:
@@ -171,6 +226,26 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
     return []
 
 
+BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
+
+
+def _step_blowup(step_loss: list[float]) -> tuple[float, float, float] | None:
+    """(first, peak, end) when the step loss rose > 10× its first value (the loss at the initialisation,
+    before any update: the first recorded step) and its
+    end (median of the last ≤ 10) is still ≥ 2× the first, else None. Why: the first losses are at the
+    initialisation, about the chance level; no minibatch of a run that is learning scores ten times
+    chance, and a run that ends at twice its *starting* loss has been thrown out of the basin and not
+    come back (the LSTM at SGD lr 10 that goes 0.71 → 45 in 4 steps and ends at 5× chance) — within the
+    first epoch, before any epoch curve exists."""
+    x = [v for v in step_loss if math.isfinite(v)]
+    if len(x) < 6:
+        return None
+    first, end, peak = x[0], median(x[-10:]), max(x)
+    if first > 0 and peak > BLOWUP * first and end >= BLOWUP_END * first:
+        return first, peak, end
+    return None
+
+
 OSC_WINDOW = 100  # judge the last <= 100 recorded step losses ...
 OSC_MIN_POINTS = 40  # ... once there are >= 40 of them
 OSC_SMOOTH = 4  # trend: moving mean over 2·4 + 1 = 9 steps
@@ -178,6 +253,7 @@ OSC_SWING = 0.04  # swing (MAD of loss − trend) >= 4 % of the starting loss ..
 OSC_SETTLED = 0.9  # ... while the trend no longer falls (last quarter >= 90 % of the quarter before)
 OSC_EPOCH_GAP, OSC_EPOCH_PAIRS = 0.10, 0.2  # or: epoch-loss reversals >= 10 % apart, >= 0.2 per epoch
 OSC_EPOCH_FALL = 0.05  # ... and the epoch loss, when given, has not fallen >= 5 % over the last two epochs
+OSC_NOISE = 1.5  # with the batch size B known: swing·√B >= 1.5 (in units of the starting loss)
 
 
 def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = None, lr: float | None = None,
@@ -206,6 +282,17 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     loss) at least max(1, 0.2 × epochs) times, the rule fires even while the step trend still falls. A
     full-data loss that rises by 10 % and falls again between epochs is not sampling noise; a single
     bump with calm steps (warm-up, a restart) is not oscillation.
+
+    Minibatch noise is not oscillation. A step loss is the mean of B per-sample losses, so sampling
+    alone makes it swing by ≈ 0.67·σ/√B around the full-data loss (σ: the per-sample losses' spread).
+    With the batch size known, the swing must exceed what sampling explains: swing·√B ≥ 1.5 (swing in
+    units of the starting loss). Why 1.5: σ at a plateau is of the order of the starting loss (measured
+    swing·√B on healthy runs that converge to their noise floor — tanh and ReLU nets on a 2-class
+    problem with 15 % label noise, SGD batch 16/64 and Adam batch 128, plateauing at 0.85 accuracy: 0.47
+    to 0.70); twice the largest is beyond sampling, while overshooting steps reach 5.9 (SGD lr 5 on that
+    problem) and 25 (tanh digits, SGD lr 3). A run whose swing *is* sampling noise (batch 1 or 2, or a
+    step size that stalls the loss at a high level) is noise-limited, not oscillating: the step curve
+    alone cannot tell its plateau from a healthy one at the noise floor of a hard task.
     """
     x = [float(v) for v in (step_loss or []) if v is not None and math.isfinite(float(v))]
     if len(x) < OSC_MIN_POINTS:
@@ -228,9 +315,13 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
     by_epochs = epoch_pairs >= max(1.0, OSC_EPOCH_PAIRS * len(epoch_loss or []))
     if swing < OSC_SWING or still_falling(epoch_loss) or (drift < OSC_SETTLED and not by_epochs):
         return []
+    noise = swing * math.sqrt(batch_size) if batch_size else None
+    if noise is not None and noise < OSC_NOISE and not by_epochs:
+        return []
     ev = {"swing": swing, "swing_vs_level": median(resid) / max(median(tail), 1e-12), "trend_ratio": drift,
           "reversal_rate": reversals, "start_loss": start, "level": median(tail), "points": len(w),
           "lr": lr, "batch_size": batch_size, "threshold": OSC_SWING, "epoch_swings": epoch_pairs,
+          "swing_sqrt_batch": noise, "noise_threshold": OSC_NOISE,
           "epoch_loss": [float(v) for v in epoch_loss or []]}
     step = int(steps[-1]) if steps is not None and len(steps) else None
     small_batch = batch_size is not None and batch_size < 8

@@ -9,6 +9,8 @@ from ..measure.records import InputFacts, NonFiniteFacts, OutputFacts
 from .remedies import fmt, median
 
 LOGIT_LOSSES = ("cross_entropy", "bce_with_logits")  # losses that apply the softmax/sigmoid themselves
+BOUNDED01 = ("Sigmoid", "Softmax", "Hardsigmoid", "Softmin")  # last modules whose outputs lie in [0, 1]
+NONNEGATIVE = ("ReLU", "ReLU6", "Softplus", "Sigmoid", "Softmax", "Hardsigmoid", "Softmin")
 
 
 def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> list[Finding]:
@@ -22,7 +24,11 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
       → warning: log-softmax of probabilities squashes them into a range of 1 nat, gradients shrink.
     * double sigmoid: BCE-with-logits on outputs in [0, 1] (or a Sigmoid last module) → warning.
     * ReLU into a logit loss: outputs ≥ 0 from a ReLU-family last module → warning (negative logits impossible).
-    * NLL on outputs that are not log-probabilities (some > 0) → warning; BCE on outputs outside [0, 1].
+    * NLL on outputs that are not log-probabilities (some > 0) → warning; BCE on outputs outside [0, 1]
+      (error), or from a last module whose range is not [0, 1] (ReLU, Linear, ...) → warning: it lies in
+      [0, 1] on this batch only by chance.
+    * MSE regression whose targets the output cannot reach: a non-negative last module (ReLU, Softplus,
+      Sigmoid, Softmax) with negative targets, or a [0, 1] one with targets outside [0, 1] → warning.
     * cross-entropy over one output unit → error: softmax over one logit is 1, the loss is identically 0.
     * targets outside the output's range: class ids ≥ width or < 0 (cross-entropy/NLL) → error, the
       class count ≠ the output width; float targets outside [0, 1] for BCE → error.
@@ -74,6 +80,21 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
         add("unbounded_into_bce", "error",
             f"BCELoss expects probabilities in [0, 1] but the outputs span [{fmt(lo)}, {fmt(hi)}].",
             "Use BCEWithLogitsLoss on the raw outputs.", {"loss": "bce_with_logits"})
+    elif loss == "bce" and last is not None and last not in BOUNDED01:
+        add("unbounded_into_bce", "warning",
+            f"BCELoss expects probabilities in [0, 1] but the output comes from {last}, whose range is not "
+            f"[0, 1]: it fits this batch by chance (outputs span [{fmt(lo)}, {fmt(hi)}]) and leaves it as it learns.",
+            "Use BCEWithLogitsLoss on the raw outputs (or end the model with a Sigmoid).", {"loss": "bce_with_logits"})
+    tmin_f, tmax_f = (facts.target_min, facts.target_max) if facts.target_kind == "float" else (None, None)
+    if loss == "mse" and tmin_f is not None and last in NONNEGATIVE and tmin_f < 0:
+        add("output_range", "warning",
+            f"The output comes from {last}, which cannot be negative, but the regression targets reach {fmt(tmin_f)}.",
+            f"Remove the final {last}: a regression output needs the targets' range.", {"replace_output": "identity"})
+    elif loss == "mse" and tmin_f is not None and last in BOUNDED01 and (tmin_f < 0 or tmax_f > 1):
+        add("output_range", "warning",
+            f"The output comes from {last}, bounded to [0, 1], but the regression targets span "
+            f"[{fmt(tmin_f)}, {fmt(tmax_f)}].",
+            f"Remove the final {last}, or map the targets into [0, 1].", {"replace_output": "identity"})
     tk, tmin, tmax = facts.target_kind, facts.target_min, facts.target_max
     if tk == "int" and loss in ("cross_entropy", "nll") and width and tmin is not None:
         if tmin < 0 or tmax >= width:
@@ -87,6 +108,28 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
             "Map the targets to 0/1 (e.g. (y + 1) / 2 for ±1 labels), or use MSE for a regression target.",
             {"target_range": [0, 1]})
     return out
+
+
+def unscaled_targets(facts: OutputFacts | None, step: int | None = None) -> list[Finding]:
+    """unscaled_targets: regression targets far from unit scale (MSE-family loss, float targets with
+    RMS √mean(y²) ≥ 10) → warning. Why 10, the inputs' threshold: every init scheme makes the output
+    layer's outputs unit-scale, so a target 10× larger is a residual 10× the output's scale — the
+    loss starts ~100× above what the learning rate was tuned for, the first steps are spent scaling
+    the last layer, and the gradient through the net is 10× too large. Standardize y (and invert at
+    prediction), as for the inputs. Measured: targets around 2000 (a price, a count) give 2·10³."""
+    if facts is None or facts.loss != "mse" or facts.target_rms is None or facts.target_kind != "float":
+        return []
+    if not (facts.target_rms >= UNSCALED):
+        return []
+    ev = {"target_rms": facts.target_rms, "target_min": facts.target_min, "target_max": facts.target_max,
+          "out_min": facts.out_min, "out_max": facts.out_max, "threshold": UNSCALED}
+    return [Finding("unscaled_targets", "warning",
+                    f"The regression targets have RMS {fmt(facts.target_rms)} (range [{fmt(facts.target_min)}, "
+                    f"{fmt(facts.target_max)}]) while the initialised output is unit-scale: the loss and its "
+                    f"gradients start {fmt(facts.target_rms ** 2)}× too large.", ev,
+                    "Standardize the targets: y = (y − mean) / std with the training set's statistics, and invert "
+                    "it on the predictions.", [facts.last_name] if facts.last_name else [], step,
+                    fix={"standardize_targets": True})]
 
 
 UNSCALED = 10.0  # a feature whose RMS (√(mean² + std²)) is >= 10: an order of magnitude off unit scale

@@ -18,7 +18,7 @@ from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
 from .curves import divergence, oscillating_loss, overfitting, underfitting, underfitting_cause
 from .depth import compare_depths
-from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs
+from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training
 from .updates import stalled_updates
@@ -26,7 +26,7 @@ from .updates import stalled_updates
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates,),
-    "io": (output_loss_mismatch, unscaled_inputs, nonfinite_values),
+    "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, nonfinite_values),
     "curves": (divergence, overfitting, underfitting, oscillating_loss),
     "depth": (compare_depths,),
 }
@@ -57,7 +57,8 @@ class Context:
     ``base_lr``: the configured one (what fixes scale); ``batch_size``; ``knows_optimizer``: the
     optimizer was given; ``weight_decay``; ``weight_ratio``: total weight norm now over at the start;
     ``start``: ``start_key``s of the layer findings present at the start of training (None: not judged
-    yet), ``start_step``: the step they were judged at."""
+    yet), ``start_step``: the step they were judged at; ``bottleneck``: (name, units, output units) of the
+    narrowest hidden weight layer."""
 
     lr: float | None = None
     base_lr: float | None = None
@@ -67,12 +68,22 @@ class Context:
     weight_ratio: float | None = None
     start: frozenset | None = None
     start_step: int | None = None
+    bottleneck: tuple | None = None
 
 
 def start_key(f: Finding) -> tuple:
     """What identifies a layer finding across time: per layer for unit rules, per network otherwise (the
     offending layers of a gradient-flow finding shift as training goes on)."""
     return (f.code, tuple(f.layers)) if f.code in UNIT_CODES else (f.code,)
+
+
+def bottleneck(layers: Sequence[LayerStats]) -> tuple | None:
+    """(name, units, output units) of the narrowest hidden weight layer, or None without one."""
+    w = [r for r in layers if r.kind == "weight" and r.units]
+    if len(w) < 2:
+        return None
+    narrow = min(w[:-1], key=lambda r: r.units)
+    return narrow.name, narrow.units, w[-1].units
 
 
 def judge_layers(layers: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
@@ -103,7 +114,7 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
         found.append(f)
     if layers:
         found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer)
-    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step)
+    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step) + unscaled_targets(output, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
     return sort_findings(found)
@@ -118,8 +129,8 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
     if c.train_loss and c.val_loss:
         found += overfitting(c.train_loss, c.val_loss)
     if c.train_loss:
-        found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio)
-                  for f in underfitting(c.train_loss, c.baseline, c.train_acc)]
+        found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck)
+                  for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
     if c.step_loss:
         found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,
                                   epoch_loss=c.train_loss)

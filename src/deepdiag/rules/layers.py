@@ -57,63 +57,127 @@ def _init_finding(code: str, error: bool, summary: str, evidence: dict, rows: Se
                    fix={"init": init_advice(rows)[0]})
 
 
-def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
-    """vanishing_gradients / exploding_gradients from the back-propagated signal s_l = ‖∂L/∂out_l‖/√B.
+def depth_positions(rows: Sequence[LayerStats]) -> list[tuple[LayerStats, float]]:
+    """The positions along the network's depth and the back-propagated signal at each, in forward order.
 
-    Ratio R = s_first / s_last over the weight layers. R ≤ 10⁻² → vanishing (warning), ≤ 10⁻⁴ or a
+    With main-path measurements (``path_signal``: ∂L/∂h at the tensors every input→output path passes
+    through, ``deepdiag.measure.paths``), those: the layers of a chain, the residual stream of a ResNet
+    or transformer. Sibling tensors off the main path (an attention block's query/key projections,
+    whose gradient is set by how peaked the softmax is, not by depth; a residual branch's interior,
+    scaled by the branch's own weights) are not depth and are left out. Records without path
+    information (built by hand) fall back to every weight layer's ∂L/∂output.
+    """
+    path = [(r, r.path_signal) for r in rows if r.path_signal is not None]
+    if path or any(r.path_side is not None for r in rows):
+        return path
+    return [(r, r.signal_norm) for r in weight_layers(rows) if r.signal_norm is not None]
+
+
+def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """vanishing_gradients / exploding_gradients from the back-propagated signal s = ‖∂L/∂h‖/√B along the
+    network's depth (``depth_positions``: the main path).
+
+    Ratio R = s_first / s_last over the positions. R ≤ 10⁻² → vanishing (warning), ≤ 10⁻⁴ or a
     signal that is exactly 0 (float32 underflow or no path) → error; R ≥ 10² → exploding (warning),
     ≥ 10⁴ or non-finite → error. Why 100×: with He/Xavier init the signal's scale is constant in depth
     up to shape factors (healthy nets measured within 30×, see the module docstring), so a change by
-    two orders of magnitude is not explained by the architecture. Layers whose signal is exactly 0
+    two orders of magnitude is not explained by the architecture. Positions whose signal is exactly 0
     because an all-zero weight layer blocks it (a zero-initialised output layer) are left out: that is
     one step's state, reported by symmetric_units.
     """
-    w = [r for r in weight_layers(rows) if r.signal_norm is not None]
+    w = depth_positions(rows)
     if len(w) < 2:
         return []
-    bad = [r.name for r in w if not math.isfinite(r.signal_norm)]
+    bad = [r.name for r, s in w if not math.isfinite(s)]
     if bad:
         return [Finding("exploding_gradients", "error",
                         f"The back-propagated gradient overflows to Inf/NaN in {len(bad)} layer(s).",
-                        {"nonfinite_layers": bad, "signal_norm": [r.signal_norm for r in w]},
+                        {"nonfinite_layers": bad, "signal_norm": [s for _, s in w]},
                         remedy_init(rows, "lower the learning rate or clip gradients "
                                      "(torch.nn.utils.clip_grad_norm_)"), bad, step,
                         fix={"init": init_advice(rows)[0], "clip_grad_norm": 1.0})]
-    zero_layers = [r.name for r in w if r.weight_norm == 0.0]
-    if zero_layers:
-        w = [r for r in w if r.signal_norm > 0]
+    if any(r.weight_norm == 0.0 for r in weight_layers(rows)):
+        w = [(r, s) for r, s in w if s > 0]
         if len(w) < 2:
             return []
-    first, last = w[0], w[-1]
-    if last.signal_norm == 0.0:
+    sig = [s for _, s in w]
+    if sig[-1] == 0.0:
         return []
-    sig = [r.signal_norm for r in w]
-    ratio = first.signal_norm / last.signal_norm
-    per_layer = ratio ** (1.0 / (len(w) - 1)) if ratio > 0 else 0.0
+    i_up, j_up, up = _extreme_pair(sig, max)  # the largest growth toward the input
+    i_dn, j_dn, down = _extreme_pair(sig, min)  # the largest decay toward the input
+    names = [r.name + (":in" if r.path_side == "in" else "") for r, _ in w]
     evidence = {
-        "ratio_first_last": ratio, "per_layer_factor": per_layer, "depth": len(w),
-        "signal_norm": dict(zip([r.name for r in w], sig)),
-        "grad_rel": {r.name: r.grad_rel for r in w if r.grad_rel is not None},
-        "threshold": ORDERS,
+        "ratio_first_last": sig[0] / sig[-1], "depth": len(w), "signal_norm": dict(zip(names, sig)),
+        "grad_rel": {r.name: r.grad_rel for r, _ in w if r.grad_rel is not None}, "threshold": ORDERS,
     }
-    trend = _orders(ratio)
-    if trend == "vanishing":
+    found = []
+    if _orders(down) == "vanishing":
+        i, j, ratio = i_dn, j_dn, down
+        per_layer = ratio ** (1.0 / (j - i)) if ratio > 0 else 0.0
+        evidence = {**evidence, "ratio": ratio, "per_layer_factor": per_layer, "between": [names[i], names[j]]}
         how = ("is exactly 0 (blocked by dead units, or float32 underflow)" if ratio == 0 else
-               f"is {1 / ratio:.3g}× smaller than at the last layer ({fmt(per_layer)}× per layer over "
-               f"{len(w)} layers)")
-        return [_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
-                              f"The gradient reaching the first layer {how}, so early layers barely learn.", evidence,
+               f"is {1 / ratio:.3g}× smaller than at {names[j]} ({fmt(per_layer)}× per layer over "
+               f"{j - i + 1} layers)")
+        where = "the first layer" if i == 0 else names[i]
+        found.append(_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
+                              f"The gradient reaching {where} {how}, so early layers barely learn.", evidence,
                               rows, "for deep nets add residual connections (dd.mlp(..., residual=True)) or "
-                              "normalization", [r.name for r in w if r.signal_norm <= last.signal_norm / ORDERS],
-                              step)]
-    if trend == "exploding":
-        return [_init_finding("exploding_gradients", ratio >= ORDERS_ERROR,
-                              f"The gradient grows {ratio:.3g}× from the last layer to the first ({fmt(per_layer)}× "
-                              f"per layer over {len(w)} layers), so early layers take huge steps.", evidence,
+                              "normalization", [r.name for r, s in w[i:j + 1] if s <= sig[j] / ORDERS], step))
+    if _orders(up) == "exploding":
+        i, j, ratio = i_up, j_up, up
+        per_layer = ratio ** (1.0 / (j - i)) if ratio < math.inf else ratio
+        evidence = {**evidence, "ratio": ratio, "per_layer_factor": per_layer, "between": [names[i], names[j]]}
+        found.append(_init_finding("exploding_gradients", ratio >= ORDERS_ERROR,
+                              f"The gradient grows {ratio:.3g}× from {names[j]} back to {names[i]} "
+                              f"({fmt(per_layer)}× per layer over {j - i + 1} layers), so early layers take huge "
+                              f"steps.", evidence,
                               rows, "clip gradients or lower the learning rate; in residual nets add normalization "
-                              "(norm='layer')", [r.name for r in w if r.signal_norm >= last.signal_norm * ORDERS],
-                              step)]
-    return []
+                              "(norm='layer')", [r.name for r, s in w[i:j + 1] if s >= sig[j] * ORDERS], step))
+    return found
+
+
+def _extreme_pair(sig: list[float], pick) -> tuple[int, int, float]:
+    """(i, j, s_i/s_j) with i < j maximising (``pick=max``) or minimising (``min``) the ratio of an
+    earlier position's signal to a later one's. Why pairs and not only first/last: a change by two
+    orders of magnitude between any two depths is the same evidence, and a final normalization layer
+    (LayerNorm's backward divides by the stream's std) can hide a blow-up in the blocks before it."""
+    best, j_best, out = None, len(sig) - 1, (0, len(sig) - 1, sig[0] / sig[-1] if sig[-1] else math.inf)
+    for i in range(len(sig) - 2, -1, -1):  # best later signal for the ratio: min for max ratios, max for min
+        j = i + 1
+        if sig[j] > 0 and (best is None or (sig[j] < best if pick is max else sig[j] > best)):
+            best, j_best = sig[j], j
+        if best:
+            r = sig[i] / best
+            if pick(r, out[2]) == r and r != out[2]:
+                out = (i, j_best, r)
+    return out
+
+
+def gradient_through_time(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """exploding_gradients through time in a recurrent layer: ‖∂L/∂h_1‖/‖∂L/∂h_T‖ (``time_ratio``,
+    measured by checkup's step-by-step re-computation) ≥ 10² → warning, ≥ 10⁴ → error.
+
+    Why: the state's Jacobian ∂h_t/∂h_{t−1} multiplies once per step, so the gradient at the first step
+    is the last step's times a product of T Jacobians; two orders of magnitude of growth is a recurrence
+    whose spectral radius exceeds 1 (weights far above 1/√hidden), the RNN form of exploding gradients
+    (Pascanu et al. 2013). Decay through time is the ordinary fading memory of an LSTM/GRU at init and is
+    only evidence: tasks with short dependencies do not need it.
+    """
+    out = []
+    for r in rows:
+        if r.time_ratio is None or not (r.time_ratio >= ORDERS):
+            continue
+        sev = "error" if r.time_ratio >= ORDERS_ERROR or not math.isfinite(r.time_ratio) else "warning"
+        out.append(Finding("exploding_gradients", sev,
+                           f"In {r.name} ({r.type}) the gradient at the first time step is {r.time_ratio:.3g}× the "
+                           f"last step's: the recurrence amplifies it at every step.",
+                           {"layer": r.name, "time_ratio": r.time_ratio, "weight_std": r.weight_std,
+                            "gate_saturation": dict(r.gate_saturation or ()), "threshold": ORDERS},
+                           f"Re-initialise {r.name}: Xavier for its input weights and orthogonal recurrent weights "
+                           f"(nn.init.orthogonal_ on weight_hh), or PyTorch's default; clip gradients "
+                           f"(torch.nn.utils.clip_grad_norm_).", [r.name], step,
+                           fix={"init": "xavier", "clip_grad_norm": 1.0}))
+    return out
 
 
 # ---- forward signal ----
@@ -203,6 +267,7 @@ def saturated_units(rows: Sequence[LayerStats], step: int | None = None) -> list
     """
     out = []
     for r in rows:
+        out += _saturated_inside(r, rows, step)
         fam = r.unit_family
         if fam not in ("tanh", "sigmoid") or r.frac_saturated_units is None:
             continue
@@ -218,6 +283,37 @@ def saturated_units(rows: Sequence[LayerStats], step: int | None = None) -> list
                             "z_threshold": z, "threshold": SAT_WARN},
                            remedy_init(rows, "standardize the inputs"), [r.name], step,
                            fix={"init": init_advice(rows)[0]}))
+    return out
+
+
+ATTENTION_PEAK = 0.9  # mean largest attention probability: the softmax's gradient p(1 − p) is < 0.09
+
+
+def _saturated_inside(r: LayerStats, rows: Sequence[LayerStats], step: int | None) -> list[Finding]:
+    """saturated_units inside a recurrent layer (a gate with ≥ 50 % saturated units; ≥ 90 % error, the
+    same thresholds and reasons as for tanh/sigmoid layers) or an attention layer whose softmax has
+    collapsed (mean largest probability ≥ 0.9: ∂p/∂score = p(1 − p) < 0.09 for the chosen key and ≈ 0 for
+    the others, so the scores stop learning; at init attention is near-uniform, peak ≈ 1/keys)."""
+    out = []
+    gates = dict(r.gate_saturation or ())
+    worst = max(gates.values(), default=0.0)
+    if worst >= SAT_WARN:
+        bad = [g for g, v in gates.items() if v >= SAT_WARN]
+        out.append(Finding("saturated_units", "error" if worst >= SAT_ERROR else "warning",
+                           f"In {r.name} ({r.type}) the {', '.join(bad)} gate(s) are saturated for "
+                           f"{worst:.0%} of units on most samples and time steps, so their gradients are nearly zero.",
+                           {"layer": r.name, "gate_saturation": gates, "weight_std": r.weight_std,
+                            "threshold": SAT_WARN},
+                           f"Re-initialise {r.name} with smaller weights (PyTorch's default U(±1/√hidden), or Xavier "
+                           f"input and orthogonal recurrent weights) and standardize its inputs.", [r.name], step,
+                           fix={"init": "xavier"}))
+    if r.attention_peak is not None and r.attention_peak >= ATTENTION_PEAK:
+        out.append(Finding("saturated_units", "warning",
+                           f"The attention of {r.name} has collapsed: on average {r.attention_peak:.2f} of each "
+                           f"query's probability sits on one key, so the softmax passes almost no gradient.",
+                           {"layer": r.name, "attention_peak": r.attention_peak, "threshold": ATTENTION_PEAK},
+                           "Initialise the query/key projections smaller (std ≈ 0.02 or Xavier) and keep the "
+                           "1/√d scaling of the scores.", [r.name], step, fix={"init": "xavier"}))
     return out
 
 
@@ -261,4 +357,5 @@ def symmetric_units(rows: Sequence[LayerStats], step: int | None = None) -> list
     return out
 
 
-LAYER_RULES = (gradient_flow, activation_scale, symmetric_units, dead_units, saturated_units)
+LAYER_RULES = (gradient_flow, gradient_through_time, activation_scale, symmetric_units, dead_units,
+               saturated_units)

@@ -15,7 +15,7 @@ from ..findings import Finding
 from ..measure.records import LayerStats
 
 RECOMMENDED = {"relu": "he", "leaky_relu": "he", "smooth": "he", "tanh": "xavier", "sigmoid": "xavier",
-               "linear": "orthogonal"}
+               "linear": "orthogonal", "mixed": "xavier"}
 SCHEME_TITLE = {"he": "He", "xavier": "Xavier", "orthogonal": "orthogonal"}
 
 
@@ -58,13 +58,19 @@ def lr_fix(lr: float | None, factor: float) -> dict:
 
 
 def net_family(rows: Sequence[LayerStats]) -> str:
-    """The activation family most units of the net have: relu, leaky_relu, smooth, tanh, sigmoid, or
-    linear when no activation was seen."""
+    """The activation family that follows most weight layers of the net: relu, leaky_relu, smooth, tanh,
+    sigmoid (a recurrent layer counts as tanh); "linear" for a plain chain of weight layers with no
+    activation, normalization, embedding, recurrent or attention module seen; "mixed" when no family
+    covers at least half of the weight layers (a transformer whose only activation module is its
+    pooler's Tanh is not a "Tanh net": its GELUs are functions no hook sees)."""
     fams = [r.unit_family or r.family for r in rows if (r.unit_family or r.family)]
-    fams = [f.split(" ")[0] for f in fams]
+    fams = [f.split(" ")[0] for f in fams] + ["tanh" for r in rows if r.kind == "recurrent"]
+    n_weights = len(weight_layers(rows))
     if not fams:
-        return "linear"
-    return max(set(fams), key=fams.count)
+        other = any(r.kind in ("norm", "embedding", "recurrent", "attention") for r in rows)
+        return "mixed" if other else "linear"
+    top = max(set(fams), key=fams.count)
+    return top if 2 * fams.count(top) >= n_weights else "mixed"
 
 
 def init_advice(rows: Sequence[LayerStats]) -> tuple[str, str]:
@@ -82,7 +88,8 @@ def init_advice(rows: Sequence[LayerStats]) -> tuple[str, str]:
     inits = {r.init_scheme for r in ws}
     what = f"initialised as {inits.pop()}" if len(inits) == 1 and "unknown" not in inits else \
         f"initialised with std {fmt(stds[len(stds) // 2])}"
-    return scheme, f"{fam} layers {what} ≈ {k:.2g}× {SCHEME_TITLE[scheme]}"
+    layers = "weight layers" if fam == "mixed" else f"{fam} layers"
+    return scheme, f"{layers} {what} ≈ {k:.2g}× {SCHEME_TITLE[scheme]}"
 
 
 def remedy_init(rows: Sequence[LayerStats], extra: str = "") -> str:

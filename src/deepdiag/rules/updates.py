@@ -22,8 +22,10 @@ def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: flo
       (frozen on purpose, e.g. fine-tuning). Remedy names the layer: ``{"unfreeze": [...]}``.
     * Every moving layer has u < 10⁻⁵ → warning: the learning rate is too small. Suggested lr =
       lr · 10⁻³ / median u (one significant digit), the practitioner target u ≈ 10⁻³.
-    * Nothing moved at all → warning when the monitor was given the optimizer (optimizer.step() not
-      called, or every gradient is 0), info otherwise (a measuring loop without an optimizer looks the same).
+    * Nothing moved and every gradient is exactly 0 → error naming the cause: the loss does not depend
+      on the parameters (a constant loss, a detached graph); exact zeros are not small gradients.
+    * Nothing moved at all otherwise → warning when the monitor was given the optimizer (optimizer.step()
+      not called), info otherwise (a measuring loop without an optimizer looks the same).
     Why 10⁻⁵: DeepDiagnosis flags u outside 10⁻⁵…10⁻¹; measured healthy digits runs (SGD lr 0.01–0.1,
     Adam 1e-3, batch 32/64) keep every layer at u ≥ 10⁻³, lr 10⁻⁵ gives 7·10⁻⁷.
     """
@@ -53,6 +55,15 @@ def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: flo
                                "Nothing to do if they are meant to stay frozen; otherwise set requires_grad=True and "
                                "add them to the optimizer.", fixed, step, fix={"unfreeze": fixed}))
         return out
+    if not moving and all(r.grad_norm == 0.0 and r.trainable is not False for r in w):
+        return [Finding("stalled_updates", "error",
+                        "Every gradient is exactly 0, so no weight can change: the loss does not depend on the "
+                        "parameters (a loss that is identically constant, such as 0, or a graph detached from "
+                        "the model).",
+                        {"grad_norm": {r.name: r.grad_norm for r in w}, "update_rel": ev_all, "cause": "zero_gradients"},
+                        "Check the loss: that it is computed from the model's output without .detach()/.item()/"
+                        "torch.no_grad(), that it is not constant (e.g. cross-entropy over one class, a masked-out "
+                        "batch), and that the targets are not the outputs themselves.", [r.name for r in w], step)]
     if not moving:
         sev = "warning" if knows_optimizer else "info"
         return [Finding("stalled_updates", sev, "No weight changed between the recorded steps.",
