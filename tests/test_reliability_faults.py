@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 @pytest.mark.parametrize("engine, sig, code", [
     pytest.param("local", signal.SIGKILL, -signal.SIGKILL, id="local-SIGKILL"),
-    pytest.param("local", signal.SIGINT, 130, id="local-SIGINT", marks=pytest.mark.slow),
-    pytest.param("process", signal.SIGKILL, -signal.SIGKILL, id="process-SIGKILL", marks=pytest.mark.slow),
+    pytest.param("local", signal.SIGINT, 130, id="local-SIGINT"),
+    pytest.param("process", signal.SIGKILL, -signal.SIGKILL, id="process-SIGKILL"),
 ])
 def test_resume_after_a_signal_loses_and_redoes_nothing(tmp_path, engine, sig, code):
     proc, seen, before = start_and_signal(tmp_path, engine, sig)
