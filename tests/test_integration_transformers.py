@@ -84,8 +84,9 @@ def logged_losses(trainer):
 @pytest.mark.parametrize("model", [
     FirstTokenMLP,
     pytest.param(tiny_bert, marks=pytest.mark.xfail(strict=True, reason=(
-        "vanishing_gradients fires on this healthy BERT (99% eval accuracy): the rule reads the attention "
-        "query/key layers, whose gradients are small by design, as the start of a chain"))),
+        "vanishing_gradients (warning) fires during training on this healthy post-LN BERT (99% eval "
+        "accuracy): near zero loss the residual stream's gradient decays ~0.4x per LayerNorm position "
+        "(about 220x over 7); checkup at step 0 is silent"))),
 ], ids=["mlp", "bert"])
 def test_healthy_training_is_silent_and_records_epochs(tmp_path, model):
     cb = DeepdiagCallback(n_classes=2)
