@@ -303,13 +303,9 @@ def render(run: SavedRun, path: str | Path = "run.html", title: str | None = Non
     return path
 
 
-def _coverage_rows(coverage) -> list[dict] | None:
-    """Coverage as table rows: a list of records as it is, a dict as (key, value) rows."""
+def _coverage_rows(coverage: dict | None) -> list[dict] | None:
+    """A saved ``Coverage.to_dict()`` as (item, value) table rows; lists are joined as text."""
     if coverage is None:
         return None
-    if isinstance(coverage, list) and all(isinstance(r, dict) for r in coverage):
-        return coverage
-    if isinstance(coverage, dict):
-        return [{"item": k, "value": v if isinstance(v, (str, int, float)) or v is None else json.dumps(v)}
-                for k, v in coverage.items()]
-    return [{"value": json.dumps(coverage)}]
+    return [{"item": k, "value": v if isinstance(v, (str, int, float)) or v is None else json.dumps(v)}
+            for k, v in coverage.items()]
