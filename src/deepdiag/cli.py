@@ -572,6 +572,87 @@ def _print_findings(findings, layers) -> None:
     out.print(layers.to_string(index=False, max_colwidth=24))
 
 
+def parse_train_sets(pairs: list) -> dict:
+    """``KEY=VALUE`` strings -> ``dd.TrainConfig`` fields, each parsed to the type of its default."""
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    config = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in defaults:
+            raise UsageError(f"--set {pair!r} must be KEY=VALUE with KEY one of {', '.join(defaults)}, "
+                             "e.g. --set lr=0.01")
+        default = defaults[key]
+        config[key] = parse_value(key, raw, default)
+    return config
+
+
+@app.command()
+@guarded
+def repair(
+    target: Annotated[str, typer.Argument(help="FILE.py:BUILD, a function returning a fresh model")],
+    data: Annotated[str, typer.Option(help="a dd.data set name (digits, breast_cancer, ...) or a .npz file "
+                                           "with x_train, y_train[, x_val, y_val]")],
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="your training, a dd.TrainConfig field "
+                                                                     "KEY=VALUE (optimizer, lr, epochs, ...)")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="search rounds")] = 2,
+    candidates: Annotated[int, typer.Option(min=1, help="candidates per round")] = 8,
+    engine: Annotated[str, typer.Option(help="auto, local or process (candidates in parallel)")] = "auto",
+    out_dir: Annotated[Path, typer.Option("--out", help="results directory: every trial is stored there "
+                                                        "and the same command resumes")] = Path("results"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Diagnose the model BUILD makes, train ranked candidate remedies and keep what retraining proves.
+    Exit 0 when a fix is verified (findings gone, metric better by more than seed noise) or nothing needs
+    one, 1 when findings remain unrepaired."""
+    from .repair import ENGINES as REPAIR_ENGINES
+    from .repair import BaselineFailed
+    from .repair import repair as run_repair
+
+    _threads()
+    if engine not in REPAIR_ENGINES:
+        raise UsageError(f"--engine {engine!r}: repair runs on one of {', '.join(REPAIR_ENGINES)}")
+    config = parse_train_sets(sets or [])
+    factory = load_factory(target)
+    user_file = target.rpartition(":")[0]
+
+    def build():
+        built = factory()
+        return built[0] if isinstance(built, tuple) else built
+
+    try:
+        with user_code(f"your model from {user_file}", files=(user_file,)):
+            result = run_repair(build, data, config, rounds=rounds, engine=engine, store=out_dir,
+                                max_candidates=candidates, progress=not as_json)
+    except BaselineFailed as e:
+        raise UserCodeError(str(e)) from None
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+    else:
+        _print_repair(result)
+    raise typer.Exit(EXIT_OK if result.repaired or not result.findings else EXIT_FINDING)
+
+
+def _print_repair(result) -> None:
+    if not result.findings:
+        out.print(f"no findings at warning or worse: nothing to repair ({result.metric} "
+                  f"{result.to_dict()['before']:.4g})")
+        return
+    table = Table("round", "fix", "cause", f"{result.metric}", "findings after", "verified", "why not",
+                  show_lines=False)
+    for row in result.rows():
+        after = row[f"{result.metric} after"]
+        mark = "best" if row["best"] else ("yes" if row["verified"] and row["confirmed"] is not False else "no")
+        table.add_row(str(row["round"]), row["fix"], row["cause"], "-" if after is None else f"{after:.4g}",
+                      row["findings after"] or "-", mark, row["why"])
+    out.print(table)
+    out.print(str(result))
+
+
 @app.command()
 @guarded
 def demo(

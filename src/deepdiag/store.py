@@ -1,9 +1,13 @@
 """The results store: one SQLite file per results directory (``DIR/runs.sqlite``), keyed by config hash.
 
-Schema (one table)::
+Schema (two tables)::
 
     runs(hash TEXT PRIMARY KEY, config JSON, status TEXT, result JSON, error TEXT,
          wall_time REAL, versions JSON, engine TEXT, finished_at REAL)
+    trials(key TEXT PRIMARY KEY, record JSON, version TEXT, finished_at REAL)
+
+``trials`` holds the candidate trainings of ``dd.repair`` (a user's model, not a ``RunConfig``), keyed by
+the SHA-256 of what shaped them (see ``deepdiag.repair.trial_key``), so an interrupted repair resumes.
 
 ``result`` holds ``{"history": ..., "metrics": ..., "probes": ...}``: the run's curves, final metrics and
 the outputs of its post-training probes (``deepdiag.probes``; absent in runs stored before probes).
@@ -45,6 +49,12 @@ CREATE TABLE IF NOT EXISTS runs (
     versions TEXT,
     engine TEXT,
     finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    version TEXT NOT NULL,
+    finished_at REAL NOT NULL
 )"""
 
 
@@ -69,7 +79,7 @@ class Store:
             if self.path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(SCHEMA)
+            self._db.executescript(SCHEMA)
             self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
         except sqlite3.Error as e:
             raise store_error(self.where, e) from None
@@ -86,6 +96,22 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def put_trial(self, key: str, record: dict) -> None:
+        """Commit one finished repair trial (a JSON-safe dict) under `key` (its own transaction)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO trials VALUES (?, ?, ?, ?)",
+                             (key, dumps(record), __version__, time.time()))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def trial(self, key: str) -> dict | None:
+        """The stored trial `key` when this deepdiag version trained it, else None."""
+        row = self._db.execute("SELECT record, version FROM trials WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row and row[1] == __version__ else None
 
     def finished_hashes(self) -> set[str]:
         """Hashes of runs that need no redoing (done or diverged; failed ones are retried)."""

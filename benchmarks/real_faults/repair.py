@@ -1,0 +1,198 @@
+"""Repair rate on the real-fault benchmark: ``dd.repair`` on every real-fault mutant it can retrain.
+
+    PYTHONPATH=src python -m benchmarks.real_faults.repair --faults results/real_faults.json [--quick]
+        [--operator O,...] [--base B,...] [--rounds 2] [--candidates 8] [--out results/repair.json]
+
+``--faults`` is a results file of ``python -m benchmarks.real_faults``: it says which mutants are real
+faults (trained in plain torch, they measurably hurt their base; ``harness.killed``). Each such mutant
+becomes what ``dd.repair`` takes: ``build`` (the mutant's model), ``data`` (its data, targets as the
+program feeds them to the loss), ``config`` (its optimizer, lr, momentum, weight decay, batch size and
+epochs as a ``dd.TrainConfig``) and its ``loss_fn``. dd.repair trains with ``dd.fit``'s loop, which
+shuffles and zeroes gradients; the faults that live in the user's loop itself (``no_shuffle``,
+``no_zero_grad``) and the fixed-step budget of ``batch_one`` cannot be expressed that way and are
+listed as not retrainable.
+
+Per mutant: *detected* when dd.repair's own diagnosis (checkup + Monitor at seed 0) finds a problem of
+severity warning or worse; *repaired* when dd.repair returns a verified and confirmed fix (the findings
+it answers gone; the validation metric better than the mutant's by more than the seed-noise margin at
+seeds 0 and 1); *first guess* when every finding's own ``Finding.fix``, merged and applied once, was
+verified and confirmed; *restored* when the repaired mutant's metric is also back within the kill
+margin of its base (no longer a real fault by the benchmark's own criterion). Also: candidate
+trainings and wall time per repair.
+
+``--quick`` takes one real fault per operator (the first base in the file's order that has one).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepdiag.jsonsafe import dumps
+from deepdiag.repair import repair
+from deepdiag.train import TrainConfig
+
+from .harness import ACC_FLOOR, MSE_FLOOR
+from .operators import OPERATORS
+from .programs import Program, bases
+
+LOOP_FAULTS = ("no_shuffle", "no_zero_grad", "batch_one")
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A program's data as dd.fit takes them (targets as the program feeds them to its loss)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    task: str
+
+
+def program(name: str) -> Program:
+    """The base or mutant called `name` ("base" or "base/operator")."""
+    base, _, op = name.partition("/")
+    p = bases()[base]
+    return p if not op else OPERATORS[op](p)
+
+
+def build(name: str):
+    """A fresh model of program `name` (dd.repair seeds the RNG before calling it)."""
+    p = program(name)
+    model = p.build()
+    for edit in p.edits:
+        model = edit(model)
+    return model
+
+
+def inputs(p: Program) -> tuple:
+    """(build, data, config, loss_fn) for dd.repair."""
+    d = p.data
+    regression = d.task == "regression"
+    scale = (lambda y: y * p.target_scale + p.target_shift) if regression else (lambda y: y)
+    data = Tensors(d.x_train, scale(d.y_train), d.x_val, scale(d.y_val),
+                   "regression" if regression else "classification")
+    name, kw = p.optimizer[0], dict(p.optimizer[1])
+    config = TrainConfig(optimizer=name, lr=kw["lr"], momentum=kw.get("momentum", 0.0),
+                         weight_decay=kw.get("weight_decay", 0.01 if name == "adamw" else 0.0),
+                         batch_size=p.batch_size, epochs=p.epochs)
+    return functools.partial(build, p.name), data, config, p.loss_fn
+
+
+def restored(row: dict, after: float) -> bool:
+    """The repaired metric back within the kill margin of the base (harness.killed, inverted)."""
+    mean, sd = row["base_mean"], row["base_sd"]
+    if row["metric_name"] == "val_mse":
+        return after - mean <= max(3 * sd, MSE_FLOOR * mean)
+    return mean - after <= max(3 * sd, ACC_FLOOR)
+
+
+def select(rows: list[dict], quick: bool, operators, bases_) -> list[dict]:
+    faults = [r for r in rows if r.get("real_fault") and r["operator"] not in LOOP_FAULTS
+              and (operators is None or r["operator"] in operators) and (bases_ is None or r["base"] in bases_)]
+    if quick:
+        seen, out = set(), []
+        for r in faults:
+            if r["operator"] not in seen:
+                seen.add(r["operator"])
+                out.append(r)
+        return out
+    return faults
+
+
+def run_one(row: dict, rounds: int, candidates: int, store) -> dict:
+    p = program(row["program"])
+    b, data, config, loss_fn = inputs(p)
+    t0 = time.perf_counter()
+    result = repair(b, data, config, loss_fn=loss_fn, rounds=rounds, engine="local", store=store,
+                    max_candidates=candidates, progress=False)
+    d = result.to_dict()
+    after = d["after"]
+    return {"program": row["program"], "base": row["base"], "family": row["family"], "operator": row["operator"],
+            "detected": bool(result.findings), "codes": [f.code for f in result.findings],
+            "repaired": result.repaired, "first_guess": d["first_guess"],
+            "first_guess_repaired": bool(result.first_guess_repaired), "fix": result.fix,
+            "before": d["before"], "after": after, "base_mean": row["base_mean"],
+            "restored": bool(result.repaired and after is not None and restored(row, after)),
+            "trainings": result.trainings + result.reused, "seconds": time.perf_counter() - t0,
+            "candidates": d["candidates"]}
+
+
+def table(results: list[dict], by: str) -> str:
+    groups = defaultdict(list)
+    for r in results:
+        groups[r[by]].append(r)
+    lines = [f"| {by} | real faults | detected | repaired | first guess | restored | trainings / repair | s / repair |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for k in sorted(groups):
+        rs = groups[k]
+        det = [r for r in rs if r["detected"]]
+        rate = lambda key: sum(r[key] for r in det)  # noqa: E731
+        lines.append(f"| {k} | {len(rs)} | {len(det)} | {rate('repaired')} | {rate('first_guess_repaired')} | "
+                     f"{rate('restored')} | {_mean(r['trainings'] for r in det):.1f} | "
+                     f"{_mean(r['seconds'] for r in det):.0f} |")
+    return "\n".join(lines)
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def summary(results: list[dict]) -> str:
+    det = [r for r in results if r["detected"]]
+    n = len(det)
+    pct = lambda k: f"{sum(r[k] for r in det)} of {n} ({100 * sum(r[k] for r in det) / max(n, 1):.1f} %)"  # noqa: E731
+    return (f"real faults retrained: {len(results)}, detected by dd.repair's diagnosis: {n}\n"
+            f"repaired (verified, confirmed at 2 seeds): {pct('repaired')}; goal >= 95 %\n"
+            f"Finding.fix alone (first guess, one round): {pct('first_guess_repaired')}; goal >= 80 %\n"
+            f"restored to the base's level: {pct('restored')}\n"
+            f"candidate trainings per repair: {_mean(r['trainings'] for r in det):.1f}, "
+            f"wall time per repair: {_mean(r['seconds'] for r in det):.0f} s")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.real_faults.repair", description=__doc__.split("\n")[0])
+    ap.add_argument("--faults", required=True, help="results JSON of python -m benchmarks.real_faults")
+    ap.add_argument("--quick", action="store_true", help="one real fault per operator")
+    ap.add_argument("--operator", help="comma-separated operators")
+    ap.add_argument("--base", help="comma-separated bases")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--out", default="results/repair_real_faults.json")
+    ap.add_argument("--store", default=None, help="a .sqlite store: trials are kept there and reused")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = json.loads(Path(a.faults).read_text())["rows"]
+    split = lambda s: None if s is None else s.split(",")  # noqa: E731
+    todo = select(rows, a.quick, split(a.operator), split(a.base))
+    skipped = sorted({r["program"] for r in rows if r.get("real_fault") and r["operator"] in LOOP_FAULTS})
+    results, t0 = [], time.perf_counter()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(todo, 1):
+        r = run_one(row, a.rounds, a.candidates, a.store)
+        results.append(r)
+        print(f"[{i}/{len(todo)}] {r['program']}: {'repaired' if r['repaired'] else 'NOT repaired' if r['detected'] else 'not detected'}"
+              f" {r['before']} -> {r['after']} fix={r['fix']} first={r['first_guess_repaired']} "
+              f"({r['trainings']} runs, {r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        out.write_text(dumps({"results": results, "skipped_loop_faults": skipped}))
+    print(summary(results))
+    print(f"not retrainable by dd.repair (faults in the training loop itself): {len(skipped)}")
+    print(f"wall time: {time.perf_counter() - t0:.0f} s\n")
+    print(table(results, "operator"))
+    print()
+    print(table(results, "family"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

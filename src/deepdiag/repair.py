@@ -1,0 +1,595 @@
+"""Verified repair: diagnose a model, train ranked candidate remedies, keep what retraining proves.
+
+``dd.repair(build, data, config)`` does what AUTOTRAINER (Zhang et al., ICSE 2021) showed works: a
+remedy is a hypothesis, and a training run tests it.
+
+1. **Diagnose.** The model from ``build()`` is trained as configured at seeds 0 and 1 (``dd.checkup`` on
+   the first batch, a ``dd.Monitor`` in the loop). Findings of severity warning or worse are the
+   problems; the two seeds' scores give the noise of the validation metric.
+2. **Candidates.** Each finding becomes ranked alternatives (``deepdiag.candidates``): its own
+   ``Finding.fix`` first, then remedies acting through other causes (init or learning rate, data or
+   model), so the winner also attributes the cause.
+3. **Train and verify.** Each candidate is applied with ``dd.apply_fix`` to a fresh ``build()`` and
+   trained at seed 0 with the same budget (a candidate that diverges stops at the end of that epoch).
+   It is *verified* when the findings it answers are gone (none at warning or worse) and its score
+   beats the baseline's at the same seed by more than the noise margin
+
+       margin = max(2·s, floor),   s = |m₀ − m₁| / √2   (the seed-to-seed standard deviation estimated
+                                                           from the baseline's two seeds)
+
+   with floor 0.01 accuracy, or 5 % of the baseline's MSE. The best verified candidate is then
+   retrained at seed 1 and must beat the baseline's seed 1 by the margin too (*confirmed*), or the next
+   best is tried.
+4. **Combine and iterate.** Verified fixes of different findings are merged and trained; among
+   candidates whose scores lie within the margin of the best, the one with the fewest changes wins,
+   so a combination is kept only where a run proves it better. When the best candidate still shows
+   findings, or none was verified, a second round starts from the best improving candidate
+   (up to ``rounds``).
+
+Every trial is committed to the results store (``store=``), keyed by what shaped it (``trial_key``),
+so an interrupted repair resumes. Scores are higher-is-better: validation accuracy, or minus the
+validation MSE in the data's own units for regression (the training split when there is no
+validation split).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import inspect
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._validate import check_choice, check_number
+from ._version import __version__
+from .candidates import Candidate, Setup, combine, first_guess, on_top, ranked
+from .findings import Finding, sort_findings
+from .jsonsafe import json_safe
+from .checkup import checkup
+from .fixes import apply_fix, fix_data, make_loss
+from .monitor import Monitor
+from .train import TrainConfig, default_loss, fit
+
+ENGINES = ("auto", "local", "process")
+ACC_FLOOR, MSE_FLOOR = 0.01, 0.05  # the margin's floor (see the module doc)
+CONFIRM_TRIES = 3  # verified candidates retrained at seed 1 before giving up
+STOP_CODES = ("divergence", "nonfinite_values")  # a candidate showing these at error is doomed: stopped
+
+
+class BaselineFailed(RuntimeError):
+    """The model as configured could not be built or trained (the user's code or data): nothing to repair."""
+
+
+# ---- one trial ----
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one candidate training depends on (picklable when `build`, `data` and `loss_fn` are)."""
+    build: Callable[[], nn.Module]
+    data: Any
+    config: TrainConfig
+    loss_fn: Any
+    fix: dict
+    seed: int
+
+
+def trial_key(spec: TrialSpec) -> str:
+    """SHA-256 of what shaped a trial: the build function (its qualified name and source), the data
+    (their bytes), the config, the loss, the fix, the seed and deepdiag's version."""
+    parts = {"build": _code_id(spec.build), "data": data_fingerprint(spec.data),
+             "config": json_safe(asdict(spec.config)),
+             "loss": _code_id(spec.loss_fn), "fix": json_safe(spec.fix), "seed": spec.seed,
+             "version": __version__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _code_id(obj) -> str:
+    if obj is None:
+        return "None"
+    target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
+    name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', repr(target))}"
+    try:
+        src = inspect.getsource(target)
+    except (OSError, TypeError):
+        src = ""
+    extra = "" if inspect.isfunction(obj) or inspect.isclass(obj) else repr(obj)
+    return name + hashlib.sha256((src + extra).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data) -> str:
+    """SHA-256 over the data's splits (shape, dtype and bytes of each tensor)."""
+    h = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        t = getattr(data, name, None)
+        if t is not None:
+            t = torch.as_tensor(t).detach().cpu().contiguous()
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_trial(spec: TrialSpec) -> dict:
+    """Build, fix, train and diagnose one candidate; a JSON-safe record (never raises for the user's or
+    the fix's failures: they are recorded in "error")."""
+    t0 = time.perf_counter()
+    record = {"fix": spec.fix, "seed": spec.seed, "error": None}
+    try:
+        record.update(_train(spec))
+    except Exception as e:  # noqa: BLE001  (a candidate that cannot be applied or trained is a result)
+        record.update(error=f"{type(e).__name__}: {e}", score=None, findings=[])
+    record["seconds"] = time.perf_counter() - t0
+    return json_safe(record)
+
+
+def _train(spec: TrialSpec) -> dict:
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = spec.build()
+    if isinstance(model, tuple):
+        model = model[0]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build() returned {type(model).__name__}, not a torch.nn.Module")
+    data = spec.data
+    data_fix = {k: v for k, v in spec.fix.items() if k in DATA_KEYS}
+    if data_fix:
+        data = fix_data(data, data_fix)
+    fixed, changes = apply_fix(model, spec.fix, config=spec.config, inputs=data.x_train[:256])
+    config = replace(changes.config or spec.config, seed=spec.seed)
+    loss_fn = make_loss(changes.loss) if changes.loss else spec.loss_fn
+    classify = task_of(data) == "classification"
+    xb, yb = data.x_train[:64], data.y_train[:64]
+    out_width = _out_width(fixed, xb)
+    if loss_fn is None:
+        loss_fn = default_loss(task_of(data), out_width)
+    report = checkup(fixed, xb, yb, loss_fn)
+    stop = []
+    monitor = Monitor(fixed, loss_fn=loss_fn, lr=config.lr, batch_size=config.batch_size,
+                         n_classes=max(2, out_width) if classify else None,
+                         on_finding=lambda f: stop.append(f.code) if f.code in STOP_CODES and f.rank == 2 else None)
+    try:
+        hist = fit(fixed, data, config, loss_fn=loss_fn, monitor=monitor, on_epoch=lambda h: bool(stop))
+        findings = sort_findings([*report.findings, *monitor.diagnose()])
+    finally:
+        monitor.close()
+    val = getattr(data, "x_val", None) is not None
+    score, metric = _score(fixed, data, spec.data, hist, classify, val)
+    return {"score": score, "metric": metric, "findings": [f.to_dict() for f in findings],
+            "train_loss": hist.train_loss[-1] if hist.train_loss else None,
+            "val_loss": hist.val_loss[-1] if hist.val_loss else None,
+            "epochs_run": len(hist.epoch), "steps": hist.steps, "diverged": hist.diverged,
+            "stopped": stop[0] if stop else None, "applied": changes.applied, "skipped": changes.skipped,
+            "unreached": changes.unreached}
+
+
+DATA_KEYS = ("standardize_inputs", "standardize_targets", "target_range")
+
+
+def task_of(data) -> str:
+    """The data's task: its ``task`` attribute, else regression for float targets."""
+    task = getattr(data, "task", None)
+    if task in ("classification", "regression"):
+        return task
+    return "regression" if torch.as_tensor(data.y_train).is_floating_point() else "classification"
+
+
+def _out_width(model: nn.Module, x) -> int:
+    was = model.training
+    with torch.no_grad():
+        out = model.eval()(x[:2])
+    model.train(was)
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() > 1 else 1
+
+
+def _score(model, data, original, hist, classify: bool, val: bool) -> tuple[float, str]:
+    """(higher-is-better score, metric name): accuracy from the history, or minus the MSE of the
+    predictions in the original data's units (undoing a target standardisation)."""
+    split = "val" if val else "train"
+    if classify:
+        acc = (hist.val_acc if val else hist.train_acc)[-1] if hist.epoch else math.nan
+        return acc, f"{split}_acc"
+    x = getattr(data, f"x_{split}")
+    y_fixed, y = torch.as_tensor(getattr(data, f"y_{split}")), torch.as_tensor(getattr(original, f"y_{split}"))
+    with torch.no_grad():
+        model.eval()
+        pred = model(x).reshape(y.shape).double()
+    # the fixed targets are an affine map of the originals: y_fixed = a·y + b; invert it on the predictions
+    yo, yf = y.double().reshape(-1), y_fixed.double().reshape(-1)
+    a = float(((yf - yf.mean()) * (yo - yo.mean())).sum() / ((yo - yo.mean()) ** 2).sum().clamp_min(1e-300))
+    b = float(yf.mean() - a * yo.mean())
+    mse = float(((pred - b) / a - y.double()).pow(2).mean()) if a else math.inf
+    return (-mse if math.isfinite(mse) else -math.inf), f"{split}_mse"
+
+
+# ---- the search ----
+
+@dataclass
+class Trial:
+    """One trained candidate: the `candidate`, its `round`, the `record` of its seed-0 run, and the
+    verdict (`verified`: findings gone and score better by the margin; `confirmed`: also at seed 1)."""
+    candidate: Candidate
+    round: int
+    record: dict
+    verified: bool = False
+    confirmed: bool | None = None
+    why: str = ""
+
+    @property
+    def score(self) -> float:
+        s = self.record.get("score")
+        return -math.inf if s is None or not math.isfinite(s) else s
+
+    def codes(self, at_least: int = 1) -> list[str]:
+        rank = {"info": 0, "warning": 1, "error": 2}
+        return list(dict.fromkeys(f["code"] for f in self.record.get("findings", [])
+                                  if rank[f["severity"]] >= at_least))
+
+
+@dataclass
+class RepairResult:
+    """What ``dd.repair`` found and proved. `findings`: the problems at the start (warning or worse);
+    `before`: the baseline's seed-0 record; `baseline_scores`: its scores at seeds 0 and 1; `margin`:
+    the noise margin; `trials`: every candidate in training order; `best`: the confirmed best trial or
+    None; `first_guess`: the trial of every finding's own ``Finding.fix`` merged (None when no finding
+    had one); `trainings`: training runs done (the stored ones not counted); `seconds`: wall time."""
+    metric: str
+    findings: list[Finding]
+    before: dict
+    baseline_scores: list[float]
+    margin: float
+    trials: list[Trial] = field(default_factory=list)
+    best: Trial | None = None
+    first_guess: Trial | None = None
+    trainings: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+    @property
+    def repaired(self) -> bool:
+        return self.best is not None
+
+    @property
+    def fix(self) -> dict | None:
+        """The best verified fix (apply it with ``dd.apply_fix``), or None."""
+        return dict(self.best.candidate.fix) if self.best else None
+
+    @property
+    def first_guess_repaired(self) -> bool | None:
+        """Whether every finding's own fix, applied once without search, was verified and confirmed."""
+        return None if self.first_guess is None else bool(self.first_guess.verified and self.first_guess.confirmed)
+
+    def attribution(self) -> dict[str, str]:
+        """finding code -> the cause (``deepdiag.candidates.CAUSES``) of the best fix answering it."""
+        if not self.best:
+            return {}
+        return {code: self.best.candidate.cause for code in self.best.candidate.codes}
+
+    def _show(self, score: float | None) -> float | None:
+        if score is None or not math.isfinite(score):
+            return score
+        return -score if self.metric.endswith("mse") else score
+
+    def rows(self) -> list[dict]:
+        """One row per trial: round, source, cause, fix, the metric before → after, findings after,
+        verified / confirmed, why not, seconds."""
+        before = self._show(self.baseline_scores[0])
+        return [{"round": t.round, "source": t.candidate.source, "cause": t.candidate.cause,
+                 "fix": json.dumps(t.candidate.fix, sort_keys=True), "answers": ",".join(t.candidate.codes),
+                 f"{self.metric} before": before, f"{self.metric} after": self._show(t.record.get("score")),
+                 "findings after": ",".join(t.codes()), "verified": t.verified, "confirmed": t.confirmed,
+                 "why": t.why, "best": t is self.best, "seconds": t.record.get("seconds")} for t in self.trials]
+
+    def table(self):
+        """The candidates as a pandas DataFrame (``rows()``)."""
+        import pandas as pd
+        return pd.DataFrame(self.rows())
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "repaired": self.repaired, "fix": self.fix, "metric": self.metric,
+            "before": self._show(self.baseline_scores[0]),
+            "after": self._show(self.best.score) if self.best else None,
+            "baseline_scores": [self._show(s) for s in self.baseline_scores], "margin": self.margin,
+            "findings": [f.to_dict() for f in self.findings], "attribution": self.attribution(),
+            "first_guess": self.first_guess.candidate.fix if self.first_guess else None,
+            "first_guess_repaired": self.first_guess_repaired, "trainings": self.trainings,
+            "reused": self.reused, "seconds": self.seconds, "candidates": self.rows(),
+            "changes": self.best.record.get("applied") if self.best else None})
+
+    def __str__(self) -> str:
+        codes = ", ".join(f.code for f in self.findings) or "none"
+        head = f"findings: {codes}; {self.metric} {_fmt(self._show(self.baseline_scores[0]))} (seeds 0, 1: " \
+               f"{', '.join(_fmt(self._show(s)) for s in self.baseline_scores)}; margin {_fmt(self.margin)})"
+        if not self.repaired:
+            return f"not repaired. {head}; {len(self.trials)} candidate(s) tried"
+        return (f"repaired with {json.dumps(self.fix, sort_keys=True)}: {self.metric} "
+                f"{_fmt(self._show(self.baseline_scores[0]))} -> {_fmt(self._show(self.best.score))}. {head}; "
+                f"{len(self.trials)} candidate(s), {self.trainings} training run(s)")
+
+
+def _fmt(x) -> str:
+    return "None" if x is None else f"{x:.4g}"
+
+
+class _Runner:
+    """Trains trial specs (local: in this process; process: a pool of spawned workers), reusing and
+    committing them through the store, with a progress bar."""
+
+    def __init__(self, engine: str, store, progress: bool):
+        from .store import open_store
+
+        self.engine, self.progress = engine, progress
+        self.db = open_store(store)
+        self.trainings = self.reused = 0
+        self._pool = None
+
+    def run(self, specs: list[TrialSpec], label: str) -> list[dict]:
+        from .sweep import _Progress
+
+        keys = [trial_key(s) for s in specs]
+        out: list[dict | None] = [self.db.trial(k) for k in keys]
+        todo = [i for i, r in enumerate(out) if r is None]
+        self.reused += len(specs) - len(todo)
+        bar = _Progress(len(specs), len(specs) - len(todo), self.progress and sys.stderr.isatty(), label)
+        with bar:
+            for i, record in self._map([specs[i] for i in todo], todo):
+                out[i] = record
+                self.db.put_trial(keys[i], record)
+                self.trainings += 1
+                bar.advance("failed" if record.get("error") else "done")
+        return out
+
+    def _map(self, specs, idx):
+        if self.engine == "local" or len(specs) < 2:
+            for i, s in zip(idx, specs, strict=True):
+                yield i, run_trial(s)
+            return
+        if self._pool is None:
+            workers = max(1, min(len(specs), (os.cpu_count() or 2)))
+            self._pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=torch.set_num_threads, initargs=(1,))
+        futures = {self._pool.submit(run_trial, s): i for i, s in zip(idx, specs, strict=True)}
+        for f in cf.as_completed(futures):
+            yield futures[f], f.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def repair(build: Callable[[], nn.Module], data, config=None, *, loss_fn=None, rounds: int = 2,
+           engine: str = "auto", store=None, max_candidates: int = 8, progress: bool = True) -> RepairResult:
+    """Diagnose the model `build()` makes on `data`, train ranked candidate remedies and return the
+    verified best (see the module doc).
+
+    build: a function of no arguments returning a fresh ``nn.Module`` (called once per trial, after
+    ``torch.manual_seed(seed)``). data: a data set name of ``dd.data``, a ``dd.data.Dataset``, or any
+    object with ``x_train``, ``y_train`` (and ``x_val``, ``y_val``). config: a ``dd.TrainConfig`` or a
+    dict of its fields (the training the user does). loss_fn: the loss (default: ``dd.fit``'s).
+    rounds: search rounds (1 = one round of candidates). engine: "local" (one process), "process"
+    (candidates of a round in parallel worker processes; `build`, `data` and `loss_fn` must be
+    picklable, e.g. module-level functions) or "auto" (process when more than 2 CPUs and they pickle).
+    store: a results directory or ``.sqlite`` file where every trial is committed (an interrupted repair
+    resumes). max_candidates: candidates per round. Returns a ``RepairResult``: ``.repaired``, ``.fix``,
+    ``.table()``.
+
+    >>> result = dd.repair(build, "digits", {"lr": 0.5, "epochs": 5})
+    >>> result.fix, result.table()
+    """
+    if not callable(build):
+        raise TypeError(f"build must be a function returning a torch.nn.Module, got {type(build).__name__}")
+    data = as_data(data)
+    config = TrainConfig.coerce(config)
+    check_number("rounds", rounds, low=1, integer=True)
+    check_number("max_candidates", max_candidates, low=1, integer=True)
+    engine = _choose_engine(check_choice("engine", engine, ENGINES), build, data, loss_fn)
+    t0 = time.perf_counter()
+    runner = _Runner(engine, store, progress)
+    try:
+        result = _search(build, data, config, loss_fn, rounds, max_candidates, runner)
+    finally:
+        runner.close()
+    result.trainings, result.reused, result.seconds = runner.trainings, runner.reused, time.perf_counter() - t0
+    return result
+
+
+def _choose_engine(engine: str, build, data, loss_fn) -> str:
+    if engine != "auto":
+        return engine
+    if (os.cpu_count() or 1) <= 2:
+        return "local"
+    import pickle
+    try:
+        pickle.dumps((build, data, loss_fn))
+    except Exception:  # noqa: BLE001  (lambdas, local functions: train them here)
+        return "local"
+    return "process"
+
+
+def as_data(data):
+    """`data` as an object with x_train, y_train (x_val, y_val): a ``dd.data`` name, a ``.npz`` file with
+    those arrays, or such an object already."""
+    if isinstance(data, (str, Path)):
+        if str(data).endswith(".npz"):
+            return load_npz(data)
+        from .data import NAMES, load
+        return load(check_choice("data", str(data), NAMES), seed=0)
+    for name in ("x_train", "y_train"):
+        if getattr(data, name, None) is None:
+            raise TypeError(f"data={type(data).__name__} has no {name}: give a dd.data name, a .npz file or "
+                            "an object with x_train, y_train (and x_val, y_val)")
+    return data
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """Train / validation tensors from a ``.npz`` file (``x_train``, ``y_train``, optional ``x_val``,
+    ``y_val``, optional ``task``)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    task: str = "classification"
+
+
+def load_npz(path) -> ArrayData:
+    """Read a ``.npz`` of arrays (never pickled objects: ``allow_pickle=False``). Float x become float32;
+    integer y are class ids (classification), float y regression targets."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data={str(path)!r}: no such file")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("x_train", "y_train") if k not in z.files]
+        if missing:
+            raise ValueError(f"data={str(path)!r} lacks {', '.join(missing)}; it holds {', '.join(z.files)} "
+                             "(needed: x_train, y_train; optional: x_val, y_val)")
+        arrays = {k: torch.from_numpy(np.array(z[k])) for k in ("x_train", "y_train", "x_val", "y_val")
+                  if k in z.files}
+    for k in ("x_train", "x_val"):
+        if k in arrays and arrays[k].is_floating_point():
+            arrays[k] = arrays[k].float()
+    y = arrays["y_train"]
+    task = "regression" if y.is_floating_point() else "classification"
+    for k in ("y_train", "y_val"):
+        if k in arrays:
+            arrays[k] = arrays[k].float() if task == "regression" else arrays[k].long()
+    return ArrayData(**arrays, task=task)
+
+
+def _setup(config: TrainConfig, data) -> Setup:
+    return Setup(optimizer=config.optimizer, lr=config.lr, batch_size=config.batch_size, epochs=config.epochs,
+                 weight_decay=config.weight_decay, n_train=len(data.x_train), task=task_of(data))
+
+
+def _findings(record: dict) -> list[Finding]:
+    return [Finding(**f) for f in record.get("findings", [])]
+
+
+def _margin(scores: list[float], metric: str) -> float:
+    finite = [s for s in scores if math.isfinite(s)]
+    sd = abs(finite[0] - finite[1]) / math.sqrt(2) if len(finite) == 2 else 0.0
+    floor = ACC_FLOOR if metric.endswith("acc") else MSE_FLOOR * abs(finite[0]) if finite else 0.0
+    return max(2 * sd, floor)
+
+
+def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> RepairResult:
+    spec = lambda fix, seed: TrialSpec(build, data, config, loss_fn, fix, seed)  # noqa: E731
+    base = runner.run([spec({}, 0), spec({}, 1)], "diagnose")
+    for r in base:
+        if r.get("error"):
+            raise BaselineFailed(f"training the model as configured failed: {r['error']}")
+    scores = [r["score"] if r["score"] is not None else -math.inf for r in base]
+    metric = base[0]["metric"]
+    findings = [f for f in _findings(base[0]) if f.rank >= 1]
+    result = RepairResult(metric, findings, base[0], scores, _margin(scores, metric))
+    if not findings:
+        return result
+    setup = _setup(config, data)
+    tried: dict[str, Trial] = {}
+    anchor: Candidate | None = None
+    for rnd in range(1, rounds + 1):
+        start = findings if anchor is None else _findings(tried[anchor.key].record)
+        cands = ranked([f for f in start if f.rank >= 1], setup, limit=max_candidates)
+        if anchor is not None:
+            cands = [on_top(anchor, c) for c in cands]
+        new = _train_new(cands, tried, rnd, result, runner, spec)
+        if rnd == 1:
+            first = first_guess(findings)
+            result.first_guess = tried.get(first.key) if first else None
+            new += _train_new(_combinations(tried.values()), tried, rnd, result, runner, spec)
+        best = _confirm(tried.values(), result, runner, spec)
+        if best is not None and not best.codes():
+            break
+        improving = [t for t in new if t.score > scores[0] + result.margin and not t.record.get("error")]
+        if not improving:
+            break
+        anchor = max(improving, key=lambda t: t.score).candidate
+    if result.first_guess is not None and result.first_guess.verified and result.first_guess.confirmed is None:
+        _confirm_one(result.first_guess, result, runner, spec)
+    return result
+
+
+def _train_new(cands: list[Candidate], tried: dict, rnd: int, result: RepairResult, runner, spec) -> list[Trial]:
+    cands = [c for c in cands if c.key not in tried]
+    records = runner.run([spec(c.fix, 0) for c in cands], f"repair round {rnd}")
+    trials = []
+    for c, rec in zip(cands, records, strict=True):
+        t = Trial(c, rnd, rec)
+        t.verified, t.why = _verify(t, result.baseline_scores[0], result.margin)
+        tried[c.key] = t
+        result.trials.append(t)
+        trials.append(t)
+    return trials
+
+
+def _verify(t: Trial, base_score: float, margin: float) -> tuple[bool, str]:
+    """(verified, why not): the candidate's findings gone and its score better by more than the margin."""
+    if t.record.get("error"):
+        return False, t.record["error"]
+    left = [c for c in t.codes() if c in t.candidate.codes]
+    if left:
+        return False, f"still {', '.join(left)}"
+    if t.record.get("stopped"):
+        return False, f"stopped: {t.record['stopped']}"
+    if not t.score - base_score > margin:
+        return False, f"not better by more than the margin ({_fmt(t.score - base_score)} <= {_fmt(margin)})"
+    return True, ""
+
+
+def _combinations(trials) -> list[Candidate]:
+    """The best verified candidate of each finding code, merged (pairs, then all), where they differ."""
+    best: dict[str, Trial] = {}
+    for t in trials:
+        if t.verified and len(t.candidate.codes) == 1:
+            code = t.candidate.codes[0]
+            if code not in best or t.score > best[code].score:
+                best[code] = t
+    parts = [t.candidate for t in best.values()]
+    if len(parts) < 2:
+        return []
+    groups = [[a, b] for i, a in enumerate(parts) for b in parts[i + 1:]] + ([parts] if len(parts) > 2 else [])
+    return [c for c in (combine(g) for g in groups) if c is not None]
+
+
+def _confirm(trials, result: RepairResult, runner, spec) -> Trial | None:
+    """Choose the best verified trial (fewest changes within the margin of the top score) and confirm it
+    at seed 1; on failure try the next, up to CONFIRM_TRIES. Sets ``result.best``."""
+    verified = [t for t in trials if t.verified and t.confirmed is not False]
+    tries = 0
+    while verified and tries < CONFIRM_TRIES:
+        top = max(t.score for t in verified)
+        near = [t for t in verified if t.score >= top - result.margin]
+        pick = min(near, key=lambda t: (len(t.candidate.fix), -t.score))
+        if pick.confirmed is None:
+            tries += 1
+            _confirm_one(pick, result, runner, spec)
+        if pick.confirmed:
+            result.best = pick
+            return pick
+        verified.remove(pick)
+    return result.best
+
+
+def _confirm_one(t: Trial, result: RepairResult, runner, spec) -> None:
+    rec = runner.run([spec(t.candidate.fix, 1)], "confirm")[0]
+    again = Trial(t.candidate, t.round, rec)
+    ok, why = _verify(again, result.baseline_scores[1], result.margin)
+    t.confirmed = ok
+    t.record["seed1_score"] = rec.get("score")
+    if not ok:
+        t.why = f"seed 1: {why}"
+
+
+__all__ = ["repair", "BaselineFailed", "RepairResult", "Trial", "TrialSpec", "run_trial", "trial_key", "as_data", "load_npz",
+           "ArrayData", "ENGINES"]

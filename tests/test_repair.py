@@ -1,0 +1,198 @@
+"""dd.repair: ranked candidates, verification against seed noise, combination, resume from the store,
+and ``deepdiag repair`` run on a model file as a user would."""
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deepdiag as dd
+from deepdiag.candidates import Candidate, Setup, combine, first_guess, ranked
+from deepdiag.findings import Finding
+from deepdiag.repair import RepairResult, Trial, _margin, _verify, as_data, load_npz, repair
+
+
+def finding(code, severity="warning", fix=None):
+    return Finding(code, severity, f"{code} seen.", {}, "do something", [], None, fix)
+
+
+# ---- candidates (pure) ----
+
+def test_first_candidate_is_every_findings_own_fix_merged_most_severe_first():
+    fs = [finding("stalled_updates", "warning", {"lr": 1.0}),
+          finding("divergence", "error", {"lr": 0.01, "clip_grad_norm": 1.0})]
+    first = first_guess(fs)
+    assert first.fix == {"lr": 0.01, "clip_grad_norm": 1.0}  # the error's lr wins the conflict
+    cands = ranked(fs, Setup(lr=0.1), limit=20)
+    assert cands[0].fix == first.fix and cands[0].source == "finding"
+    assert len({c.key for c in cands}) == len(cands)  # no candidate twice
+
+
+def test_candidates_interleave_findings_so_each_gets_its_best_guesses_first():
+    fs = [finding("vanishing_gradients", "error", {"init": "xavier"}),
+          finding("unscaled_inputs", "warning", {"standardize_inputs": True})]
+    cands = ranked(fs, Setup(), limit=5)
+    codes = [c.codes for c in cands[1:5]]
+    assert ("vanishing_gradients",) in codes and ("unscaled_inputs",) in codes
+    assert any(c.fix.get("activation") == "relu" for c in ranked(fs, Setup(), limit=20))
+    assert all(f.rank >= 1 for f in fs)
+
+
+def test_info_findings_get_no_candidate():
+    assert ranked([finding("stalled_updates", "info", {"lr": 1.0})], Setup()) == []
+
+
+def test_learning_rate_alternatives_are_scaled_from_the_configured_lr():
+    cands = ranked([finding("divergence", "error")], Setup(lr=0.5), limit=10)
+    lrs = [c.fix["lr"] for c in cands if "lr" in c.fix]
+    assert 0.05 in lrs and 0.005 in lrs
+
+
+def test_contradicting_fixes_are_not_combined():
+    a = Candidate({"lr": 0.01}, "lr", ("divergence",), "a")
+    b = Candidate({"lr": 1.0}, "lr", ("stalled_updates",), "b")
+    c = Candidate({"standardize_inputs": True}, "data", ("unscaled_inputs",), "c")
+    assert combine([a, b]) is None
+    both = combine([a, c])
+    assert both.fix == {"lr": 0.01, "standardize_inputs": True} and both.source == "combination"
+
+
+# ---- verification ----
+
+def _trial(score, codes=(), answers=("dead_units",), error=None):
+    rec = {"score": score, "findings": [finding(c).to_dict() for c in codes], "error": error}
+    return Trial(Candidate({"init": "he"}, "init", answers, "r"), 1, rec)
+
+
+def test_verified_needs_the_finding_gone_and_a_gain_beyond_the_margin():
+    assert _verify(_trial(0.9), 0.5, 0.05)[0]
+    assert not _verify(_trial(0.9, codes=("dead_units",)), 0.5, 0.05)[0]  # finding still there
+    assert _verify(_trial(0.9, codes=("overfitting",)), 0.5, 0.05)[0]  # another finding: not its job
+    assert not _verify(_trial(0.54), 0.5, 0.05)[0]  # within seed noise
+    assert not _verify(_trial(None, error="ValueError: x"), 0.5, 0.05)[0]
+
+
+def test_margin_is_twice_the_seed_sd_with_a_floor():
+    assert _margin([0.80, 0.70], "val_acc") == pytest.approx(2 * 0.1 / math.sqrt(2))
+    assert _margin([0.80, 0.80], "val_acc") == 0.01
+    assert _margin([-2.0, -2.0], "val_mse") == pytest.approx(0.1)
+
+
+# ---- data ----
+
+def test_npz_data_is_read_without_pickle(tmp_path):
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(20) % 2, x_val=x[:5], y_val=np.arange(5) % 2)
+    d = load_npz(tmp_path / "d.npz")
+    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.long and d.task == "classification"
+    np.savez(tmp_path / "bad.npz", x=x)
+    with pytest.raises(ValueError, match="x_train"):
+        load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "obj.npz", x_train=np.array([object()]), y_train=np.zeros(1))
+    with pytest.raises(ValueError):
+        load_npz(tmp_path / "obj.npz")
+
+
+def test_bad_arguments_name_what_is_wrong():
+    with pytest.raises(TypeError, match="build"):
+        repair(nn.Linear(2, 2), "digits")
+    with pytest.raises(ValueError, match="data"):
+        as_data("no_such_set")
+    with pytest.raises(ValueError, match="engine"):
+        repair(lambda: nn.Linear(64, 10), "digits", engine="gpu")
+    with pytest.raises(ValueError, match="rounds"):
+        repair(lambda: nn.Linear(64, 10), "digits", rounds=0)
+
+
+# ---- the search, end to end (small, with effects far beyond seed noise) ----
+
+def stalled():
+    """A digits MLP trained with lr 1e-6: the weights barely move, accuracy stays near chance."""
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+STALLED = {"optimizer": "sgd", "lr": 1e-6, "epochs": 2, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def stalled_result(tmp_path_factory):
+    store = tmp_path_factory.mktemp("repair") / "runs.sqlite"
+    torch.set_num_threads(1)
+    result = repair(stalled, "digits", STALLED, rounds=1, max_candidates=4, store=store, progress=False)
+    return result, store
+
+
+def test_repair_finds_and_verifies_a_fix_for_a_stalled_model(stalled_result):
+    result, _ = stalled_result
+    assert isinstance(result, RepairResult)
+    assert "stalled_updates" in [f.code for f in result.findings]
+    assert result.repaired and result.best.verified and result.best.confirmed
+    after, before = result.best.score, result.baseline_scores[0]
+    assert after - before > 0.3  # chance (0.1) to far above: not a noise-sized gain
+    fixed, _ = dd.apply_fix(stalled(), result.fix, config=STALLED)
+    assert isinstance(fixed, nn.Module)
+    table = result.table()
+    assert len(table) == len(result.trials) and table["best"].sum() == 1
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["repaired"] and d["fix"] == result.fix and d["trainings"] == result.trainings
+
+
+def test_an_interrupted_repair_resumes_from_the_store(stalled_result):
+    result, store = stalled_result
+    again = repair(stalled, "digits", STALLED, rounds=1, max_candidates=4, store=store, progress=False)
+    assert again.trainings == 0 and again.reused == result.trainings
+    assert again.fix == result.fix
+
+
+def test_a_healthy_model_needs_no_repair():
+    torch.set_num_threads(1)
+    cfg = {"optimizer": "adam", "lr": 3e-3, "epochs": 2, "batch_size": 32}
+    result = repair(stalled, "digits", cfg, rounds=1, max_candidates=2, progress=False)
+    assert not result.findings and not result.trials and not result.repaired
+
+
+# ---- the command, as a user runs it ----
+
+MODEL_FILE = """
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+def broken():
+    raise RuntimeError("my bug")
+"""
+
+
+def deepdiag(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "deepdiag.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_repair_command_on_a_model_file(tmp_path):
+    (tmp_path / "models.py").write_text(textwrap.dedent(MODEL_FILE))
+    ds = dd.data.load("digits", seed=0)
+    np.savez(tmp_path / "digits.npz", x_train=ds.x_train.numpy(), y_train=ds.y_train.numpy(),
+             x_val=ds.x_val.numpy(), y_val=ds.y_val.numpy())
+    r = deepdiag("repair", "models.py:build", "--data", "digits.npz", "--set", "lr=1e-6", "--set", "epochs=2",
+                 "--set", "batch_size=32", "--rounds", "1", "--candidates", "3", "--json", "--out", "res",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["repaired"] and d["fix"] and d["after"] > d["before"] + 0.3
+    assert (tmp_path / "res" / "runs.sqlite").exists()
+
+
+def test_repair_command_exit_codes_for_usage_and_user_errors(tmp_path):
+    (tmp_path / "models.py").write_text(textwrap.dedent(MODEL_FILE))
+    assert deepdiag("repair", "models.py:build", "--data", "nope", cwd=tmp_path).returncode == 2
+    assert deepdiag("repair", "models.py:build", "--data", "digits", "--set", "speed=3",
+                    cwd=tmp_path).returncode == 2
+    assert deepdiag("repair", "missing.py:build", "--data", "digits", cwd=tmp_path).returncode == 2
+    bad = deepdiag("repair", "models.py:broken", "--data", "digits", cwd=tmp_path)
+    assert bad.returncode == 3 and "my bug" in bad.stderr
