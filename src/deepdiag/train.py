@@ -155,10 +155,12 @@ def default_loss(task: str, out_features: int) -> nn.Module:
 
 
 class _BinaryLogitLoss(nn.BCEWithLogitsLoss):
-    """BCE-with-logits taking class ids (0/1) and a (batch, 1) logit."""
+    """BCE-with-logits taking class ids (0/1) with a (batch, 1) logit, or float targets of the logits' shape."""
 
     def forward(self, logits, target):
-        return super().forward(logits.squeeze(-1), target.to(logits.dtype))
+        if logits.dim() == target.dim() + 1 and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return super().forward(logits, target.to(logits.dtype))
 
 
 def accuracy_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
