@@ -446,12 +446,16 @@ class Matrix:
 
 def matrices(model: nn.Module) -> tuple[list[Matrix], list[Tensor]]:
     """The computing weight matrices (Linear, ConvNd, Conv1D, RNN/LSTM/GRU weight_ih/hh/hr, attention
-    in-projections; not embeddings, not normalisation layers) and their biases."""
+    in-projections; not embeddings, not normalisation layers, not an output layer tied to an embedding,
+    GPT-2's lm_head) and their biases."""
     mats, biases = [], []
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, EMBEDDINGS)}
     for n, m in model.named_modules():
         if isinstance(m, (*NORM_LAYERS, *EMBEDDINGS)):
             continue
         prefix = f"{n}." if n else ""
+        if is_weight_layer(m) and id(m.weight) in tied:
+            continue
         if is_weight_layer(m):
             mats.append(Matrix(n, prefix + "weight", m.weight, 1, is_transposed_linear(m)))
             biases += [m.bias] if isinstance(getattr(m, "bias", None), Tensor) else []

@@ -211,13 +211,14 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-def _prepare(data, device, dtype):
-    """Training and validation tensors on the model's device; x in the model's dtype."""
+def _prepare(data, device, dtype, tokens: bool = False):
+    """Training and validation tensors on the model's device; x in the model's dtype (integer x stays as
+    it is for a model that starts with an embedding: `tokens`)."""
     def put(t, is_x):
         if t is None:
             return None
         t = torch.as_tensor(t).to(device)
-        return t.to(dtype) if is_x or t.is_floating_point() else t
+        return t.to(dtype) if (is_x and not tokens) or t.is_floating_point() else t
     return (put(data.x_train, True), put(data.y_train, False),
             put(getattr(data, "x_val", None), True), put(getattr(data, "y_val", None), False))
 
@@ -260,7 +261,8 @@ def fit(
         raise ValueError("model has no trainable parameter (every requires_grad is False): fit would "
                          "change nothing; unfreeze some with p.requires_grad_(True)")
     _check_data(data)
-    x, y, x_val, y_val = _prepare(data, device, dtype)
+    first = next((m for m in model.modules() if next(m.parameters(recurse=False), None) is not None), None)
+    x, y, x_val, y_val = _prepare(data, device, dtype, tokens=isinstance(first, nn.Embedding))
     task = getattr(data, "task", "classification" if not y.is_floating_point() else "regression")
     classify = task == "classification"
     out_features = _output_width(model, x, positions=loss_fn is not None)
