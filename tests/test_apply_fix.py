@@ -185,6 +185,9 @@ def test_activation_leaves_the_output_activation_and_names_functional_calls():
 
     fixed, changes = dd.apply_fix(model, {"activation": "tanh"})
     assert isinstance(fixed[-1], nn.Softmax) and isinstance(fixed[1], nn.Tanh)
+    sigmoid_out = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
+    fixed, _ = dd.apply_fix(sigmoid_out, {"activation": "tanh"})
+    assert isinstance(fixed[1], nn.Tanh) and isinstance(fixed[3], nn.Sigmoid)
     _, changes = dd.apply_fix(nn.Sequential(Functional(), nn.Linear(4, 2)), {"activation": "tanh"})
     assert any("Functional.forward calls relu" in u for u in changes.unreached)
     assert any("no activation module" in s for s in changes.skipped)
@@ -281,6 +284,17 @@ def test_norm_layer_on_transformers(family):
         assert any("out_proj" in u for u in changes.unreached)
 
 
+def test_norm_batch_on_positions_normalises_each_feature():
+    """After a Linear applied to (batch, T, C), BatchNorm normalises each feature over batch and positions."""
+    model, x = build("encoder")
+    fixed, changes = dd.apply_fix(model, {"norm": "batch"}, inputs=x)
+    outs = outputs_of(fixed, surgery.FeatureBatchNorm, x * 3 + 1)
+    assert len(outs) == 5  # inp, linear1 and linear2 of both layers (not out_proj, not the head)
+    for o in outs:  # (batch, T, C)
+        torch.testing.assert_close(o.mean((0, 1)), torch.zeros(o.shape[-1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(o.std((0, 1), unbiased=False), torch.ones(o.shape[-1]), atol=1e-3, rtol=0)
+
+
 def test_residual_computes_x_plus_block_of_x():
     """The fixed MLP computes h1 = relu(W0 x); h2 = h1 + relu(W2 h1); h3 = h2 + relu(W4 h2); W6 h3."""
     model, x = mlp()
@@ -316,7 +330,7 @@ def check_scheme(mats, scheme, tol):
             assert abs(std_of(b) / want - 1) < tol, (mat.name, std_of(b), want)
 
 
-@pytest.mark.parametrize("family,scheme", [("mlp", "he"), ("cnn", "xavier"), ("lstm", "he"),
+@pytest.mark.parametrize("family,scheme", [("mlp", "he"), ("cnn", "xavier"), ("lstm", "xavier"),
                                            ("encoder", "lecun"), ("bert", "he"), ("gpt2", "he")])
 def test_init_gives_the_schemes_std(family, scheme):
     """Std of every computing weight (per gate, per q/k/v block; a Conv1D read as (out, in)) within 25 % of
@@ -331,6 +345,9 @@ def test_init_gives_the_schemes_std(family, scheme):
     for (n, m), (_, m0) in zip(fixed.named_modules(), model.named_modules()):
         if isinstance(m, keep):
             assert all(torch.equal(p, p0) for p, p0 in zip(m.parameters(), m0.parameters())), n
+    if family == "lstm":  # each gate its own (fan_in, fan_out) = (6, 12), not the stacked (6, 48)
+        w = fixed.lstm.weight_ih_l0
+        assert w.shape == (48, 6) and abs(std_of(w) / math.sqrt(2 / 18) - 1) < 0.15
     if family == "gpt2":  # a Conv1D of shape (in=16, out=48): He uses fan_in 16, not 48
         w = fixed.transformer.h[0].attn.c_attn.weight
         assert w.shape == (16, 48) and abs(std_of(w) / math.sqrt(2 / 16) - 1) < 0.15
