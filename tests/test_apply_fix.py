@@ -3,7 +3,6 @@ CNN with BatchNorm and a residual block, LSTM, nn.TransformerEncoder, transforme
 dd.fit's clip / warm-up / monitor / token-output additions."""
 from __future__ import annotations
 
-import copy
 import math
 from types import SimpleNamespace
 
@@ -18,7 +17,6 @@ from deepdiag import surgery
 from deepdiag.findings import FIX_KEYS
 from deepdiag.fixes import DATA_KEYS, MODEL_KEYS, TRAIN_KEYS, FixChanges, fix_data, make_loss
 from deepdiag.init import scheme_std
-
 
 # ---- seeded model factories (each returns (model, inputs)) ------------------------------------------------
 

@@ -28,7 +28,8 @@ from .findings import FIX_KEYS
 from .jsonsafe import json_safe
 from .train import OPTIMIZERS, TrainConfig, default_loss
 
-MODEL_KEYS = ("unfreeze", "replace_output", "out_features", "activation", "norm", "residual", "init")  # done in this order
+# model keys, performed in this order
+MODEL_KEYS = ("unfreeze", "replace_output", "out_features", "activation", "norm", "residual", "init")
 TRAIN_KEYS = ("lr", "lr_factor", "warmup_steps", "batch_size", "clip_grad_norm", "weight_decay", "optimizer",
               "epochs")
 DATA_KEYS = ("standardize_inputs", "standardize_targets", "target_range")
@@ -170,6 +171,23 @@ def apply_fix(model: nn.Module, fix: Mapping, *, optimizer: torch.optim.Optimize
                              list(dict.fromkeys(unreached)))
 
 
+# key -> (edit(model, value, inputs) -> (what was done: names or a count, notes), the sentence when something
+# was done, when nothing was, and where the notes go)
+EDITS = {
+    "replace_output": (lambda m, v, x: surgery.drop_output_activation(m, x),
+                       "replace_output: {done} is now nn.Identity (the model returns raw outputs)",
+                       "replace_output: no activation module follows the output layer", "unreached"),
+    "out_features": (surgery.resize_output, "out_features: {done} now has {value} units (freshly initialised)",
+                     "out_features: the output layer already has {value} units", "applied"),
+    "activation": (surgery.swap_activations, "activation: {done} activation modules are now {value}",
+                   "activation: no activation module other than {value} to replace", "unreached"),
+    "norm": (surgery.insert_norms, "norm: {value} normalisation inserted as {done}",
+             "norm: no hidden weight layer without a normalisation after it", "unreached"),
+    "residual": (lambda m, v, x: surgery.wrap_residual(m, x), "residual: {done} now compute x + f(x)",
+                 "residual: no shape-preserving block inside an nn.Sequential", "unreached"),
+}
+
+
 def _apply_model_key(model, key, value, inputs, applied, skipped, unreached) -> None:
     """Perform one model key on `model` (in place), appending sentences to the three lists."""
     if key == "unfreeze":
@@ -180,44 +198,16 @@ def _apply_model_key(model, key, value, inputs, applied, skipped, unreached) -> 
         (applied if thawed else skipped).append(
             f"unfreeze: requires_grad set on {len(thawed)} parameters ({', '.join(thawed[:4])}"
             f"{', ...' if len(thawed) > 4 else ''})" if thawed else "unfreeze: every named parameter is trainable")
-    elif key == "replace_output":
-        done, notes = surgery.drop_output_activation(model, inputs)
+    elif key == "residual" and not value:
+        skipped.append("residual: False asks for nothing")
+    elif key in EDITS:
+        edit, did, nothing, notes_to = EDITS[key]
+        done, notes = edit(model, value, inputs)
         if done:
-            applied.append(f"replace_output: {done[0]} is now nn.Identity (the model returns raw outputs)")
+            applied.append(did.format(value=value, done=", ".join(done) if isinstance(done, list) else done))
         else:
-            skipped.append("replace_output: no activation module follows the output layer")
-        unreached += notes
-    elif key == "out_features":
-        done, notes = surgery.resize_output(model, value, inputs)
-        if done:
-            applied.append(f"out_features: {done[0]} now has {value} units (freshly initialised)")
-        else:
-            skipped.append(f"out_features: the output layer already has {value} units")
-        applied += notes
-    elif key == "activation":
-        n, notes = surgery.swap_activations(model, value, inputs)
-        if n:
-            applied.append(f"activation: {n} activation modules are now {value}")
-        else:
-            skipped.append(f"activation: no activation module other than {value} to replace")
-        unreached += notes
-    elif key == "norm":
-        done, notes = surgery.insert_norms(model, value, inputs)
-        if done:
-            applied.append(f"norm: {value} normalisation inserted as {', '.join(done)}")
-        else:
-            skipped.append("norm: no hidden weight layer without a normalisation after it")
-        unreached += notes
-    elif key == "residual":
-        if not value:
-            skipped.append("residual: False asks for nothing")
-            return
-        done, notes = surgery.wrap_residual(model, inputs)
-        if done:
-            applied.append(f"residual: {', '.join(done)} now compute x + f(x)")
-        else:
-            skipped.append("residual: no shape-preserving block inside an nn.Sequential")
-        unreached += notes
+            skipped.append(nothing.format(value=value))
+        (applied if notes_to == "applied" else unreached).extend(notes)
     elif key == "init":
         done, notes = surgery.reinit(model, value, inputs)
         if done:

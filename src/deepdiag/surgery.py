@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from ._validate import check_choice
 from .init import NORM_LAYERS, he_, lecun_, orthogonal_, scheme_std, xavier_
-from .measure.sites import ACTIVATION_FAMILIES, ATTENTION, EMBEDDINGS, RECURRENT, is_transposed_linear, \
-    module_kind, weight_matrix
+from .measure.io import call_model
+from .measure.sites import (ACTIVATION_FAMILIES, ATTENTION, EMBEDDINGS, RECURRENT, is_transposed_linear,
+                             module_kind, weight_matrix)
 from .models import ACTIVATIONS as BASE_ACTIVATIONS
 
 ACTIVATIONS = {**{k: v for k, v in BASE_ACTIVATIONS.items() if k != "linear"},
@@ -87,14 +88,6 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
     return new if p is None else new.to(device=p.device, dtype=p.dtype)
 
 
-def _call(model: nn.Module, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _listed(m: nn.Module) -> bool:
     """The modules an order lists: leaves, and attention (it uses its out_proj child functionally)."""
     return not next(m.children(), None) or isinstance(m, ATTENTION)
@@ -115,7 +108,7 @@ def order(model: nn.Module, inputs=None) -> list[str]:
     try:
         with torch.enable_grad():
             model.eval()
-            _call(model, inputs)
+            call_model(model, inputs)
     finally:
         model.train(was_training)
         for h in handles:
@@ -563,7 +556,7 @@ def _lsuv(model: nn.Module, inputs, layers: dict[str, Matrix]) -> list[str]:
                 for _ in range(LSUV_ITERS):
                     seen.clear()
                     with torch.enable_grad():  # the same path as `order` (no fused fast path)
-                        _call(model, inputs)
+                        call_model(model, inputs)
                     var = float(seen["var"])  # host sync per pass
                     if abs(var - 1.0) < LSUV_TOL or not math.isfinite(var) or var == 0.0:
                         break
