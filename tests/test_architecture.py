@@ -20,6 +20,7 @@ PACKAGE = "deepdiag"
 LAYERS = [
     ("measure", ("measure", "tensorboard")),
     ("rules", ("rules",)),
+    ("surgery", ("surgery", "fixes")),  # model edits and the fixes they perform (use measure's layer discovery)
     ("ways in", ("checkup", "monitor", "runreport")),  # runreport: a Monitor's run saved and drawn
     ("repair", ("repair",)),
     ("runs", ("runs", "probes")),  # the run nouns, and the measurements taken on a trained run

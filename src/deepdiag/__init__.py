@@ -31,6 +31,7 @@ LAZY = {  # public name -> (module, attribute; None: the module itself)
     "list_studies": ("deepdiag.study", "list_studies"),
     "run_study": ("deepdiag.study", "run_study"),
     "StudyResult": ("deepdiag.study", "StudyResult"),
+    "apply_fix": ("deepdiag.fixes", "apply_fix"),
 }
 
 
@@ -52,5 +53,5 @@ __all__ = [
     "mlp", "conv_net", "init_weights", "l2_penalty", "fit", "TrainConfig", "History",
     "list_studies", "run_study", "StudyResult", "load_results", "data", "plots", "theory", "__version__",
     "checkup", "Checkup", "Monitor", "Finding", "compare_depths",
-    "sweep", "RunConfig",
+    "sweep", "RunConfig", "apply_fix",
 ]

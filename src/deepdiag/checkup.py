@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .findings import Finding, severity_rank
 from .jsonsafe import json_safe
 from .measure.coverage import coverage
-from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
+from .measure.io import IOProbe, call_model, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import Coverage, LayerStats, OutputFacts
@@ -134,14 +134,6 @@ def surrogate_loss(out: Tensor) -> Tensor:
     return (out * r).sum() / max(1, out.shape[0] if out.dim() else 1)
 
 
-def _call(model: nn.Module, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _output_tensor(out) -> Tensor:
     if isinstance(out, Tensor):
         return out
@@ -183,7 +175,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             for p in params:
                 p.grad = None
                 p.requires_grad_(True)
-            out = _output_tensor(_call(model, inputs))
+            out = _output_tensor(call_model(model, inputs))
             rec.finish_discovery()
             probe.remove()
             seen = probe.results[0] if probe.results else {}

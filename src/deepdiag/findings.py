@@ -29,21 +29,57 @@ CODES = (
 )
 
 
-# The machine-readable remedies (``Finding.fix``) and what each key asks for:
+# The machine-readable remedies (``Finding.fix``): per key, (the value's type, what the key asks for). Precise
+# enough to apply a fix from this table alone; ``deepdiag.fixes.apply_fix`` performs every key.
 FIX_KEYS = {
-    "init": "re-initialise the model: dd.init_weights(model, value) ('he', 'xavier', 'orthogonal')",
-    "lr": "train with this learning rate",
-    "lr_factor": "multiply the learning rate by this factor (when the monitor was not told the lr)",
-    "clip_grad_norm": "clip the gradient norm to this value (torch.nn.utils.clip_grad_norm_)",
-    "unfreeze": "give these layers' parameters to the optimizer (and set requires_grad=True)",
-    "replace_output": "replace the model's last module by this ('identity': drop the softmax/sigmoid/ReLU)",
-    "loss": "use this loss: 'cross_entropy' (raw logits), 'bce_with_logits' (one logit per sample)",
-    "out_features": "give the output layer this many units (one per class)",
-    "target_range": "map the targets into this [low, high] range",
-    "standardize_inputs": "standardize every input feature with the training set's mean and std",
-    "standardize_targets": "standardize the regression targets with the training set's mean and std",
-    "epochs": "stop training after this epoch (early stopping)",
-    "residual": "add residual connections (dd.mlp(..., residual=True))",
+    # model keys: performed on a copy of the model
+    "init": ("str: 'he' | 'xavier' | 'orthogonal' | 'lecun' | 'lsuv'",
+             "re-initialise the computing weights (Linear, ConvNd, RNN/LSTM/GRU weight matrices per gate, "
+             "attention in/out projections, transformers Conv1D; not embeddings, not normalisation layers) "
+             "with this scheme (deepdiag.init), biases zero; 'lsuv': orthogonal, then each weight layer in "
+             "forward order rescaled to unit output variance on a batch (Mishkin & Matas 2016). A redraw "
+             "whose layers all already have a median weight std within 20 % of the scheme's is a no-op"),
+    "activation": ("str: 'relu' | 'leaky_relu' | 'gelu' | 'tanh' | 'sigmoid' | 'selu' | 'elu' | 'silu'",
+                   "replace every activation module (torch.nn, transformers.activations, "
+                   "nn.TransformerEncoderLayer.activation) by this one, except one right after the output "
+                   "layer; activations called as functions in a forward cannot be reached"),
+    "norm": ("str: 'batch' | 'layer'",
+             "insert BatchNorm1d/2d (or LayerNorm; GroupNorm(1, C) after a convolution) on the output "
+             "channels of every hidden weight layer (every Linear/ConvNd but the output layer)"),
+    "residual": ("bool: true",
+                 "wrap every shape-preserving block of an nn.Sequential ([Linear(w, w) or Conv(c, c, same "
+                 "padding, stride 1), then its norm/activation/dropout modules]) as x + f(x)"),
+    "replace_output": ("str: 'identity'",
+                       "drop the activation module (Softmax, LogSoftmax, Sigmoid, ReLU, Tanh) that follows "
+                       "the output layer, so the model returns raw logits"),
+    "out_features": ("int >= 1", "give the output layer (the last Linear / Conv1D) this many units (one per "
+                                 "class), freshly initialised"),
+    "unfreeze": ("list[str] (layer or parameter names) | true (all)",
+                 "set requires_grad=True on these layers' parameters and give them to the optimizer"),
+    # training keys
+    "lr": ("float > 0", "train with this learning rate"),
+    "lr_factor": ("float > 0", "multiply the learning rate by this factor (resolved to 'lr' when the lr is "
+                               "known)"),
+    "warmup_steps": ("int >= 0", "raise the learning rate linearly over the first k optimizer steps: step s "
+                                 "uses lr·min(1, s/k)"),
+    "batch_size": ("int >= 1", "train with mini-batches of this size"),
+    "clip_grad_norm": ("float > 0", "before each step, rescale the gradient so that its global L2 norm over "
+                                    "all parameters is at most this (torch.nn.utils.clip_grad_norm_)"),
+    "weight_decay": ("float >= 0", "the optimizer's weight_decay, on the weights only (not biases or norm parameters)"),
+    "optimizer": ("str: 'sgd' | 'adam' | 'adamw'", "train with this optimizer"),
+    "epochs": ("int >= 1", "train for this many epochs (early stopping: stop after this epoch)"),
+    "loss": ("str: 'cross_entropy' | 'bce_with_logits' | 'mse'",
+             "use this loss: cross-entropy on raw logits, binary cross-entropy on one raw logit per sample, "
+             "or mean squared error (deepdiag.fixes.make_loss)"),
+    # data keys
+    "standardize_inputs": ("bool: true", "standardise every input feature (per channel for images) with the "
+                                         "training set's mean and std (ddof 0); validation and test use "
+                                         "the training statistics"),
+    "standardize_targets": ("bool: true", "standardise the regression targets (per column) with the training "
+                                          "set's mean and std"),
+    "target_range": ("[low, high], two numbers, low < high",
+                     "map the targets affinely from the training set's [min, max] onto [low, high] (binary "
+                     "targets such as ±1 become low and high)"),
 }
 
 

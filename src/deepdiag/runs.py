@@ -193,7 +193,8 @@ class RunConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in FIELDS)  # all but restore_best
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in FIELDS)  # all but the fit-only
+# knobs restore_best, clip_grad_norm, warmup_steps (RunConfig does not take them: its hash stays)
 # fields added after schema 1, with their defaults: hashed only when set to something else
 EXTENDED = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in (
     "val_fraction", "test_fraction", "noise", "label_noise", "random_labels", "standardize", "eval_train",

@@ -37,7 +37,12 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 @dataclass(frozen=True)
 class TrainConfig:
     """Knobs of one training run. ``batch_size=None`` is full-batch gradient descent;
-    ``patience=None`` trains all epochs (the best epoch is still recorded)."""
+    ``patience=None`` trains all epochs (the best epoch is still recorded).
+
+    ``clip_grad_norm=c`` rescales the gradient of all parameters together before each step so that its
+    global L2 norm is at most c (``torch.nn.utils.clip_grad_norm_``); None leaves it alone.
+    ``warmup_steps=k`` ramps the learning rate linearly over the first k optimizer steps: step s
+    (1-based) uses lr·min(1, s/k); 0 starts at the full lr."""
 
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -50,6 +55,8 @@ class TrainConfig:
     restore_best: bool = False
     seed: int = 0
     eval_train: bool = True
+    clip_grad_norm: float | None = None
+    warmup_steps: int = 0
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise in place)
@@ -66,6 +73,10 @@ class TrainConfig:
         set_("restore_best", check_bool("restore_best", self.restore_best))
         set_("seed", check_number("seed", self.seed, low=0, integer=True))
         set_("eval_train", check_bool("eval_train", self.eval_train))
+        if self.clip_grad_norm is not None:
+            set_("clip_grad_norm", float(check_number("clip_grad_norm", self.clip_grad_norm, low=0.0,
+                                                      low_inclusive=False)))
+        set_("warmup_steps", check_number("warmup_steps", self.warmup_steps, low=0, integer=True))
 
     @classmethod
     def coerce(cls, config) -> TrainConfig:
@@ -144,23 +155,28 @@ def default_loss(task: str, out_features: int) -> nn.Module:
 
 
 class _BinaryLogitLoss(nn.BCEWithLogitsLoss):
-    """BCE-with-logits taking class ids (0/1) and a (batch, 1) logit."""
+    """BCE-with-logits taking class ids (0/1) with a (batch, 1) logit, or float targets of the logits' shape."""
 
     def forward(self, logits, target):
-        return super().forward(logits.squeeze(-1), target.to(logits.dtype))
+        if logits.dim() == target.dim() + 1 and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return super().forward(logits, target.to(logits.dtype))
 
 
 def accuracy_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Number of correct predictions (a device tensor): argmax for several outputs, logit > 0 for one."""
-    pred = out.argmax(dim=1) if out.shape[1] > 1 else (out.squeeze(1) > 0).long()
+    """Number of correct predictions (a device tensor): argmax over the last (class) dimension for several
+    outputs, logit > 0 for one. Outputs (batch, ..., classes) with targets (batch, ...) count every
+    position (a token model's (batch, T, vocab) against (batch, T))."""
+    pred = out.argmax(dim=-1) if out.shape[-1] > 1 else (out.squeeze(-1) > 0).long()
     return (pred == y).sum()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
              classify: bool, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean loss, accuracy) on (x, y) in eval mode, as device tensors (accuracy NaN for regression).
-    Assumes the loss is a per-batch mean, so chunk means are weighted by chunk size."""
+    """(mean loss, accuracy) on (x, y) in eval mode, as device tensors (accuracy NaN for regression; over
+    every position, y.numel() predictions, for outputs with positions). Assumes the loss is a per-batch
+    mean, so chunk means are weighted by chunk size."""
     was_training = model.training
     model.eval()
     total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
@@ -170,7 +186,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Mod
         if classify:
             correct += accuracy_sum(out, y[i:i + chunk])
     model.train(was_training)
-    acc = correct / len(x) if classify else torch.full((), math.nan, device=x.device)
+    acc = correct / y.numel() if classify else torch.full((), math.nan, device=x.device)
     return total / len(x), acc
 
 
@@ -195,13 +211,14 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-def _prepare(data, device, dtype):
-    """Training and validation tensors on the model's device; x in the model's dtype."""
+def _prepare(data, device, dtype, tokens: bool = False):
+    """Training and validation tensors on the model's device; x in the model's dtype (integer x stays as
+    it is for a model that starts with an embedding: `tokens`)."""
     def put(t, is_x):
         if t is None:
             return None
         t = torch.as_tensor(t).to(device)
-        return t.to(dtype) if is_x or t.is_floating_point() else t
+        return t.to(dtype) if (is_x and not tokens) or t.is_floating_point() else t
     return (put(data.x_train, True), put(data.y_train, False),
             put(getattr(data, "x_val", None), True), put(getattr(data, "y_val", None), False))
 
@@ -214,6 +231,7 @@ def fit(
     loss_fn: nn.Module | None = None,
     on_step: Callable[[], None] | None = None,
     on_epoch: Callable[[History], None] | None = None,
+    monitor=None,
     **overrides,
 ) -> History:
     """Train `model` in place on ``data`` (a ``deepdiag.data.Dataset`` or anything with ``x_train``,
@@ -224,6 +242,13 @@ def fit(
     classification and MSE for regression. `on_step()` is called after every optimizer step (e.g.
     ``monitor.step``), `on_epoch(history)` after every epoch; a true return value stops training
     there (``history.stopped_early``), e.g. ``on_epoch=lambda h: h.train_acc[-1] == 1.0``.
+
+    `monitor` (a ``dd.Monitor``, or anything with ``step(loss)`` and ``epoch(...)``) is fed
+    ``monitor.step(loss)`` with the batch loss after every optimizer step and
+    ``monitor.epoch(train_loss=, val_loss=, train_acc=, val_acc=)`` after every epoch.
+
+    With a `loss_fn`, the model may return (batch, ..., classes), e.g. a token model's (batch, T, vocab)
+    with y of shape (batch, T); accuracy then counts every position.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -236,10 +261,11 @@ def fit(
         raise ValueError("model has no trainable parameter (every requires_grad is False): fit would "
                          "change nothing; unfreeze some with p.requires_grad_(True)")
     _check_data(data)
-    x, y, x_val, y_val = _prepare(data, device, dtype)
+    first = next((m for m in model.modules() if next(m.parameters(recurse=False), None) is not None), None)
+    x, y, x_val, y_val = _prepare(data, device, dtype, tokens=isinstance(first, nn.Embedding))
     task = getattr(data, "task", "classification" if not y.is_floating_point() else "regression")
     classify = task == "classification"
-    out_features = _output_width(model, x)
+    out_features = _output_width(model, x, positions=loss_fn is not None)
     if classify and loss_fn is None:  # a loss of the user's own may take other targets (soft labels)
         _check_classes(y, "data.y_train", out_features)
         if y_val is not None:
@@ -249,7 +275,7 @@ def fit(
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
-        return _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch)
+        return _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch, monitor)
 
 
 def _check_data(data) -> None:
@@ -269,9 +295,10 @@ def _check_data(data) -> None:
             raise ValueError("data.x_train is empty: fit needs at least one training example")
 
 
-def _output_width(model: nn.Module, x: torch.Tensor) -> int:
-    """The model's number of outputs, from one forward pass on x[:1] in eval mode: errors name what
-    does not fit (the feature count, a tuple output)."""
+def _output_width(model: nn.Module, x: torch.Tensor, positions: bool = False) -> int:
+    """The model's number of outputs (its last dimension), from one forward pass on x[:1] in eval mode:
+    errors name what does not fit (the feature count, a tuple output). `positions`: outputs of shape
+    (batch, ..., classes) are allowed (a loss of the user's own handles them)."""
     first = next((m for m in model.modules() if next(m.parameters(recurse=False), None) is not None), None)
     if isinstance(first, nn.Linear) and x.dim() == 2 and x.shape[1] != first.in_features:
         raise ValueError(f"data.x_train has {x.shape[1]} features per row but the model's first layer "
@@ -287,9 +314,10 @@ def _output_width(model: nn.Module, x: torch.Tensor) -> int:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the model returned a {type(out).__name__}, not a tensor: fit needs model(x) to "
                         "be a (batch, outputs) tensor; wrap it to return the logits")
-    if out.dim() != 2:
-        raise ValueError(f"the model's output has shape {tuple(out.shape)}; fit needs (batch, outputs)")
-    return out.shape[1]
+    if out.dim() != 2 and not (positions and out.dim() > 2):
+        raise ValueError(f"the model's output has shape {tuple(out.shape)}; fit needs (batch, outputs), "
+                         "or (batch, ..., classes) with a loss_fn that takes them")
+    return out.shape[-1]
 
 
 def _check_classes(y: torch.Tensor, name: str, out_features: int) -> None:
@@ -308,11 +336,12 @@ def _check_classes(y: torch.Tensor, name: str, out_features: int) -> None:
                          "give the model one output per class")
 
 
-def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch) -> History:
+def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoch, monitor) -> History:
     n = len(x)
     batch = n if config.batch_size is None else min(config.batch_size, n)
     shuffle = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # the warm-up scales these
     hist, best_state, start = History(), None, time.perf_counter()
     model.train()
     for epoch in range(1, config.epochs + 1):
@@ -327,12 +356,22 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
             objective = loss + l2_penalty(model, config.l2, n) if config.l2 > 0 else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
+            if config.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm, foreach=True)
+            step = hist.steps + len(losses) + 1  # 1-based
+            if step <= config.warmup_steps:  # linear warm-up: lr·s/k, the full lr from step k on
+                _set_lr(optimizer, base_lrs, step / config.warmup_steps)
             optimizer.step()
             losses.append(loss.detach())
+            if monitor is not None:
+                monitor.step(loss.detach())
             if on_step is not None:
                 on_step()
         epoch_losses = torch.stack(losses).double().cpu()  # host sync: once per epoch
         _record(hist, model, epoch, epoch_losses, x, y, x_val, y_val, loss_fn, classify, config)
+        if monitor is not None:
+            monitor.epoch(train_loss=hist.train_loss[-1], val_loss=hist.val_loss[-1],
+                          train_acc=hist.train_acc[-1], val_acc=hist.val_acc[-1])
         improved = hist.best_epoch == epoch
         if improved and config.restore_best:
             best_state = copy.deepcopy(model.state_dict())
@@ -348,6 +387,12 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
         model.load_state_dict(best_state)
     hist.wall_time = time.perf_counter() - start
     return hist
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    """Every parameter group's lr = its base lr · factor (the linear warm-up)."""
+    for group, lr in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = lr * factor
 
 
 def _shape_of(value) -> str:

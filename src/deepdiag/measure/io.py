@@ -21,6 +21,15 @@ _LOSS_FUNCTIONS = {
 }
 
 
+def call_model(model: nn.Module, inputs):
+    """model(inputs): a dict as keyword arguments, a tuple or list as positional arguments, else one argument."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
 def loss_kind(loss_fn) -> str | None:
     """cross_entropy / nll / bce_with_logits / bce / mse for torch's losses (modules or functions), else None."""
     if loss_fn is None:

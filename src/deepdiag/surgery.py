@@ -1,0 +1,570 @@
+"""Model surgery: edit the structure of any ``nn.Module`` in place (activations, normalisation layers,
+residual connections, the output layer, frozen parameters, the initial weights).
+
+Works on what is *reachable as a module*: plain ``nn.Sequential`` MLPs, CNNs, RNN/LSTM/GRU models,
+``nn.TransformerEncoder`` and transformers' BERT / GPT-2. Every function returns what it did and, in a
+list of sentences, what it could not reach (an activation called functionally, ``F.relu`` in a
+``forward``; a layer used by its parent through its weight, as ``nn.MultiheadAttention`` uses
+``out_proj``) instead of guessing.
+
+*Order* of the layers: with `inputs` (a tensor, a tuple of positional arguments or a dict of keyword
+arguments the model takes), the order in which the leaf modules finish their forward pass on them;
+without, the order of registration (which is the forward order of an ``nn.Sequential``). The *output
+layer* is the last weight layer (Linear, ConvNd, transformers' ``Conv1D``) in that order.
+
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+>>> swap_activations(model, "tanh")
+(1, [])
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ._validate import check_choice
+from .init import NORM_LAYERS, he_, lecun_, orthogonal_, scheme_std, xavier_
+from .measure.io import call_model
+from .measure.sites import (ACTIVATION_FAMILIES, ATTENTION, EMBEDDINGS, RECURRENT, is_transposed_linear,
+                             module_kind, weight_matrix)
+from .models import ACTIVATIONS as BASE_ACTIVATIONS
+
+ACTIVATIONS = {**{k: v for k, v in BASE_ACTIVATIONS.items() if k != "linear"},
+               "selu": nn.SELU, "elu": nn.ELU, "silu": nn.SiLU}
+NORM_KINDS = ("batch", "layer")
+INIT_SCHEMES = ("he", "xavier", "orthogonal", "lecun", "lsuv")
+OUTPUT_ACTIVATIONS = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Sigmoid, nn.ReLU, nn.Tanh)
+GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # row blocks of weight_ih / weight_hh, one per gate
+# A redraw is a no-op when every layer's median row std is within this factor of the scheme's std: He and
+# LeCun differ by √2 (41 %), so 20 % (about half of it on a log scale, √√2 = 1.19) separates two schemes
+# while the sampling error of a median row std (≈ 1/√(2·fan_in·rows)) stays far below it.
+SAME_SCALE = 0.2
+# LSUV (Mishkin & Matas 2016, Algorithm 1): stop when |Var - 1| < 0.1, at most 10 rescalings per layer.
+LSUV_TOL, LSUV_ITERS = 0.1, 10
+FUNCTIONAL = re.compile(r"\b(?:F|functional|torch)\.(relu|relu_|leaky_relu|gelu|tanh|sigmoid|selu|elu|silu|"
+                        r"mish|softplus|softmax|log_softmax)\s*\(|\.(relu|tanh|sigmoid|softmax)\(")
+
+
+# ---- what a module is ---------------------------------------------------------------------------------
+
+def is_activation(m: nn.Module) -> bool:
+    """A hidden-layer activation module: torch's (ReLU, Tanh, GELU, ...) or transformers' (GELUActivation,
+    NewGELUActivation, ...; not its identity ``LinearActivation``)."""
+    if ACTIVATION_FAMILIES.get(type(m)) is not None or isinstance(m, tuple(ACTIVATIONS.values())):
+        return not isinstance(m, nn.Identity)
+    cls = type(m)
+    return cls.__module__.startswith("transformers.activations") and cls.__name__ != "LinearActivation"
+
+
+def is_weight_layer(m: nn.Module) -> bool:
+    """Linear, Bilinear, ConvNd (and transposed) or transformers' Conv1D."""
+    return module_kind(m) == "weight"
+
+
+def out_units(m: nn.Module) -> int:
+    """Output features of a Linear/Conv1D, output channels of a convolution."""
+    return weight_matrix(m).shape[0]
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the submodule called `name`."""
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, child = _parent(model, name)
+    setattr(parent, child, new)
+
+
+def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """`new` on the device and in the floating dtype of `old`'s parameters (if it has any)."""
+    p = next(old.parameters(), None)
+    return new if p is None else new.to(device=p.device, dtype=p.dtype)
+
+
+def _listed(m: nn.Module) -> bool:
+    """The modules an order lists: leaves, and attention (it uses its out_proj child functionally)."""
+    return not next(m.children(), None) or isinstance(m, ATTENTION)
+
+
+def order(model: nn.Module, inputs=None) -> list[str]:
+    """Names of the leaf modules (and attention modules) in forward order: the order in which they finish
+    on `inputs`, modules never called left out; without `inputs`, registration order.
+
+    The pass runs in eval mode (no dropout, no running-statistics update) with autograd on: without
+    autograd ``nn.TransformerEncoderLayer`` takes a fused fast path that calls none of its submodules."""
+    if inputs is None:
+        return [n for n, m in model.named_modules() if n and _listed(m)]
+    seen: dict[str, None] = {}
+    handles = [m.register_forward_hook(lambda *_, n=n: seen.setdefault(n) and None)
+               for n, m in model.named_modules() if n and _listed(m)]
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            model.eval()
+            call_model(model, inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return list(seen)
+
+
+def output_layer(model: nn.Module, inputs=None, names: list[str] | None = None) -> str | None:
+    """Name of the output layer: the last weight layer in `order` (None without any)."""
+    names = order(model, inputs) if names is None else names
+    layers = [n for n in names if is_weight_layer(model.get_submodule(n))]
+    return layers[-1] if layers else None
+
+
+def output_activation(model: nn.Module, inputs=None) -> str | None:
+    """Name of the activation module (Softmax, LogSoftmax, Sigmoid, ReLU, Tanh, any activation) that
+    directly follows the output layer, with no weight layer between; None when there is none.
+
+    Without `inputs`, registration order stands in for forward order, so the module must also sit in the
+    output layer's parent or an ancestor of it (a sibling module registered later, ``self.softmax``), and
+    the activation attribute of a ``nn.TransformerEncoderLayer``-like module (``activation_relu_or_gelu``)
+    is never it (it runs inside the layer)."""
+    names = order(model, inputs)
+    out = output_layer(model, inputs, names)
+    if out is None:
+        return None
+    for n in names[names.index(out) + 1:]:
+        m = model.get_submodule(n)
+        if is_weight_layer(m) or isinstance(m, (*ATTENTION, *RECURRENT, *EMBEDDINGS)):
+            return None
+        if not (isinstance(m, OUTPUT_ACTIVATIONS) or is_activation(m)):
+            continue
+        parent_name = n.rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if hasattr(parent, "activation_relu_or_gelu"):
+            continue
+        if inputs is None and not (out.startswith(parent_name + ".") or not parent_name):
+            return None
+        return n
+    return None
+
+
+def _functional_calls(model: nn.Module) -> list[str]:
+    """For each module class of the model's own (defined outside torch), the activations its forward
+    calls as functions (F.relu, torch.tanh, x.sigmoid(), ...): those have no module to replace."""
+    out, seen = [], set()
+    for name, m in model.named_modules():
+        cls = type(m)
+        if cls.__module__.startswith("torch.") or cls in seen:
+            continue
+        seen.add(cls)
+        try:
+            source = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            continue
+        calls = sorted({a or b for a, b in FUNCTIONAL.findall(source)})
+        if calls:
+            out.append(f"{name or '(model)'} ({cls.__name__}.forward calls {', '.join(calls)} as a function)")
+    return out
+
+
+# ---- activations ---------------------------------------------------------------------------------------
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (one of ``ACTIVATIONS``)."""
+    return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]()
+
+
+def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, list[str]]:
+    """Replace every activation module by a fresh `name` activation, except the one right after the output
+    layer (``output_activation``: replacing a softmax is not this edit's job); return (number replaced,
+    what could not be reached).
+
+    Covered: torch.nn activation modules, transformers' activation modules (GELUActivation, ...) and the
+    ``activation`` of ``nn.TransformerEncoderLayer``/``DecoderLayer`` (a function by default; it becomes the
+    module and ``activation_relu_or_gelu = 0``, so the eval-mode fused path, which would apply the built-in
+    relu/gelu, is not taken). Modules already of the target type stay. Unreached: activations called as
+    functions in a forward, and the gate nonlinearities of RNN/LSTM/GRU (inside the fused kernel)."""
+    cls = type(make_activation(name))
+    keep = output_activation(model, inputs)
+    swapped, unreached = 0, []
+    for n, m in list(model.named_modules()):
+        if isinstance(m, RECURRENT):
+            unreached.append(f"{n} ({type(m).__name__}): its gate nonlinearities are fixed inside the module")
+        if hasattr(m, "activation_relu_or_gelu") and not isinstance(getattr(m, "activation", None), nn.Module):
+            m.activation = make_activation(name)  # a function until now: Module.__setattr__ registers it
+            m.activation_relu_or_gelu = 0
+            swapped += 1
+            continue
+        if not n or n == keep or not is_activation(m) or type(m) is cls:
+            continue
+        _replace(model, n, make_activation(name))
+        parent, _ = _parent(model, n)
+        if hasattr(parent, "activation_relu_or_gelu"):
+            parent.activation_relu_or_gelu = 0
+        swapped += 1
+    return swapped, unreached + _functional_calls(model)
+
+
+def drop_output_activation(model: nn.Module, inputs=None) -> tuple[list[str], list[str]]:
+    """Replace the activation module after the output layer (``output_activation``) by ``nn.Identity``, so
+    the model returns raw logits; return ([its name] or [], unreached: functional calls that may apply a
+    softmax/sigmoid in a forward)."""
+    n = output_activation(model, inputs)
+    if n is None:
+        return [], _functional_calls(model)
+    _replace(model, n, nn.Identity())
+    return [n], []
+
+
+# ---- normalisation and residual connections --------------------------------------------------------------
+
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over the last dimension: an input (batch, ..., C) is normalised per feature C over all
+    other dimensions (a Linear's output with positions, (batch, T, C)); (batch, C) exactly as BatchNorm1d."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() <= 2:
+            return super().forward(x)
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)  # (batch·..., C) and back
+
+
+def make_norm(kind: str, layer: nn.Module) -> nn.Module:
+    """The normalisation for `layer`'s output: batch → BatchNorm{1,2,3}d (a convolution) or
+    FeatureBatchNorm (a Linear/Conv1D); layer → GroupNorm(1, C) (a convolution) or LayerNorm(C)."""
+    kind = check_choice("norm", kind, NORM_KINDS)
+    c = out_units(layer)
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        dims = layer.weight.dim() - 2
+        if kind == "layer":
+            return nn.GroupNorm(1, c)
+        return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](c)
+    return FeatureBatchNorm(c) if kind == "batch" else nn.LayerNorm(c)
+
+
+def _set_children(seq: nn.Sequential, items: list[tuple[str, nn.Module]]) -> None:
+    """Re-fill an nn.Sequential in place (it may be the model itself, which no parent can replace)."""
+    seq._modules.clear()
+    seq._modules.update(OrderedDict(items))
+
+
+def _called_functionally(model: nn.Module, name: str) -> bool:
+    """A layer whose parent uses its weight rather than calling it (MultiheadAttention's out_proj)."""
+    parent, _ = _parent(model, name)
+    return isinstance(parent, ATTENTION)
+
+
+def insert_norms(model: nn.Module, kind: str, inputs=None) -> tuple[list[str], list[str]]:
+    """After every hidden weight layer (every weight layer but the output layer), insert a normalisation
+    of its output channels (``make_norm``); return (names of the inserted layers, unreached).
+
+    In an nn.Sequential the norm becomes the next entry, ``<layer>_norm``; elsewhere the layer is replaced
+    by ``nn.Sequential(layer=..., norm=...)`` at its name. A layer already followed by a normalisation
+    layer (in `order`) is left, as is one its parent uses through its weight (listed as unreached) and,
+    with `inputs`, one never called."""
+    kind = check_choice("norm", kind, NORM_KINDS)
+    names = order(model, inputs)
+    out = output_layer(model, inputs, names)
+    inserted, unreached = [], []
+    layers = [n for n in names if n != out and is_weight_layer(model.get_submodule(n))]
+    registered = {n for n, m in model.named_modules() if is_weight_layer(m)}
+    if inputs is not None:
+        unreached += [f"{n}: not called on the inputs" for n in sorted(registered - set(names))
+                      if n != out and not _called_functionally(model, n)]
+    layers += [n for n in sorted(registered - set(layers)) if n != out and _called_functionally(model, n)]
+    for n in layers:
+        if _called_functionally(model, n):
+            unreached.append(f"{n}: its parent uses the weight directly, there is no output to normalise")
+            continue
+        i = names.index(n)
+        if i + 1 < len(names) and isinstance(model.get_submodule(names[i + 1]), NORM_LAYERS):
+            continue
+        layer = model.get_submodule(n)
+        norm = _like(make_norm(kind, layer), layer)
+        parent, child = _parent(model, n)
+        if isinstance(parent, nn.Sequential):
+            items = []
+            for k, v in parent._modules.items():
+                items += [(k, v), (f"{k}_norm", norm)] if k == child else [(k, v)]
+            _set_children(parent, items)
+            inserted.append(f"{n}_norm")
+        else:
+            setattr(parent, child, nn.Sequential(OrderedDict([("layer", layer), ("norm", norm)])))
+            inserted.append(f"{n}.norm")
+    return inserted, unreached
+
+
+class Residual(nn.Module):
+    """x + f(x): the block's output added to its input (He et al. 2016, "Deep residual learning").
+
+    The block must preserve the shape of its input."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+def shape_preserving(m: nn.Module) -> bool:
+    """A weight layer whose output has its input's shape: Linear(w, w), Conv1D(w, w), or a convolution with
+    c → c channels, stride 1 and "same" padding (2·padding = dilation·(kernel − 1) on every side)."""
+    if isinstance(m, nn.Linear):
+        return m.in_features == m.out_features
+    if is_transposed_linear(m):
+        return m.weight.shape[0] == m.weight.shape[1]
+    if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
+        if m.in_channels != m.out_channels or any(s != 1 for s in m.stride):
+            return False
+        if m.padding == "same":
+            return True
+        return not isinstance(m.padding, str) and all(
+            2 * p == d * (k - 1) for p, d, k in zip(m.padding, m.dilation, m.kernel_size))
+    return False
+
+
+def _elementwise(m: nn.Module) -> bool:
+    return isinstance(m, (*NORM_LAYERS, nn.Dropout, nn.Identity)) or is_activation(m)
+
+
+def wrap_residual(model: nn.Module, inputs=None) -> tuple[list[str], list[str]]:
+    """In every nn.Sequential, wrap each shape-preserving block as ``Residual``: x + f(x), where the block is
+    a shape-preserving weight layer (``shape_preserving``) with the normalisation, activation and dropout
+    modules that follow it; the output layer is never wrapped. Return (names of the wrapped blocks,
+    unreached: shape-preserving layers outside any nn.Sequential, whose forward decides where a skip
+    would go)."""
+    out = output_layer(model, inputs)
+    wrapped, unreached = [], []
+    sequentials = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Sequential)]
+    in_sequential = set()
+    for seq_name, seq in sequentials:
+        prefix = f"{seq_name}." if seq_name else ""
+        items, new, i = list(seq._modules.items()), [], 0
+        in_sequential |= {prefix + k for k, _ in items}
+        while i < len(items):
+            k, m = items[i]
+            if not (shape_preserving(m) and prefix + k != out):
+                new.append((k, m))
+                i += 1
+                continue
+            j = i + 1
+            while j < len(items) and _elementwise(items[j][1]):
+                j += 1
+            new.append((k, Residual(nn.Sequential(OrderedDict(items[i:j])))))
+            wrapped.append(prefix + k)
+            i = j
+        if len(new) != len(items):
+            _set_children(seq, new)
+    for n, m in model.named_modules():
+        if n not in in_sequential and n != out and shape_preserving(m) and not _called_functionally(model, n) \
+                and not any(n.startswith(w + ".") for w in wrapped):
+            unreached.append(f"{n} ({type(m).__name__}): not inside an nn.Sequential; its parent's forward "
+                             "decides where a skip connection would go")
+    return wrapped, unreached
+
+
+# ---- the output layer and frozen parameters --------------------------------------------------------------
+
+def resize_output(model: nn.Module, n: int, inputs=None) -> tuple[list[str], list[str]]:
+    """Give the output layer (the last Linear or Conv1D in `order`) `n` units: a fresh layer of the same
+    type, input size and bias, with torch's default init. Return ([its name] or [] when it already has `n`,
+    notes: a weight it shared with another module (tied embeddings) is no longer shared)."""
+    names = [k for k in order(model, inputs)
+             if isinstance(model.get_submodule(k), nn.Linear) or is_transposed_linear(model.get_submodule(k))]
+    if not names:
+        raise ValueError("out_features: the model has no Linear or Conv1D output layer to resize")
+    name = names[-1]
+    old = model.get_submodule(name)
+    if out_units(old) == n:
+        return [], []
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, n, bias=old.bias is not None)
+    else:
+        new = type(old)(n, old.weight.shape[0])  # Conv1D(nf=out, nx=in), weight (in, out)
+    _replace(model, name, _like(new, old))
+    shared = [k for k, m in model.named_modules() if getattr(m, "weight", None) is old.weight]
+    notes = [f"{name}: its weight was shared with {', '.join(shared)}; the new layer has its own"] if shared else []
+    return [name], notes
+
+
+def unfreeze(model: nn.Module, names: list[str] | bool = True) -> list[str]:
+    """requires_grad = True on the parameters of the named modules (or parameters), or on every parameter
+    (`names` True); return the names of the parameters that were frozen. An unknown name raises
+    ValueError listing the model's top-level modules."""
+    params = dict(model.named_parameters())
+    if names is True:
+        chosen = list(params)
+    else:
+        modules = dict(model.named_modules())
+        chosen = []
+        for n in names:
+            if n in params:
+                chosen.append(n)
+            elif n in modules:
+                prefix = f"{n}." if n else ""
+                chosen += [k for k in params if k.startswith(prefix)]
+            else:
+                top = ", ".join(k for k, _ in model.named_children())
+                raise ValueError(f"unfreeze: unknown layer {n!r}; the model's layers are named like: {top}")
+    thawed = [k for k in dict.fromkeys(chosen) if not params[k].requires_grad]
+    for k in thawed:
+        params[k].requires_grad_(True)
+    return thawed
+
+
+# ---- initial weights --------------------------------------------------------------------------------------
+
+@dataclass
+class Matrix:
+    """One computing weight matrix: `param` of the module `layer`; `gates` row blocks initialised
+    separately (an LSTM's weight_ih holds 4 gates, attention's in_proj q, k and v); `transposed`: stored
+    (in, out), transformers' Conv1D."""
+
+    layer: str
+    name: str
+    param: nn.Parameter
+    gates: int = 1
+    transposed: bool = False
+
+    def blocks(self, w: Tensor | None = None) -> list[Tensor]:
+        """The (out, in, *kernel) views of each gate, of `w` (laid out as the parameter) or the parameter."""
+        w = self.param if w is None else w
+        w = w.t() if self.transposed else w
+        rows = w.shape[0] // self.gates
+        return [w[g * rows:(g + 1) * rows] for g in range(self.gates)]
+
+
+def matrices(model: nn.Module) -> tuple[list[Matrix], list[Tensor]]:
+    """The computing weight matrices (Linear, ConvNd, Conv1D, RNN/LSTM/GRU weight_ih/hh/hr, attention
+    in-projections; not embeddings, not normalisation layers, not an output layer tied to an embedding,
+    GPT-2's lm_head) and their biases."""
+    mats, biases = [], []
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, EMBEDDINGS)}
+    for n, m in model.named_modules():
+        if isinstance(m, (*NORM_LAYERS, *EMBEDDINGS)):
+            continue
+        prefix = f"{n}." if n else ""
+        if is_weight_layer(m) and id(m.weight) in tied:
+            continue
+        if is_weight_layer(m):
+            mats.append(Matrix(n, prefix + "weight", m.weight, 1, is_transposed_linear(m)))
+            biases += [m.bias] if isinstance(getattr(m, "bias", None), Tensor) else []
+        elif isinstance(m, RECURRENT):
+            for k, p in m.named_parameters(recurse=False):
+                if k.startswith("weight_"):
+                    gates = 1 if k.startswith("weight_hr") else GATES[next(c for c in GATES if isinstance(m, c))]
+                    mats.append(Matrix(n, prefix + k, p, gates))
+                elif k.startswith("bias"):
+                    biases.append(p)
+        elif isinstance(m, ATTENTION):
+            for k, p in m.named_parameters(recurse=False):
+                if k == "in_proj_weight":
+                    mats.append(Matrix(n, prefix + k, p, 3))
+                elif k.endswith("proj_weight"):
+                    mats.append(Matrix(n, prefix + k, p, 1))
+                elif k == "in_proj_bias":
+                    biases.append(p)
+    return mats, biases
+
+
+def _block_fans(block: Tensor) -> tuple[int, int]:
+    receptive = math.prod(block.shape[2:])
+    return block.shape[1] * receptive, block.shape[0] * receptive
+
+
+def scale_ratios(mats: list[Matrix], scheme: str) -> list[float]:
+    """Per matrix block, its median row std (rows: output units; the whole block's std when a row holds
+    fewer than 8 weights) divided by the std `scheme` gives it (``deepdiag.init.scheme_std``)."""
+    ratios = []
+    with torch.no_grad():
+        for mat in mats:
+            for b in mat.blocks():
+                rows = b.detach().reshape(b.shape[0], -1).float()
+                std = rows.std(dim=1, unbiased=False).median() if rows.shape[1] >= 8 else rows.std(unbiased=False)
+                ratios.append(float(std) / scheme_std(scheme, *_block_fans(b)))  # host sync per block
+    return ratios
+
+
+FILL = {"he": he_, "xavier": xavier_, "lecun": lecun_, "orthogonal": orthogonal_}
+
+
+@torch.no_grad()
+def _redraw(mats: list[Matrix], biases: list[Tensor], scheme: str) -> None:
+    for mat in mats:
+        w = torch.empty_like(mat.param)
+        for b in mat.blocks(w):  # a Conv1D's blocks are transposed views: filled through a copy
+            if b.is_contiguous():
+                FILL[scheme](b)
+            else:
+                b.copy_(FILL[scheme](torch.empty_like(b, memory_format=torch.contiguous_format)))
+        mat.param.copy_(w)
+    for b in biases:
+        b.zero_()
+
+
+def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[str]]:
+    """Re-initialise the computing weights (``matrices``) with `scheme`, biases zero; return (names of the
+    re-initialised parameters, notes).
+
+    he / xavier / lecun / orthogonal (``deepdiag.init``; gates and q/k/v blocks each get their own fans).
+    The redraw is *measured*: when every block's ``scale_ratios`` lies within ``SAME_SCALE`` (20 %) of 1, the
+    weights already have the scheme's scale, nothing is redrawn, and the note says so.
+
+    lsuv, layer-sequential unit variance (Mishkin & Matas 2016, "All you need is a good init"): orthogonal
+    weights, then for each weight layer (Linear, ConvNd, Conv1D) in forward order on `inputs` (required),
+    W ← W/√Var(output) until |Var − 1| < 0.1 (at most 10 times). Recurrent and attention in-projection
+    matrices stay orthogonal (their output is not linear in the weight's scale), as do layers never called
+    as modules (MultiheadAttention's out_proj)."""
+    scheme = check_choice("init", scheme, INIT_SCHEMES)
+    mats, biases = matrices(model)
+    if not mats:
+        return [], ["init: the model has no weight matrix to initialise"]
+    if scheme != "lsuv":
+        ratios = scale_ratios(mats, scheme)
+        if all(abs(r - 1.0) <= SAME_SCALE for r in ratios):
+            return [], [f"init={scheme!r}: the weights already have the {scheme} scale (median std / "
+                        f"{scheme} std from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} "
+                        f"blocks, within {SAME_SCALE:.0%}): a redraw at the same scale changes nothing"]
+        _redraw(mats, biases, scheme)
+        return [m.name for m in mats], []
+    if inputs is None:
+        raise ValueError("init='lsuv' needs inputs: a batch the model takes (a tensor, a tuple of "
+                         "arguments or a dict of keyword arguments)")
+    _redraw(mats, biases, "orthogonal")
+    notes = _lsuv(model, inputs, {m.layer: m for m in mats if is_weight_layer(model.get_submodule(m.layer))})
+    return [m.name for m in mats], notes
+
+
+@torch.no_grad()
+def _lsuv(model: nn.Module, inputs, layers: dict[str, Matrix]) -> list[str]:
+    """Rescale each weight layer, in forward order, to unit output variance on `inputs` (eval mode)."""
+    names = [n for n in order(model, inputs) if n in layers]
+    notes = [f"{n}: not called as a module, left orthogonal" for n in layers if n not in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for n in names:
+            seen = {}
+
+            def hook(_m, _i, out, seen=seen):  # returns None: the output stays as it is
+                seen.setdefault("var", out.detach().float().var(unbiased=False))
+            handle = model.get_submodule(n).register_forward_hook(hook)
+            try:
+                for _ in range(LSUV_ITERS):
+                    seen.clear()
+                    with torch.enable_grad():  # the same path as `order` (no fused fast path)
+                        call_model(model, inputs)
+                    var = float(seen["var"])  # host sync per pass
+                    if abs(var - 1.0) < LSUV_TOL or not math.isfinite(var) or var == 0.0:
+                        break
+                    layers[n].param.div_(math.sqrt(var))
+            finally:
+                handle.remove()
+            if var == 0.0 or not math.isfinite(var):
+                notes.append(f"{n}: output variance {var} on the inputs, not rescaled")
+    finally:
+        model.train(was_training)
+    return notes
