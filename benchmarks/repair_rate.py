@@ -1,17 +1,25 @@
-"""Repair rate of the machine-readable remedies: every pathology scenario of ``tests/test_remedies.py``
-is diagnosed (checkup, then a Monitor in a plain training loop), its ``Finding.fix`` applied exactly as
-stated, and the model retrained with the same seed and step budget.
+"""Repair rate on deepdiag's own pathology scenarios (``tests/test_remedies.py``), through ``dd.repair``.
 
-    PYTHONPATH=src python benchmarks/repair_rate.py
+    PYTHONPATH=src python benchmarks/repair_rate.py [--rounds 2] [--candidates 8] [--only ID,...]
 
-Printed per scenario: the fix, the validation metric before -> after (accuracy; minus the validation
-loss for the regression and overfitting scenarios) and whether it counts as repaired: the finding gone,
-no other warning or error, and the metric improved. Then the count, "k of n repaired" (the number
-docs/diagnosis.md quotes). The tests assert the same for each scenario; this only tabulates it.
+Each scenario (a plain-torch MLP with one injected pathology) becomes what ``dd.repair`` takes: the
+model builder (layers the scenario leaves out of the optimizer are frozen with ``requires_grad=False``),
+the data with the targets as the scenario feeds them to its loss, its loss, and a ``dd.TrainConfig``
+with its optimizer, lr, momentum, weight decay and batch size, and as many epochs as its step budget
+covers (at least one). Printed per scenario: detected (a finding at warning or worse), repaired
+(verified and confirmed at seeds 0 and 1), the first guess (every finding's ``Finding.fix`` merged,
+one round) repaired, the fix kept, the metric before -> after, the candidate trainings and the wall
+time; then the totals. The real-fault benchmark's repair rate is ``python -m benchmarks.real_faults.repair``.
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import functools
+import math
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,36 +30,64 @@ import test_remedies as T  # noqa: E402  (the scenarios live with their tests)
 import deepdiag as dd  # noqa: E402
 
 
-def repair(case: T.Case) -> tuple[dict, float, float, bool]:
-    before = T.run(case)
-    fix = {}
-    for f in T.serious(before.findings, case.code):
-        fix.update(f.fix or {})
-    after = T.run(T.apply(case, fix)) if fix else before
-    repaired = bool(fix) and not T.serious(after.findings) and after.score(case.metric) > before.score(case.metric)
-    return fix, before.score(case.metric), after.score(case.metric), repaired
+@dataclass(frozen=True)
+class Tensors:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    task: str
 
 
-def degradation() -> tuple[dict, float, float, bool]:
-    shallow = T.Case("shallow", "degradation", depth=2, lr=0.02, momentum=0.9, steps=400, epochs=5)
-    deep = T.Case("deep", "degradation", depth=30, lr=0.02, momentum=0.9, steps=400, epochs=5)
-    s, d = T.run(shallow), T.run(deep)
-    found = dd.compare_depths({2: s.train_curve, 30: d.train_curve})
-    fix = found[0].fix if found else {}
-    fixed = T.run(T.apply(deep, fix)) if fix else d
-    repaired = bool(fix) and not dd.compare_depths({2: s.train_curve, 30: fixed.train_curve}) and fixed.acc > d.acc
-    return fix, d.acc, fixed.acc, repaired
+def build(case: T.Case):
+    model = T.build(case)
+    for name, child in model.named_children():
+        if name in case.frozen:
+            child.requires_grad_(False)
+    return model
 
 
-def main() -> None:
+def inputs(case: T.Case):
+    d = T.data(case)
+    data = Tensors(d.x_train, T.targets(case, d.y_train), d.x_val, T.targets(case, d.y_val),
+                   "regression" if case.loss == "mse" else "classification")
+    epochs = max(1, math.ceil(case.steps * case.bs / len(d.x_train)))
+    config = dd.TrainConfig(optimizer=case.opt, lr=case.lr, momentum=case.momentum, batch_size=case.bs,
+                            weight_decay=case.weight_decay, epochs=epochs, clip_grad_norm=case.clip)
+    return functools.partial(build, copy.deepcopy(case)), data, config, T.loss_of(case)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--only", help="comma-separated scenario ids")
+    a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = {c.id: repair(c) for c in T.CASES}
-    results["degradation_depth30"] = degradation()
-    print(f"{'scenario':40s} {'before':>8s}    {'after':>8s}  repaired  fix")
-    for k, (fix, b, a, ok) in results.items():
-        print(f"{k:40s} {b:8.3f} -> {a:8.3f}  {'yes' if ok else 'NO':8s}  {fix}")
-    print(f"{sum(r[3] for r in results.values())} of {len(results)} repaired")
+    cases = [c for c in T.CASES if a.only is None or c.id in a.only.split(",")]
+    rows, t0 = [], time.perf_counter()
+    print(f"{'scenario':40s} {'detected':>8s} {'repaired':>8s} {'first':>6s} {'before':>8s}    {'after':>8s} "
+          f"{'runs':>4s} {'s':>4s}  fix")
+    for c in cases:
+        b, data, config, loss_fn = inputs(c)
+        t = time.perf_counter()
+        r = dd.repair(b, data, config, loss_fn=loss_fn, rounds=a.rounds, max_candidates=a.candidates,
+                      engine="local", progress=False)
+        d = r.to_dict()
+        row = (c.id, bool(r.findings), r.repaired, bool(r.first_guess_repaired), d["before"], d["after"],
+               r.trainings, time.perf_counter() - t, r.fix)
+        rows.append(row)
+        after = "-" if d["after"] is None else f"{d['after']:8.3f}"
+        print(f"{c.id:40s} {row[1]!s:>8s} {row[2]!s:>8s} {row[3]!s:>6s} {d['before']:8.3f} -> {after:>8s} "
+              f"{row[6]:4d} {row[7]:4.0f}  {r.fix}", flush=True)
+    det = [r for r in rows if r[1]]
+    n = max(len(det), 1)
+    print(f"\ndetected {len(det)} of {len(rows)}; repaired {sum(r[2] for r in det)} of {len(det)} "
+          f"({100 * sum(r[2] for r in det) / n:.1f} %); Finding.fix alone {sum(r[3] for r in det)} of {len(det)} "
+          f"({100 * sum(r[3] for r in det) / n:.1f} %); {sum(r[6] for r in det) / n:.1f} trainings and "
+          f"{sum(r[7] for r in det) / n:.0f} s per repair; {time.perf_counter() - t0:.0f} s in all")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -116,7 +116,7 @@ def stalled():
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-STALLED = {"optimizer": "sgd", "lr": 1e-6, "epochs": 2, "batch_size": 32}
+STALLED = {"optimizer": "sgd", "lr": 1e-6, "epochs": 4, "batch_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +179,8 @@ def test_repair_command_on_a_model_file(tmp_path):
     ds = dd.data.load("digits", seed=0)
     np.savez(tmp_path / "digits.npz", x_train=ds.x_train.numpy(), y_train=ds.y_train.numpy(),
              x_val=ds.x_val.numpy(), y_val=ds.y_val.numpy())
-    r = deepdiag("repair", "models.py:build", "--data", "digits.npz", "--set", "lr=1e-6", "--set", "epochs=2",
-                 "--set", "batch_size=32", "--rounds", "1", "--candidates", "3", "--json", "--out", "res",
+    r = deepdiag("repair", "models.py:build", "--data", "digits.npz", "--set", "lr=1e-6", "--set", "epochs=4",
+                 "--set", "batch_size=32", "--rounds", "1", "--candidates", "4", "--json", "--out", "res",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

@@ -32,6 +32,8 @@ LAZY = {  # public name -> (module, attribute; None: the module itself)
     "run_study": ("deepdiag.study", "run_study"),
     "StudyResult": ("deepdiag.study", "StudyResult"),
     "apply_fix": ("deepdiag.fixes", "apply_fix"),
+    "repair": ("deepdiag.repair", "repair"),
+    "RepairResult": ("deepdiag.repair", "RepairResult"),
 }
 
 
@@ -53,5 +55,5 @@ __all__ = [
     "mlp", "conv_net", "init_weights", "l2_penalty", "fit", "TrainConfig", "History",
     "list_studies", "run_study", "StudyResult", "load_results", "data", "plots", "theory", "__version__",
     "checkup", "Checkup", "Monitor", "Finding", "compare_depths",
-    "sweep", "RunConfig", "apply_fix",
+    "sweep", "RunConfig", "repair", "RepairResult", "apply_fix",
 ]

@@ -102,7 +102,11 @@ def _code_id(obj) -> str:
         src = inspect.getsource(target)
     except (OSError, TypeError):
         src = ""
-    extra = "" if inspect.isfunction(obj) or inspect.isclass(obj) else repr(obj)
+    if inspect.isfunction(obj):  # a closure's captured values and the defaults shape what it builds
+        cells = [c.cell_contents for c in obj.__closure__ or () if _filled(c)]
+        extra = repr((cells, obj.__defaults__, obj.__kwdefaults__))
+    else:
+        extra = "" if inspect.isclass(obj) else repr(obj)
     return name + hashlib.sha256((src + extra).encode()).hexdigest()[:16]
 
 
@@ -385,8 +389,9 @@ def repair(build: Callable[[], nn.Module], data, config=None, *, loss_fn=None, r
     >>> result = dd.repair(build, "digits", {"lr": 0.5, "epochs": 5})
     >>> result.fix, result.table()
     """
-    if not callable(build):
-        raise TypeError(f"build must be a function returning a torch.nn.Module, got {type(build).__name__}")
+    if isinstance(build, nn.Module) or not callable(build):
+        raise TypeError(f"build must be a function of no arguments returning a fresh torch.nn.Module (each "
+                        f"candidate trains its own), got {type(build).__name__}; e.g. build=lambda: MyNet()")
     data = as_data(data)
     config = TrainConfig.coerce(config)
     check_number("rounds", rounds, low=1, integer=True)
@@ -593,3 +598,11 @@ def _confirm_one(t: Trial, result: RepairResult, runner, spec) -> None:
 
 __all__ = ["repair", "BaselineFailed", "RepairResult", "Trial", "TrialSpec", "run_trial", "trial_key", "as_data", "load_npz",
            "ArrayData", "ENGINES"]
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True
