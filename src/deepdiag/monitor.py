@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from ._validate import check_number
 from .findings import Finding
 from .measure.history import StepBuffer, UnitWindows
-from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
+from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.coverage import coverage
@@ -221,7 +221,7 @@ class Monitor:
     def _step(self, loss) -> None:
         s = self.steps
         if self._io is None and self.probe.results:
-            self._judge_io(s)
+            self._judge_io(s, loss)
         if s % self.every == 0:
             if loss is not None:
                 self._track_loss(s, loss)
@@ -272,9 +272,11 @@ class Monitor:
     def batch_size(self) -> int | None:
         return self._bs_hint or self._batch_seen
 
-    def _judge_io(self, s: int) -> None:
+    def _judge_io(self, s: int, loss=None) -> None:
         """Output and input facts of the first training forward pass (host syncs, once), judged by
-        output_loss_mismatch / unscaled_inputs at every diagnose()."""
+        output_loss_mismatch / unscaled_inputs at every diagnose(). A loss function that is not one of
+        torch's is recognised from the graph of the `loss` tensor given to ``step`` (its targets are not
+        seen then)."""
         seen = self.probe.results[0]
         self.probe.remove()
         x, out = seen.get("input"), seen.get("output")
@@ -283,6 +285,8 @@ class Monitor:
         output = None
         if kind is not None and out is not None:
             output = output_facts(out, seen.get("last_module"), kind, seen.get("target"), seen.get("last_name"))
+        elif self.loss_fn is not None and isinstance(loss, Tensor) and out is not None:
+            output = function_output_facts(out, loss, seen.get("last_module"), None, seen.get("last_name"))
         first = next((si for si in self.rec.sites if si.kind == "weight"), None)
         inputs = input_facts(x, first.name if first is not None else None)
         self.probe.results = []
