@@ -59,6 +59,7 @@ from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.coverage import coverage
 from .measure.records import Coverage, LayerStats
+from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.judge import bottleneck
 from .rules.layers import MIN_POSITIONS
@@ -556,10 +557,12 @@ class Monitor:
         curves = Curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"), base,
                         step_loss, steps, bad if bad >= 0 else None)
         wd = float(self.optimizer.param_groups[0].get("weight_decay", 0.0)) if self.optimizer is not None else None
+        frozen, share = frozen_modules(self.model)
         context = Context(lr=self.lr, base_lr=self.base_lr, batch_size=self.batch_size,
                           knows_optimizer=self.optimizer is not None, weight_decay=wd,
                           weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
-                          else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows))
+                          else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows),
+                          frozen=frozen, frozen_share=share)
         output, inputs, io_step = self._io or (None, None, None)
         return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
                      step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)

@@ -125,8 +125,12 @@ UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: sti
 
 
 def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
-                       weight_ratio: float | None = None, bottleneck: tuple | None = None) -> Finding:
+                       weight_ratio: float | None = None, bottleneck: tuple | None = None,
+                       frozen: Sequence[str] | None = None) -> Finding:
     """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
+
+    * frozen layers (``frozen``: modules whose weights have requires_grad=False): the capacity the
+      model lacks is the part that does not train → ``{"unfreeze": [...]}`` (``frozen_layers`` says the same).
 
     * weight decay that crushes the weights: ``weight_decay`` > 0 and the total weight norm fell below
       half of its value at the start (``weight_ratio`` < 0.5) → ``{"weight_decay": wd/10}``. Why: init
@@ -143,6 +147,13 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
     """
     if f.code != "underfitting" or f.rank < 1:
         return f
+    if frozen:
+        names = list(frozen)
+        return replace(f, summary=f"{f.summary} Cause: capacity — {len(names)} layer(s) are frozen "
+                                  f"(requires_grad=False).",
+                       evidence={**f.evidence, "cause": "frozen", "frozen_layers": names},
+                       remedy="Unfreeze the frozen layers (requires_grad=True, and give them to the optimizer).",
+                       fix={"unfreeze": names})
     if bottleneck is not None and bottleneck[1] < bottleneck[2]:
         name, units, out = bottleneck
         return replace(f, summary=f"{f.summary} Cause: capacity — {name} has {units} unit(s), fewer than the "
@@ -167,6 +178,20 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                        remedy=f"Take larger steps ({what}) or train longer: the updates point the right way "
                               f"but are too small for this budget.", fix=fix)
     return f
+
+
+def loss_left(c) -> float | None:
+    """The final training loss over the loss at initialisation (`c`: ``Curves``): the start is the median
+    of the first ≤ 5 recorded step losses (taken before or right after the first updates), the end the
+    last epoch's training loss, else the median of the last ≤ 10 step losses. None when either is unknown
+    or the start is not positive."""
+    sl = [v for v in _clean(c.step_loss) if math.isfinite(v)]
+    t = [v for v in _clean(c.train_loss) if math.isfinite(v)]
+    if not sl:
+        return None
+    start = median(sl[:5])
+    end = t[-1] if t else median(sl[-10:])
+    return end / start if start > 0 else None
 
 
 def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[float] | None = None,
