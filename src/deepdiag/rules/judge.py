@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
-from .curves import divergence, loss_left, oscillating_loss, overfitting, underfitting, underfitting_cause
+from .curves import divergence, loss_left, not_converged, oscillating_loss, overfitting, underfitting, underfitting_cause
 from .depth import compare_depths
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
@@ -27,7 +27,7 @@ RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates, frozen_layers),
     "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, nonfinite_values),
-    "curves": (divergence, overfitting, underfitting, oscillating_loss),
+    "curves": (divergence, overfitting, underfitting, not_converged, oscillating_loss),
     "depth": (compare_depths,),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
@@ -136,6 +136,7 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
     if c.train_loss and c.val_loss:
         found += overfitting(c.train_loss, c.val_loss)
     if c.train_loss:
+        found += not_converged(c.train_loss, c.step_loss, c.steps)
         found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck,
                                      context.frozen)
                   for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
