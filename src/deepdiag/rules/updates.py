@@ -116,20 +116,23 @@ def frozen_layers(rows: Sequence[LayerStats], frozen: Sequence[str], frozen_shar
       model on fixed features; a network of ordinary size fits its training set (Zhang et al. 2017 fit
       even random labels), so keeping more than half of the initial loss — for a classifier, the chance
       loss ln k — is high bias, and the frozen layers are the capacity it lacks.
-    * The frozen weight layers are still at a random initialisation: every one whose scale is measured
-      matches a standard scheme's std within ±15 % (``init_scheme`` recognised) → warning, same fix. Why:
-      a pretrained layer has moved away from its initial scale during pretraining, while a layer frozen at
-      its initialisation computes random features that no step will ever improve. (A coincidental match
-      of every frozen layer with a pretrained checkpoint is possible on a shallow backbone: the remedy
-      says to leave it if it is meant to stay frozen.)
+    * The whole body is frozen at a random initialisation: every weight layer but the output layer is
+      frozen, and each matches a standard scheme's std within ±15 % (``init_scheme`` recognised) →
+      warning, same fix. Why: the model is then a linear model on random features; a pretrained body has
+      moved away from its initial scale during pretraining, while one frozen at its initialisation
+      computes features no step will ever improve. (A coincidental match of every frozen layer with a
+      pretrained checkpoint is possible on a shallow backbone: the remedy says to leave it if it is meant
+      to stay frozen.) One frozen random layer inside a trainable body is not judged so: the layers
+      after it learn to use its random projection.
     * Otherwise → info (frozen on purpose, and the run fits).
     """
     if not frozen:
         return []
     names = list(frozen)
-    at_init = [r for r in weight_layers(rows) if r.name in set(names)]
-    random_features = bool(at_init) and all(r.init_scheme not in (None, "unknown", "zeros", "constant")
-                                            for r in at_init)
+    w = weight_layers(rows)
+    at_init = [r for r in w if r.name in set(names)]
+    body = len(w) >= 2 and all(r.name in set(names) for r in w[:-1])  # only the output layer trains
+    random_features = body and all(r.init_scheme not in (None, "unknown", "zeros", "constant") for r in at_init)
     high = loss_left is not None and math.isfinite(loss_left) and loss_left >= FROZEN_LOSS_LEFT
     ev = {"frozen_layers": names, "frozen_share": frozen_share, "loss_left": loss_left,
           "loss_left_threshold": FROZEN_LOSS_LEFT, "at_init": {r.name: r.init_scheme for r in at_init}}
