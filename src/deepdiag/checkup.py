@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from .findings import Finding, severity_rank
 from .jsonsafe import json_safe
 from .measure.coverage import coverage
-from .measure.io import IOProbe, call_model, input_facts, loss_kind, nonfinite_facts, output_facts
+from .measure.io import (IOProbe, call_model, function_output_facts, input_facts, loss_kind, nonfinite_facts,
+                         output_facts)
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import Coverage, LayerStats, OutputFacts
@@ -190,6 +191,8 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                     loss = _call_default_loss(out, targets)
                 else:
                     loss = loss_fn(out, targets)
+                if output is None and loss_fn is not None and isinstance(loss, Tensor):
+                    output = function_output_facts(out, loss, seen.get("last_module"), targets, seen.get("last_name"))
             except (IndexError, RuntimeError, ValueError):
                 if not any(f.rank >= 2 for f in output_loss_mismatch(output)):
                     raise

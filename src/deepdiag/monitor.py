@@ -54,11 +54,12 @@ from torch import Tensor, nn
 from ._validate import check_number
 from .findings import Finding
 from .measure.history import StepBuffer, UnitWindows
-from .measure.io import IOProbe, input_facts, loss_kind, nonfinite_facts, output_facts
+from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.coverage import coverage
 from .measure.records import Coverage, LayerStats
+from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.judge import bottleneck
 from .rules.layers import MIN_POSITIONS
@@ -221,7 +222,7 @@ class Monitor:
     def _step(self, loss) -> None:
         s = self.steps
         if self._io is None and self.probe.results:
-            self._judge_io(s)
+            self._judge_io(s, loss)
         if s % self.every == 0:
             if loss is not None:
                 self._track_loss(s, loss)
@@ -272,9 +273,11 @@ class Monitor:
     def batch_size(self) -> int | None:
         return self._bs_hint or self._batch_seen
 
-    def _judge_io(self, s: int) -> None:
+    def _judge_io(self, s: int, loss=None) -> None:
         """Output and input facts of the first training forward pass (host syncs, once), judged by
-        output_loss_mismatch / unscaled_inputs at every diagnose()."""
+        output_loss_mismatch / unscaled_inputs at every diagnose(). A loss function that is not one of
+        torch's is recognised from the graph of the `loss` tensor given to ``step`` (its targets are not
+        seen then)."""
         seen = self.probe.results[0]
         self.probe.remove()
         x, out = seen.get("input"), seen.get("output")
@@ -283,6 +286,8 @@ class Monitor:
         output = None
         if kind is not None and out is not None:
             output = output_facts(out, seen.get("last_module"), kind, seen.get("target"), seen.get("last_name"))
+        elif self.loss_fn is not None and isinstance(loss, Tensor) and out is not None:
+            output = function_output_facts(out, loss, seen.get("last_module"), None, seen.get("last_name"))
         first = next((si for si in self.rec.sites if si.kind == "weight"), None)
         inputs = input_facts(x, first.name if first is not None else None)
         self.probe.results = []
@@ -552,10 +557,12 @@ class Monitor:
         curves = Curves(curve("train_loss"), curve("val_loss"), curve("train_acc"), curve("val_acc"), base,
                         step_loss, steps, bad if bad >= 0 else None)
         wd = float(self.optimizer.param_groups[0].get("weight_decay", 0.0)) if self.optimizer is not None else None
+        frozen, share = frozen_modules(self.model)
         context = Context(lr=self.lr, base_lr=self.base_lr, batch_size=self.batch_size,
                           knows_optimizer=self.optimizer is not None, weight_decay=wd,
                           weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
-                          else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows))
+                          else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows),
+                          frozen=frozen, frozen_share=share)
         output, inputs, io_step = self._io or (None, None, None)
         return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
                      step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)

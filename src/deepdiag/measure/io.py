@@ -43,6 +43,51 @@ def loss_kind(loss_fn) -> str | None:
     return None
 
 
+_GRAPH_LOSSES = {  # autograd node of a torch loss -> loss kind (NLL: cross_entropy when fed by log_softmax)
+    "NllLossBackward0": "nll", "NllLoss2DBackward0": "nll", "MseLossBackward0": "mse",
+    "L1LossBackward0": "mse", "SmoothL1LossBackward0": "mse", "HuberLossBackward0": "mse",
+    "BinaryCrossEntropyWithLogitsBackward0": "bce_with_logits", "BinaryCrossEntropyBackward0": "bce",
+}
+_RESHAPES = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "SqueezeBackward0",
+             "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0")
+# nodes that rescale or reshape a loss without changing what it compares
+_PASS_THROUGH = ("MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1", "MulBackward0",
+                 "DivBackward0") + _RESHAPES
+_GRAPH_DEPTH = 8  # nodes walked from the loss: wrappers add one or two (a mean, a scale), never many
+
+
+def _single_input(node):
+    """The one differentiable input node of `node`, or None (none, or several: e.g. a sum of two losses)."""
+    nxt = [n for n, _ in node.next_functions if n is not None]
+    return nxt[0] if len(nxt) == 1 else None
+
+
+def graph_loss_kind(loss) -> str | None:
+    """The kind of torch loss that computed the tensor `loss`, read from its autograd graph: a user's own
+    loss function (``def my_loss(out, y): return F.cross_entropy(out.reshape(-1, V), y.reshape(-1))``)
+    is a torch loss wrapped in reshapes and scalings, and the node that made it says which (also after
+    ``backward()``: node types outlive their saved tensors). Walks ≤ 8 nodes through rescaling/reshaping
+    nodes only; a sum of several losses, or anything else, gives None (not recognised, not judged)."""
+    node = getattr(loss, "grad_fn", None)
+    for _ in range(_GRAPH_DEPTH):
+        if node is None:
+            return None
+        name = type(node).__name__
+        if name in _GRAPH_LOSSES:
+            kind = _GRAPH_LOSSES[name]
+            if kind == "nll":
+                src = _single_input(node)
+                while src is not None and type(src).__name__ in _RESHAPES:
+                    src = _single_input(src)
+                if src is not None and type(src).__name__ == "LogSoftmaxBackward0":
+                    return "cross_entropy"
+            return kind
+        if name not in _PASS_THROUGH:
+            return None
+        node = _single_input(node)
+    return None
+
+
 class IOProbe:
     """Hooks that see the model's input, its output and the leaf module that produced the output (by
     tensor identity), for ``passes`` training forward passes; then they remove themselves.
@@ -124,7 +169,25 @@ def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets
         facts["target_min"], facts["target_max"] = vals[:2]
         if t.is_floating_point():
             facts["target_rms"] = vals[2]
+        else:
+            facts["target_distinct"] = int(torch.unique(t).numel())  # host sync
     return OutputFacts(**facts)
+
+
+def function_output_facts(out: Tensor, loss: Tensor, last_module: str | None, targets: Tensor | None = None,
+                          last_name: str | None = None) -> OutputFacts | None:
+    """``output_facts`` for a loss given as the user's own function (kind read from the loss tensor's
+    graph, ``graph_loss_kind``; None when not recognised). A class-score output with more than 2 dims
+    (batch, ..., classes) is read with its classes last, as token losses flatten it
+    (``out.reshape(-1, classes)``), and targets are flattened alike."""
+    kind = graph_loss_kind(loss)
+    if kind is None:
+        return None
+    if kind in ("cross_entropy", "nll") and out.dim() > 2:
+        out = out.reshape(-1, out.shape[-1])
+        if isinstance(targets, Tensor) and targets.numel() == out.shape[0]:
+            targets = targets.reshape(-1)
+    return output_facts(out, last_module, kind, targets, last_name)
 
 
 def input_facts(x: Tensor | None, first_layer: str | None = None,

@@ -121,7 +121,7 @@ class OutputFacts:
     ``out_width``: size of dimension 1 (1 for a 1-D output); ``n_samples``; ``out_min`` / ``out_max``;
     ``strictly_inside01``: every output in (0, 1) on ≥ 8 samples; ``rows_sum_to_one``: every row sums to
     1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``, ``target_rms`` (float
-targets: √mean(y²)); ``default_loss``:
+targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct values); ``default_loss``:
     checkup chose the loss itself. None: not measured.
     """
 
@@ -138,6 +138,7 @@ targets: √mean(y²)); ``default_loss``:
     target_min: float | None = None
     target_max: float | None = None
     target_rms: float | None = None
+    target_distinct: int | None = None
     default_loss: bool | None = None
 
     def evidence(self) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..init import fans, scheme_std
 from .sites import Site, weight_matrix
@@ -112,3 +112,20 @@ def column_symmetry(w: Tensor) -> float:
         cols = wd.transpose(0, 1).reshape(wd.shape[1], -1)  # conv kernels are small
         p = cols @ _directions(cols.shape[1], cols)
     return _spread(p)
+
+
+def frozen_modules(model: nn.Module) -> tuple[tuple[str, ...], float | None]:
+    """(names of the modules whose own ≥ 2-D parameters all have ``requires_grad=False``, their share of
+    all ≥ 2-D parameter entries; None without any). Read from the flags, not from the values: a frozen
+    layer is a structural fact (no host sync)."""
+    frozen, n_frozen, n_all = [], 0, 0
+    for name, m in model.named_modules():
+        ps = [p for p in m.parameters(recurse=False) if p.dim() >= 2]
+        if not ps:
+            continue
+        size = sum(p.numel() for p in ps)
+        n_all += size
+        if not any(p.requires_grad for p in ps):
+            frozen.append(name or type(m).__name__)
+            n_frozen += size
+    return tuple(frozen), (n_frozen / n_all if n_all else None)

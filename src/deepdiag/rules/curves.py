@@ -125,8 +125,12 @@ UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: sti
 
 
 def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
-                       weight_ratio: float | None = None, bottleneck: tuple | None = None) -> Finding:
+                       weight_ratio: float | None = None, bottleneck: tuple | None = None,
+                       frozen: Sequence[str] | None = None) -> Finding:
     """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
+
+    * frozen layers (``frozen``: modules whose weights have requires_grad=False): the capacity the
+      model lacks is the part that does not train → ``{"unfreeze": [...]}`` (``frozen_layers`` says the same).
 
     * weight decay that crushes the weights: ``weight_decay`` > 0 and the total weight norm fell below
       half of its value at the start (``weight_ratio`` < 0.5) → ``{"weight_decay": wd/10}``. Why: init
@@ -143,6 +147,13 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
     """
     if f.code != "underfitting" or f.rank < 1:
         return f
+    if frozen:
+        names = list(frozen)
+        return replace(f, summary=f"{f.summary} Cause: capacity — {len(names)} layer(s) are frozen "
+                                  f"(requires_grad=False).",
+                       evidence={**f.evidence, "cause": "frozen", "frozen_layers": names},
+                       remedy="Unfreeze the frozen layers (requires_grad=True, and give them to the optimizer).",
+                       fix={"unfreeze": names})
     if bottleneck is not None and bottleneck[1] < bottleneck[2]:
         name, units, out = bottleneck
         return replace(f, summary=f"{f.summary} Cause: capacity — {name} has {units} unit(s), fewer than the "
@@ -167,6 +178,86 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                        remedy=f"Take larger steps ({what}) or train longer: the updates point the right way "
                               f"but are too small for this budget.", fix=fix)
     return f
+
+
+def loss_left(c) -> float | None:
+    """The final training loss over the loss at initialisation (`c`: ``Curves``; see ``_start_end``)."""
+    start, end = _start_end(c.train_loss, c.step_loss)
+    return end / start if start is not None and start > 0 else None
+
+
+def _start_end(train_loss, step_loss) -> tuple[float | None, float | None]:
+    """(loss at initialisation, final training loss): the start is the median of the first ≤ 5 recorded
+    step losses (taken before or right after the first updates), the end the last epoch's training
+    loss, else the median of the last ≤ 10 step losses; None where unknown."""
+    sl = [v for v in _clean(step_loss) if math.isfinite(v)]
+    t = [v for v in _clean(train_loss) if math.isfinite(v)]
+    if not sl:
+        return None, (t[-1] if t else None)
+    return median(sl[:5]), (t[-1] if t else median(sl[-10:]))
+
+
+CONVERGE_LEFT = 0.5  # ends with >= half of its starting loss ...
+CONVERGE_T = 2.0  # ... while the step loss still falls at >= 2 standard errors of its slope
+CONVERGE_POINTS = 8  # (the slope is fit over the run's second half, and over >= 8 recorded steps)
+EPOCHS_MIN, EPOCHS_MAX = 2, 10  # the suggested epochs: between 2x and 10x the run's
+
+
+def not_converged(train_loss: Sequence[float] | None, step_loss: Sequence[float] | None,
+                  steps: Sequence[int] | None = None) -> list[Finding]:
+    """underfitting, cause "stopped too early": a run of fewer than 3 epochs (where ``underfitting``'s
+    level test does not speak) that ends with ≥ 50 % of its starting loss while its step loss is still
+    falling → warning, fix ``{"epochs": n}``.
+
+    Still falling: the least-squares slope of the step losses over the run's second half (its last 8
+    recorded steps when the half is shorter; fewer than 8 in all: not judged) against the step number is negative by ≥ 2 standard errors — a fall beyond minibatch noise at
+    about 95 % confidence. Why 50 %: a network of ordinary size fits its training set, so a run that keeps
+    more than half its initial loss (for a classifier, about the chance loss ln k) has not learnt the
+    task; and when that loss is measurably still going down, the run was stopped, not stuck: more epochs
+    is the remedy, not another model. A run that has flattened (slope within noise) is not this case.
+    n: the epochs at which the current slope, continued, would remove half the remaining loss, clamped
+    to [2, 10]× the epochs run (a linear extrapolation is a rough estimate: loss curves decelerate).
+    """
+    t = [v for v in _clean(train_loss) if math.isfinite(v)]
+    if not t or len(t) >= UNDERFIT_EPOCHS:
+        return []
+    xs = [(float(steps[i]) if steps is not None else float(i), float(v)) for i, v in enumerate(_clean(step_loss))
+          if math.isfinite(v)]
+    start, end = _start_end(train_loss, step_loss)
+    if start is None or start <= 0 or end is None or end < CONVERGE_LEFT * start:
+        return []
+    if len(xs) < CONVERGE_POINTS:
+        return []
+    half = xs[-max(len(xs) // 2, CONVERGE_POINTS):]
+    slope, se = _slope(half)
+    if not (slope < 0 and se >= 0 and -slope >= CONVERGE_T * se):
+        return []
+    epochs = len(t)
+    steps_per_epoch = (xs[-1][0] - xs[0][0] + 1) / epochs
+    more = 0.5 * end / (-slope * steps_per_epoch)
+    n = int(min(EPOCHS_MAX * epochs, max(EPOCHS_MIN * epochs, math.ceil(epochs + more))))
+    ev = {"epochs": epochs, "start_loss": start, "end_loss": end, "loss_left": end / start,
+          "slope_per_step": slope, "slope_se": se, "threshold": CONVERGE_LEFT, "t_threshold": CONVERGE_T,
+          "train_loss": t, "cause": "not_converged"}
+    return [Finding("underfitting", "warning",
+                    f"Training stopped after {epochs} epoch(s) with the loss at {end / start:.0%} of where it started "
+                    f"({fmt(start)} → {fmt(end)}) and still falling ({fmt(slope)} per step, "
+                    f"{-slope / se if se > 0 else math.inf:.1f} standard errors): the model has not converged.", ev,
+                    f"Train for more epochs (about {n}): the loss is still going down.", [], epochs,
+                    fix={"epochs": n})]
+
+
+def _slope(xy: list[tuple[float, float]]) -> tuple[float, float]:
+    """(least-squares slope of y on x, its standard error)."""
+    n = len(xy)
+    mx = sum(x for x, _ in xy) / n
+    my = sum(y for _, y in xy) / n
+    sxx = sum((x - mx) ** 2 for x, _ in xy)
+    if sxx <= 0:
+        return 0.0, math.inf
+    b = sum((x - mx) * (y - my) for x, y in xy) / sxx
+    rss = sum((y - my - b * (x - mx)) ** 2 for x, y in xy)
+    return b, math.sqrt(rss / max(1, n - 2) / sxx)
 
 
 def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[float] | None = None,

@@ -10,6 +10,8 @@ from .remedies import fmt, median
 
 LOGIT_LOSSES = ("cross_entropy", "bce_with_logits")  # losses that apply the softmax/sigmoid themselves
 BOUNDED01 = ("Sigmoid", "Softmax", "Hardsigmoid", "Softmin")  # last modules whose outputs lie in [0, 1]
+BOUNDED = {"Sigmoid": (0.0, 1.0), "Hardsigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0), "Hardtanh": (-1.0, 1.0),
+           "Softsign": (-1.0, 1.0)}  # squashing last modules and their output range
 NONNEGATIVE = ("ReLU", "ReLU6", "Softplus", "Sigmoid", "Softmax", "Hardsigmoid", "Softmin")
 
 
@@ -29,6 +31,13 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
       [0, 1] on this batch only by chance.
     * MSE regression whose targets the output cannot reach: a non-negative last module (ReLU, Softplus,
       Sigmoid, Softmax) with negative targets, or a [0, 1] one with targets outside [0, 1] → warning.
+    * bounded logits: cross-entropy on a squashing last module (Sigmoid, Tanh, ...) → warning: with every
+      logit in an interval of width w, no class probability exceeds e^w/(e^w + k − 1) and the loss has a
+      floor ln(1 + (k − 1)e^(−w)) (``bounded_logit_limits``), whatever the model learns.
+    * class ids regressed: MSE on integer-dtype targets with ≥ 3 distinct non-negative values → warning
+      (torch's MSE cannot take integer targets, so the loss casts ids itself); regressing ids orders the
+      classes. Fix: one unit per class and cross-entropy. A genuinely numeric integer target (a count)
+      reads the same: the remedy says so.
     * cross-entropy over one output unit → error: softmax over one logit is 1, the loss is identically 0.
     * targets outside the output's range: class ids ≥ width or < 0 (cross-entropy/NLL) → error, the
       class count ≠ the output width; float targets outside [0, 1] for BCE → error.
@@ -65,6 +74,14 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
                 "The model's outputs already pass through a sigmoid and BCEWithLogitsLoss applies another: "
                 "predicted probabilities cannot leave [0.5, 0.73].",
                 "Remove the final sigmoid: BCEWithLogitsLoss takes raw logits.", {"replace_output": "identity"})
+    elif loss == "cross_entropy" and last in BOUNDED and width and width >= 2:
+        lo_b, hi_b = BOUNDED[last]
+        p_max, floor = bounded_logit_limits(hi_b - lo_b, width)
+        add("bounded_logits", "warning",
+            f"The output passes through {last} before cross-entropy: every logit lies in [{lo_b:g}, {hi_b:g}], so "
+            f"no class can get a probability above {p_max:.2f} over {width} classes and the loss cannot fall "
+            f"below {fmt(floor)}; the squashing's derivative also shrinks every gradient.",
+            f"Remove the final {last}: CrossEntropyLoss takes raw, unbounded logits.", {"replace_output": "identity"})
     if loss in LOGIT_LOSSES and last in ("ReLU", "ReLU6") and not out:
         add("relu_output", "warning",
             f"The output passes through {last} before {loss}: logits cannot be negative, so the model cannot "
@@ -96,6 +113,17 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
             f"[{fmt(tmin_f)}, {fmt(tmax_f)}].",
             f"Remove the final {last}, or map the targets into [0, 1].", {"replace_output": "identity"})
     tk, tmin, tmax = facts.target_kind, facts.target_min, facts.target_max
+    if (loss == "mse" and tk == "int" and tmin is not None and tmin >= 0
+            and (facts.target_distinct or 0) >= MIN_ORDERED_CLASSES):
+        k = int(tmax) + 1
+        add("regression_on_class_ids", "warning",
+            f"A squared-error loss on integer targets (ids {int(tmin)}..{int(tmax)}, {facts.target_distinct} distinct "
+            f"in this batch): class ids are regressed as numbers, which orders the classes and puts class "
+            f"{k // 2} between its neighbours, so errors between distant classes cost more than between "
+            f"near ones and the rounded prediction favours the middle classes.",
+            f"If these are class labels: give the output layer {k} units (one per class) and use "
+            f"CrossEntropyLoss on the ids; keep MSE only for a quantity that is truly numeric.",
+            {"loss": "cross_entropy", "out_features": k})
     if tk == "int" and loss in ("cross_entropy", "nll") and width and tmin is not None:
         if tmin < 0 or tmax >= width:
             add("class_count", "error",
@@ -108,6 +136,18 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
             "Map the targets to 0/1 (e.g. (y + 1) / 2 for ±1 labels), or use MSE for a regression target.",
             {"target_range": [0, 1]})
     return out
+
+
+MIN_ORDERED_CLASSES = 3  # from 3 classes on, regressing ids imposes an order (2 ids: least squares on 0/1 is a linear discriminant)
+
+
+def bounded_logit_limits(span: float, k: int) -> tuple[float, float]:
+    """(largest class probability, smallest cross-entropy) reachable when every one of `k` logits lies in
+    an interval of width `span`: softmax puts at most e^span / (e^span + k − 1) on one class (one logit at
+    the top, the others at the bottom), so the loss of a correct prediction is at least
+    ln(1 + (k − 1)·e^(−span)). Sigmoid outputs (span 1) over 10 classes: p ≤ 0.23, loss ≥ 1.20."""
+    top = math.exp(span)
+    return top / (top + k - 1), math.log1p((k - 1) * math.exp(-span))
 
 
 def unscaled_targets(facts: OutputFacts | None, step: int | None = None) -> list[Finding]:

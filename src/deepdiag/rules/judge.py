@@ -16,18 +16,18 @@ from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
-from .curves import divergence, oscillating_loss, overfitting, underfitting, underfitting_cause
+from .curves import divergence, loss_left, not_converged, oscillating_loss, overfitting, underfitting, underfitting_cause
 from .depth import compare_depths
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training
-from .updates import stalled_updates
+from .updates import frozen_layers, stalled_updates
 
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
-    "updates": (stalled_updates,),
+    "updates": (stalled_updates, frozen_layers),
     "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, nonfinite_values),
-    "curves": (divergence, overfitting, underfitting, oscillating_loss),
+    "curves": (divergence, overfitting, underfitting, not_converged, oscillating_loss),
     "depth": (compare_depths,),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
@@ -58,7 +58,8 @@ class Context:
     optimizer was given; ``weight_decay``; ``weight_ratio``: total weight norm now over at the start;
     ``start``: ``start_key``s of the layer findings present at the start of training (None: not judged
     yet), ``start_step``: the step they were judged at; ``bottleneck``: (name, units, output units) of the
-    narrowest hidden weight layer."""
+    narrowest hidden weight layer; ``frozen``: modules whose ≥ 2-D parameters all have
+    requires_grad=False (None: not read), ``frozen_share``: their share of the ≥ 2-D parameter entries."""
 
     lr: float | None = None
     base_lr: float | None = None
@@ -69,6 +70,8 @@ class Context:
     start: frozenset | None = None
     start_step: int | None = None
     bottleneck: tuple | None = None
+    frozen: tuple | None = None
+    frozen_share: float | None = None
 
 
 def start_key(f: Finding) -> tuple:
@@ -113,7 +116,11 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
             f = appeared_in_training(f, context.start_step, context.base_lr)
         found.append(f)
     if layers:
-        found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer)
+        found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer,
+                                 frozen_judged=context.frozen is not None)
+    if context.frozen:
+        found += frozen_layers(layers, context.frozen, context.frozen_share,
+                               loss_left(curves) if curves is not None else None, step)
     found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step) + unscaled_targets(output, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
@@ -129,7 +136,9 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
     if c.train_loss and c.val_loss:
         found += overfitting(c.train_loss, c.val_loss)
     if c.train_loss:
-        found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck)
+        found += not_converged(c.train_loss, c.step_loss, c.steps)
+        found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck,
+                                     context.frozen)
                   for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
     if c.step_loss:
         found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,

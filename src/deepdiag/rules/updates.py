@@ -13,13 +13,14 @@ TARGET_UPDATE = 1e-3  # the common practitioner target for ‖Δw‖/‖w‖ per
 
 
 def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: float | None = None,
-                    knows_optimizer: bool = False) -> list[Finding]:
+                    knows_optimizer: bool = False, frozen_judged: bool = False) -> list[Finding]:
     """stalled_updates from the per-step update-to-weight ratio u = ‖Δw‖/‖w‖ of each weight layer
     (rows' ``update_rel``: median over the recent recorded steps; ``frozen``: Δw exactly 0 at every one).
 
     * Some layers move, others are bit-identical across checks → warning per frozen layer that still
       has ``requires_grad`` (left out of the optimizer by mistake), info for ``requires_grad=False``
-      (frozen on purpose, e.g. fine-tuning). Remedy names the layer: ``{"unfreeze": [...]}``.
+      (frozen on purpose, e.g. fine-tuning). Remedy names the layer: ``{"unfreeze": [...]}``. With
+      ``frozen_judged`` the ``requires_grad=False`` layers are left to ``frozen_layers``.
     * Every moving layer has u < 10⁻⁵ → warning: the learning rate is too small. Suggested lr =
       lr · 10⁻³ / median u (one significant digit), the practitioner target u ≈ 10⁻³.
     * Nothing moved and every gradient is exactly 0 → error naming the cause: the loss does not depend
@@ -48,7 +49,7 @@ def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: flo
                                f"Give {', '.join(trainable)}'s parameters to the optimizer (and check requires_grad "
                                f"and that nothing zeroes their gradient).", trainable, step,
                                fix={"unfreeze": trainable}))
-        if fixed:
+        if fixed and not frozen_judged:
             out.append(Finding("stalled_updates", "info",
                                f"{', '.join(fixed)} have requires_grad=False and do not change (frozen on purpose?).",
                                {"frozen_layers": fixed, "update_rel": ev_all, "threshold": STALL},
@@ -96,3 +97,60 @@ def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: flo
                         "their weight scale; an optimizer with per-parameter steps (Adam) also helps.",
                         names, step)]
     return []
+
+
+FROZEN_LOSS_LEFT = 0.5  # the run ends with >= half of its starting loss: it has not fit its training data
+
+
+def frozen_layers(rows: Sequence[LayerStats], frozen: Sequence[str], frozen_share: float | None,
+                  loss_left: float | None, step: int | None = None) -> list[Finding]:
+    """stalled_updates for modules whose every ≥ 2-D parameter has ``requires_grad=False`` (`frozen`,
+    module names; `frozen_share`: their share of the model's ≥ 2-D parameter entries), judged against
+    what the run achieved (`loss_left`: the final training loss over the loss at initialisation).
+
+    Freezing is a choice (a pretrained backbone under a new head) or a mistake (a fine-tuning script that
+    never unfreezes, a ``requires_grad_(False)`` left in). Which one the run says:
+
+    * The training loss stays high: the run ends with ≥ 50 % of its starting loss → warning, fix
+      ``{"unfreeze": [...]}``. Why: only the trainable rest fits the data, and its capacity is that of a
+      model on fixed features; a network of ordinary size fits its training set (Zhang et al. 2017 fit
+      even random labels), so keeping more than half of the initial loss — for a classifier, the chance
+      loss ln k — is high bias, and the frozen layers are the capacity it lacks.
+    * The whole body is frozen at a random initialisation: every weight layer but the output layer is
+      frozen, and each matches a standard scheme's std within ±15 % (``init_scheme`` recognised) →
+      warning, same fix. Why: the model is then a linear model on random features; a pretrained body has
+      moved away from its initial scale during pretraining, while one frozen at its initialisation
+      computes features no step will ever improve. (A coincidental match of every frozen layer with a
+      pretrained checkpoint is possible on a shallow backbone: the remedy says to leave it if it is meant
+      to stay frozen.) One frozen random layer inside a trainable body is not judged so: the layers
+      after it learn to use its random projection.
+    * Otherwise → info (frozen on purpose, and the run fits).
+    """
+    if not frozen:
+        return []
+    names = list(frozen)
+    w = weight_layers(rows)
+    at_init = [r for r in w if r.name in set(names)]
+    body = len(w) >= 2 and all(r.name in set(names) for r in w[:-1])  # only the output layer trains
+    random_features = body and all(r.init_scheme not in (None, "unknown", "zeros", "constant") for r in at_init)
+    high = loss_left is not None and math.isfinite(loss_left) and loss_left >= FROZEN_LOSS_LEFT
+    ev = {"frozen_layers": names, "frozen_share": frozen_share, "loss_left": loss_left,
+          "loss_left_threshold": FROZEN_LOSS_LEFT, "at_init": {r.name: r.init_scheme for r in at_init}}
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    share = f" ({frozen_share:.0%} of the weights)" if frozen_share is not None else ""
+    if not (high or random_features):
+        return [Finding("stalled_updates", "info",
+                        f"{shown}{share} have requires_grad=False and do not change (frozen on purpose?).", ev,
+                        "Nothing to do if they are meant to stay frozen; otherwise set requires_grad=True and "
+                        "add them to the optimizer.", names, step, fix={"unfreeze": names})]
+    why = []
+    if high:
+        why.append(f"the training loss ends at {loss_left:.0%} of where it started")
+    if random_features:
+        why.append("their weights are still at a random initialisation's scale (random features)")
+    return [Finding("stalled_updates", "warning",
+                    f"{shown}{share} are frozen (requires_grad=False) and {' and '.join(why)}: only the "
+                    f"trainable rest learns, " + ("and it cannot fit the data (high bias)." if high else
+                                                  "on features no step will improve."), ev,
+                    f"Unfreeze them (requires_grad=True, and give them to the optimizer); leave them frozen only "
+                    f"if they are pretrained and meant to stay so.", names, step, fix={"unfreeze": names})]
