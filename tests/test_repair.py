@@ -33,14 +33,24 @@ def test_first_candidate_is_every_findings_own_fix_merged_most_severe_first():
     assert len({c.key for c in cands}) == len(cands)  # no candidate twice
 
 
-def test_candidates_interleave_findings_so_each_gets_its_best_guesses_first():
+def test_the_first_guess_fixes_the_most_upstream_cause_and_alternatives_follow():
     fs = [finding("vanishing_gradients", "error", {"init": "xavier"}),
-          finding("unscaled_inputs", "warning", {"standardize_inputs": True})]
-    cands = ranked(fs, Setup(), limit=5)
-    codes = [c.codes for c in cands[1:5]]
-    assert ("vanishing_gradients",) in codes and ("unscaled_inputs",) in codes
-    assert any(c.fix.get("activation") == "relu" for c in ranked(fs, Setup(), limit=20))
-    assert all(f.rank >= 1 for f in fs)
+          finding("unscaled_inputs", "warning", {"standardize_inputs": True}),
+          finding("underfitting", "warning", {"lr": 0.5})]
+    cands = ranked(fs, Setup(), limit=20)
+    assert cands[0].fix == {"standardize_inputs": True}  # the data cause, not the symptoms' fixes
+    fixes = [c.fix for c in cands]
+    assert {"init": "xavier"} in fixes and {"activation": "relu"} in fixes and {"lr": 0.5} in fixes
+    assert fixes.index({"init": "xavier"}) < fixes.index({"activation": "relu"})
+    assert ranked(fs, Setup(), limit=3) == cands[:3]
+
+
+def test_lr_and_lr_factor_are_one_knob():
+    fs = [finding("divergence", "error", {"lr_factor": 0.1, "clip_grad_norm": 1.0}),
+          finding("dead_units", "warning", {"lr": 0.005})]
+    assert first_guess(fs).fix == {"lr_factor": 0.1, "clip_grad_norm": 1.0}
+    a = Candidate({"lr": 0.01}, "lr", ("divergence",), "a")
+    assert combine([a, Candidate({"lr_factor": 0.1}, "lr", ("x",), "b")]) is None
 
 
 def test_info_findings_get_no_candidate():
@@ -69,18 +79,22 @@ def _trial(score, codes=(), answers=("dead_units",), error=None):
     return Trial(Candidate({"init": "he"}, "init", answers, "r"), 1, rec)
 
 
-def test_verified_needs_the_finding_gone_and_a_gain_beyond_the_margin():
-    assert _verify(_trial(0.9), 0.5, 0.05)[0]
-    assert not _verify(_trial(0.9, codes=("dead_units",)), 0.5, 0.05)[0]  # finding still there
-    assert _verify(_trial(0.9, codes=("overfitting",)), 0.5, 0.05)[0]  # another finding: not its job
-    assert not _verify(_trial(0.54), 0.5, 0.05)[0]  # within seed noise
-    assert not _verify(_trial(None, error="ValueError: x"), 0.5, 0.05)[0]
+def test_verified_needs_every_diagnosed_finding_gone_and_a_score_above_the_bar():
+    codes = ["dead_units", "underfitting"]
+    assert _verify(_trial(0.9), codes, 0.55)[0]
+    assert not _verify(_trial(0.9, codes=("dead_units",)), codes, 0.55)[0]  # finding still there
+    assert not _verify(_trial(0.9, codes=("underfitting",)), codes, 0.55)[0]  # another diagnosed one left
+    assert _verify(_trial(0.9, codes=("overfitting",)), codes, 0.55)[0]  # a new code is not a diagnosed one
+    assert not _verify(_trial(0.54), codes, 0.55)[0]  # within seed noise
+    assert not _verify(_trial(None, error="ValueError: x"), codes, 0.55)[0]
 
 
-def test_margin_is_twice_the_seed_sd_with_a_floor():
-    assert _margin([0.80, 0.70], "val_acc") == pytest.approx(2 * 0.1 / math.sqrt(2))
-    assert _margin([0.80, 0.80], "val_acc") == 0.01
-    assert _margin([-2.0, -2.0], "val_mse") == pytest.approx(0.1)
+def test_the_bar_is_the_best_baseline_seed_plus_a_floor():
+    r = RepairResult("val_acc", [], {}, [0.48, 0.21], _margin([0.48, 0.21], "val_acc"))
+    assert r.bar == pytest.approx(0.49)  # a chaotic baseline: beat its best seed
+    r = RepairResult("val_mse", [], {}, [-2.0, -2.2], _margin([-2.0, -2.2], "val_mse"))
+    assert r.bar == pytest.approx(-2.0 + 0.1)
+    assert RepairResult("val_acc", [], {}, [-math.inf, -math.inf], 0.01).bar == -math.inf
 
 
 # ---- data ----

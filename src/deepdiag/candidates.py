@@ -159,18 +159,38 @@ def candidates_for(finding: Finding, setup: Setup) -> list[Candidate]:
     return out
 
 
+# Where each code sits on the causal chain: a setup fault (tier 0) produces numerical symptoms in the
+# layers and the loss (tier 1), which produce poor curves (tier 2). Fixing the most upstream cause usually
+# clears what it caused; adding a symptom's fix on top often overshoots (a double softmax also
+# "underfits": raising the lr as well breaks the repaired net).
+TIERS = {"output_loss_mismatch": 0, "unscaled_inputs": 0, "unscaled_targets": 0, "nonfinite_values": 0,
+         "symmetric_units": 1, "dead_units": 1, "saturated_units": 1, "vanishing_gradients": 1,
+         "exploding_gradients": 1, "vanishing_activations": 1, "exploding_activations": 1, "divergence": 1,
+         "oscillating_loss": 1, "stalled_updates": 1, "degradation": 1, "underfitting": 2, "overfitting": 2}
+SAME_KNOB = {"lr": "lr", "lr_factor": "lr"}  # two keys that set the same knob: one of them per fix
+
+
+def _knob(key: str) -> str:
+    return SAME_KNOB.get(key, key)
+
+
 def first_guess(findings: Iterable[Finding]) -> Candidate | None:
-    """Every finding's own fix merged, most severe first (a key already set is kept): what applying
-    ``Finding.fix`` alone, without any search, would do. None when no finding has a fix."""
-    fix, codes = {}, []
-    for f in sort_findings(findings):
-        if f.fix:
-            codes.append(f.code)
-            for k, v in f.fix.items():
-                fix.setdefault(k, v)
-    if not fix:
+    """What applying ``Finding.fix`` alone, without any search, does: the fixes of the most upstream
+    findings that have one (the lowest ``TIERS`` tier present), merged most severe first (a knob
+    already set is kept; lr and lr_factor are one knob). None when no finding has a fix."""
+    with_fix = [f for f in sort_findings(findings) if f.fix]
+    if not with_fix:
         return None
-    return Candidate(fix, cause_of(fix), tuple(dict.fromkeys(codes)), "every finding's own fix",
+    tier = min(TIERS.get(f.code, 1) for f in with_fix)
+    fix, codes = {}, []
+    for f in with_fix:
+        if TIERS.get(f.code, 1) != tier:
+            continue
+        codes.append(f.code)
+        for k, v in f.fix.items():
+            if not any(_knob(k) == _knob(have) for have in fix):
+                fix[k] = v
+    return Candidate(fix, cause_of(fix), tuple(dict.fromkeys(codes)), "the findings' own fix",
                      source="finding")
 
 
@@ -200,7 +220,7 @@ def combine(parts: Iterable[Candidate]) -> Candidate | None:
     fix: dict = {}
     for c in parts:
         for k, v in c.fix.items():
-            if k in fix and fix[k] != v:
+            if any(_knob(k) == _knob(have) and (have != k or fix[have] != v) for have in fix):
                 return None
             fix[k] = v
     codes = tuple(dict.fromkeys(code for c in parts for code in c.codes))
@@ -210,7 +230,8 @@ def combine(parts: Iterable[Candidate]) -> Candidate | None:
 
 def on_top(base: Candidate, extra: Candidate) -> Candidate:
     """`extra`'s fix applied on top of `base`'s (its keys win): a second-round candidate."""
-    fix = {**base.fix, **extra.fix}
+    fix = {k: v for k, v in base.fix.items() if not any(_knob(k) == _knob(e) for e in extra.fix)}
+    fix.update(extra.fix)
     return Candidate(fix, extra.cause, tuple(dict.fromkeys(base.codes + extra.codes)),
                      f"{extra.reason} (on top of the round-1 fix)", source=extra.source,
                      parents=(base.key, extra.key))
