@@ -282,3 +282,43 @@ def test_degradation_remedy():
     fixed = run(apply(deep, f.fix))
     assert dd.compare_depths({2: s.train_curve, 30: fixed.train_curve}) == []
     assert fixed.acc > d.acc
+
+
+# what a remedy's text must name for each fix key: the remedy a reader follows and the fix a program
+# applies are the same advice (a value of None: the key's name is enough)
+_WORDS = {
+    "init": lambda v: {"he": "He", "xavier": "Xavier", "orthogonal": "orthogonal", "lecun": "LeCun",
+                       "lsuv": "unit variance"}[v],
+    "activation": lambda v: v.replace("_", ""),
+    "norm": lambda v: "norm",
+    "residual": lambda v: "residual",
+    "replace_output": lambda v: "",
+    "out_features": lambda v: str(v),
+    "unfreeze": lambda v: "" if v is True else v[0],
+    "lr": lambda v: f"{v:.3g}",
+    "lr_factor": lambda v: "",
+    "clip_grad_norm": lambda v: "clip",
+    "warmup_steps": lambda v: "warm",
+    "batch_size": lambda v: str(v),
+    "weight_decay": lambda v: "decay",
+    "optimizer": lambda v: v,
+    "epochs": lambda v: str(v),
+    "loss": lambda v: {"cross_entropy": "cross", "bce_with_logits": "BCE", "mse": "MSE"}[v],
+    "standardize_inputs": lambda v: "standardi",
+    "standardize_targets": lambda v: "standardi",
+    "target_range": lambda v: "",
+}
+
+
+def remedy_disagrees(f) -> list[str]:
+    """The fix keys whose value the remedy text does not name (case-insensitive)."""
+    text = f.remedy.lower().replace("-", "").replace("_", "")
+    return [k for k, v in (f.fix or {}).items() if _WORDS[k](v).lower().replace("_", "") not in text]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_remedy_text_and_fix_agree(case):
+    found = [f for f in run(case).findings if f.fix]
+    assert found
+    for f in found:
+        assert not remedy_disagrees(f), (f.code, f.fix, f.remedy)

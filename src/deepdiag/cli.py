@@ -6,8 +6,10 @@ or ``DEEPDIAG_DEBUG=1``). Every command exits with one of these codes:
 ====  =======================================================================================
 code  meaning
 ====  =======================================================================================
-0     fine: every claim reproduced (``run``), no finding at ``--fail-on`` or worse (``check``)
-1     a finding at or above ``--fail-on`` (``check``); a claim not reproduced or inconclusive (``run``)
+0     fine: every claim reproduced (``run``), no finding at ``--fail-on`` or worse (``check``), a fix
+      verified or nothing to repair (``repair``)
+1     a finding at or above ``--fail-on`` (``check``); a claim not reproduced or inconclusive (``run``);
+      findings left unrepaired (``repair``)
 2     usage error: a bad option or value, a missing file, an unusable ``--out`` directory or run store
 3     the user's code failed: their file or factory raised, or called ``sys.exit``
 4     internal error in deepdiag: one line on stderr; please report it (with ``--debug``'s traceback)
@@ -102,7 +104,7 @@ class App(typer.Typer):
 
 app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
           help="Diagnose PyTorch networks and reproduce the textbook claims about them. Exit codes: 0 fine; "
-               "1 a finding at --fail-on or worse / a claim not reproduced; 2 usage error; 3 your code "
+               "1 a finding at --fail-on or worse / a claim not reproduced / not repaired; 2 usage error; 3 your code "
                "failed; 4 internal error (please report); 130/143 interrupted (SIGINT/SIGTERM).")
 # markup off: user text (module names like "[/]", summaries) is printed as it is, never parsed as markup
 out = Console(file=_Stdout(), highlight=False, soft_wrap=True, markup=False)
