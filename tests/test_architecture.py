@@ -22,11 +22,11 @@ LAYERS = [
     ("rules", ("rules",)),
     ("surgery", ("surgery", "fixes")),  # model edits and the fixes they perform (use measure's layer discovery)
     ("ways in", ("checkup", "monitor", "runreport")),  # runreport: a Monitor's run saved and drawn
-    ("repair", ("repair",)),
     ("runs", ("runs", "probes")),  # the run nouns, and the measurements taken on a trained run
     ("engines", ("engines",)),
     ("store", ("store",)),
     ("sweep", ("sweep",)),  # the driver: engines -> store
+    ("repair", ("candidates", "repair")),  # ranked remedies, trained and verified (stores its trials)
     ("figures", ("figspec", "plots")),
     ("studies", ("study", "studies", "demo")),
     ("reports", ("results", "report")),  # read back and render what the studies and sweeps wrote
