@@ -210,3 +210,17 @@ def test_repair_command_exit_codes_for_usage_and_user_errors(tmp_path):
     assert deepdiag("repair", "missing.py:build", "--data", "digits", cwd=tmp_path).returncode == 2
     bad = deepdiag("repair", "models.py:broken", "--data", "digits", cwd=tmp_path)
     assert bad.returncode == 3 and "my bug" in bad.stderr
+
+
+def test_candidates_trained_in_worker_processes_match_the_local_ones(tmp_path):
+    """engine="process" trains a round's candidates in spawned workers (one thread each): the same
+    seeded trainings, so the same scores and the same verdict as training them here."""
+    import functools
+
+    build = functools.partial(dd.mlp, 64, 10, width=32, depth=1, seed=0)
+    cfg = dict(STALLED, epochs=2)
+    local = repair(build, "digits", cfg, rounds=1, max_candidates=3, engine="local", progress=False)
+    procs = repair(build, "digits", cfg, rounds=1, max_candidates=3, engine="process", progress=False)
+    assert [t.candidate.fix for t in procs.trials] == [t.candidate.fix for t in local.trials]
+    assert [t.score for t in procs.trials] == pytest.approx([t.score for t in local.trials], abs=1e-6)
+    assert procs.fix == local.fix
