@@ -224,3 +224,9 @@ def test_candidates_trained_in_worker_processes_match_the_local_ones(tmp_path):
     assert [t.candidate.fix for t in procs.trials] == [t.candidate.fix for t in local.trials]
     assert [t.score for t in procs.trials] == pytest.approx([t.score for t in local.trials], abs=1e-6)
     assert procs.fix == local.fix
+
+
+def test_dd_repair_is_the_function_whatever_was_imported_first():
+    import deepdiag.repair  # noqa: F401  (importing the module must not rebind dd.repair to it)
+
+    assert callable(dd.repair) and dd.repair is repair and dd.apply_fix.__name__ == "apply_fix"

@@ -20,6 +20,8 @@ from .init import init_weights
 from .models import conv_net, mlp
 from .monitor import Monitor
 from .regularization import l2_penalty
+from .fixes import apply_fix
+from .repair import RepairResult, repair  # eager: the function must shadow its module's name
 from .runs import RunConfig
 from .sweep import sweep
 from .train import History, TrainConfig, fit
@@ -31,9 +33,6 @@ LAZY = {  # public name -> (module, attribute; None: the module itself)
     "list_studies": ("deepdiag.study", "list_studies"),
     "run_study": ("deepdiag.study", "run_study"),
     "StudyResult": ("deepdiag.study", "StudyResult"),
-    "apply_fix": ("deepdiag.fixes", "apply_fix"),
-    "repair": ("deepdiag.repair", "repair"),
-    "RepairResult": ("deepdiag.repair", "RepairResult"),
 }
 
 
