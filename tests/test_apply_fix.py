@@ -363,6 +363,22 @@ def test_init_at_the_same_scale_is_skipped_not_redrawn():
     assert changes3.applied and not changes3.skipped
 
 
+def test_init_at_the_same_scale_still_zeroes_a_shifted_bias_and_resets_norm_layers():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    at_scale, _ = dd.apply_fix(model, {"init": "he"})
+    with torch.no_grad():
+        at_scale[0].bias.fill_(-5.0)  # the weights keep He's scale; the units are silenced on purpose
+    fixed, changes = dd.apply_fix(at_scale, {"init": "he"})
+    assert not changes.skipped and float(fixed[0].bias.detach().abs().max()) == 0.0
+    with torch.no_grad():
+        at_scale[0].bias.zero_()
+        at_scale[1].bias.fill_(-10.0)  # BatchNorm's shift: a weight redraw alone leaves every ReLU dead
+    fixed, changes = dd.apply_fix(at_scale, {"init": "he"})
+    assert torch.equal(fixed[1].bias, torch.zeros(64)) and torch.equal(fixed[1].weight, torch.ones(64))
+    assert any("1.bias" in line for line in changes.applied)
+
+
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_lsuv_gives_unit_output_variance_per_layer(family):
     model, x = build(family)

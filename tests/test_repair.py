@@ -14,7 +14,7 @@ from torch import nn
 import deepdiag as dd
 from deepdiag.candidates import Candidate, Setup, combine, first_guess, ranked
 from deepdiag.findings import Finding
-from deepdiag.repair import RepairResult, Trial, _margin, _verify, as_data, load_npz, repair
+from deepdiag.repair import RepairResult, Trial, _confirm_one, _margin, _verify, as_data, load_npz, repair
 
 
 def finding(code, severity="warning", fix=None):
@@ -89,12 +89,34 @@ def test_verified_needs_every_diagnosed_finding_gone_and_a_score_above_the_bar()
     assert not _verify(_trial(None, error="ValueError: x"), codes, 0.55)[0]
 
 
-def test_the_bar_is_the_best_baseline_seed_plus_a_floor():
+def test_the_bar_is_the_baseline_at_seed_0_plus_the_margin():
     r = RepairResult("val_acc", [], {}, [0.48, 0.21], _margin([0.48, 0.21], "val_acc"))
-    assert r.bar == pytest.approx(0.49)  # a chaotic baseline: beat its best seed
+    assert r.bar == pytest.approx(0.49)
     r = RepairResult("val_mse", [], {}, [-2.0, -2.2], _margin([-2.0, -2.2], "val_mse"))
     assert r.bar == pytest.approx(-2.0 + 0.1)
     assert RepairResult("val_acc", [], {}, [-math.inf, -math.inf], 0.01).bar == -math.inf
+
+
+class _Runner:  # hands back a prepared seed-1 record
+    def __init__(self, record):
+        self.record = record
+
+    def run(self, specs, label):
+        return [dict(self.record)]
+
+
+@pytest.mark.parametrize("base, seed1, codes, confirmed", [
+    ([0.90, 0.99], 0.97, (), True),  # chaotic baseline: +0.07 and -0.02, mean +0.025 > 0.01
+    ([0.90, 0.99], 0.93, (), False),  # +0.07 and -0.06: mean +0.005, within the margin
+    ([0.10, 0.10], 0.95, ("dead_units",), False),  # the finding is back at seed 1
+    ([-math.inf, 0.1], 0.90, (), True),  # a diverged baseline: any finite run is better
+])
+def test_confirmation_pairs_the_seeds(base, seed1, codes, confirmed):
+    result = RepairResult("val_acc", [finding("dead_units")], {}, base, 0.01)
+    t = _trial(0.97)
+    rec = {"score": seed1, "findings": [finding(c).to_dict() for c in codes], "error": None}
+    _confirm_one(t, result, _Runner(rec), lambda fix, seed: None)
+    assert t.confirmed is confirmed and t.record["seed1_score"] == seed1
 
 
 # ---- data ----

@@ -85,8 +85,18 @@ def _more_epochs(s: Setup, k: int = 3) -> dict:
 
 def _adam(s: Setup) -> dict:
     """Adam at its usual 1e-3 (Kingma & Ba 2015): per-parameter step sizes that do not depend on the
-    gradient's scale, the standard cure for steps too small or badly scaled across layers."""
-    return {} if s.optimizer in ("adam", "adamw") else {"optimizer": "adam", "lr": 1e-3}
+    gradient's scale, the standard cure for steps too small or badly scaled across layers. An Adam run
+    already gets its lr back to 1e-3 when it is more than 3× away from it."""
+    if s.optimizer not in ("adam", "adamw"):
+        return {"optimizer": "adam", "lr": 1e-3}
+    return {"lr": 1e-3} if not 1 / 3 <= s.lr / 1e-3 <= 3 else {}
+
+
+def _smaller_batch(s: Setup) -> dict:
+    """Mini-batches of 32 when an epoch holds fewer than 8 steps: with the whole set per step, an
+    epoch budget buys only a handful of updates."""
+    bs = s.batch_size or s.n_train
+    return {"batch_size": 32} if s.n_train / bs < 8 and bs > 32 else {}
 
 
 def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
@@ -124,7 +134,8 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
         "stalled_updates": [(_lr(s, 10.0), "a 10× larger step"),
                             (_adam(s), "Adam's steps do not depend on the gradient's scale"), signal[0]],
         "underfitting": [(_more_epochs(s), "3× the epochs"), (_lr(s, 3.0), "a 3× larger step"),
-                         (_adam(s), "Adam at 1e-3"),
+                         (_adam(s), "Adam at 1e-3"), (_smaller_batch(s), "more, smaller steps per epoch"),
+                         (_lr(s, 0.1), "a 10× smaller step: a step too large also plateaus high"),
                          ({"weight_decay": 0.0} if s.weight_decay else {}, "no weight decay"),
                          (signal[0][0], signal[0][1])],
         "overfitting": [({"weight_decay": 5e-4 if not s.weight_decay else s.weight_decay * 10},

@@ -211,10 +211,20 @@ def _apply_model_key(model, key, value, inputs, applied, skipped, unreached) -> 
     elif key == "init":
         done, notes = surgery.reinit(model, value, inputs)
         if done:
-            applied.append(f"init: {len(done)} weight matrices re-initialised with {value}, biases zero")
+            norms = [n for n in done if n.rsplit(".", 1)[-1] in ("weight", "bias") and _is_norm(model, n)]
+            mats = len(done) - len(norms)
+            if mats:
+                applied.append(f"init: {mats} weight matrices re-initialised with {value}, biases zero")
+            if norms:
+                applied.append(f"init: normalisation parameters back to scale 1 / shift 0: {', '.join(norms)}")
             applied += notes
         else:
             skipped += notes
+
+
+def _is_norm(model: nn.Module, name: str) -> bool:
+    layer = name.rpartition(".")[0]
+    return isinstance(model.get_submodule(layer) if layer else model, surgery.NORM_LAYERS)
 
 
 def _group_hyper(group: dict, same_class: bool, fix: dict, factor: float | None, params) -> dict:

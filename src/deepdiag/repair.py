@@ -11,15 +11,14 @@ remedy is a hypothesis, and a training run tests it.
    model), so the winner also attributes the cause.
 3. **Train and verify.** Each candidate is applied with ``dd.apply_fix`` to a fresh ``build()`` and
    trained at seed 0 with the same budget (a candidate that diverges stops at the end of that epoch).
-   It is *verified* when none of the diagnosed findings' codes remains at warning or worse and its
-   score clears the bar
-
-       bar = max(m₀, m₁) + margin,   margin = 0.01 accuracy, or 5 % of the baseline's MSE
-
-   where m₀, m₁ are the baseline's scores at seeds 0 and 1: the candidate must beat everything seed
-   noise gave the unrepaired model (a chaotic baseline that lands at 0.2 or 0.5 by seed sets a high
-   bar; a stable one a bar just above it). The best verified candidate is retrained at seed 1 and must
-   clear the bar again (*confirmed*), or the next best is tried.
+   It is *verified* when none of the diagnosed findings' codes remains at warning or worse and it
+   beats the baseline at the same seed (the same initial draw and batch order: a paired comparison)
+   by more than the margin, 0.01 accuracy or 5 % of the baseline's MSE. The best verified candidate is
+   retrained at seed 1; it is *confirmed* when the findings are gone there too and its mean gain over
+   the two seeds, ½·Σₛ (cₛ − mₛ) with mₛ the baseline's score at seed s, still exceeds the margin.
+   The pairing cancels what the seed does to both runs; a chaotic baseline (0.2 at one seed, 0.5 at
+   the other) is compared seed by seed rather than to its luckiest run. If confirmation fails, the
+   next best is tried.
 4. **Combine and iterate.** For each finding, the best candidate that cleared the bar with that
    finding gone is merged with those of the other findings, and trained. Among verified candidates
    whose scores lie within the margin of the best, the one with the fewest changes wins, so a
@@ -242,7 +241,7 @@ class Trial:
 class RepairResult:
     """What ``dd.repair`` found and proved. `findings`: the problems at the start (warning or worse);
     `before`: the baseline's seed-0 record; `baseline_scores`: its scores at seeds 0 and 1; `margin`:
-    the floor above the best baseline seed (``bar`` = the score a candidate must beat); `trials`: every candidate in training order; `best`: the confirmed best trial or
+    the gain a candidate must show over the baseline (``bar``: the seed-0 score to beat); `trials`: every candidate in training order; `best`: the confirmed best trial or
     None; `first_guess`: the trial of every finding's own ``Finding.fix`` merged (None when no finding
     had one); `trainings`: training runs done (the stored ones not counted); `seconds`: wall time."""
     metric: str
@@ -259,9 +258,9 @@ class RepairResult:
 
     @property
     def bar(self) -> float:
-        """The score a candidate must beat: the best baseline seed plus the margin."""
-        finite = [x for x in self.baseline_scores if math.isfinite(x)]
-        return max(finite) + self.margin if finite else -math.inf
+        """The seed-0 score a candidate must beat: the baseline's at seed 0 plus the margin."""
+        b = self.baseline_scores[0]
+        return b + self.margin if math.isfinite(b) else -math.inf
 
     @property
     def codes(self) -> list[str]:
@@ -493,11 +492,11 @@ def _findings(record: dict) -> list[Finding]:
 
 
 def _margin(scores: list[float], metric: str) -> float:
-    """The floor a candidate must add to the best baseline seed (see the module doc)."""
-    finite = [x for x in scores if math.isfinite(x)]
+    """The gain over the baseline a candidate must show (see the module doc)."""
     if metric.endswith("acc"):
         return ACC_FLOOR
-    return MSE_FLOOR * abs(max(finite)) if finite else 0.0
+    finite = [x for x in scores if math.isfinite(x)]
+    return MSE_FLOOR * abs(finite[0]) if finite else 0.0
 
 
 def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> RepairResult:
@@ -605,11 +604,18 @@ def _confirm(trials, result: RepairResult, runner, spec) -> Trial | None:
 
 
 def _confirm_one(t: Trial, result: RepairResult, runner, spec) -> None:
+    """Retrain `t` at seed 1: confirmed when the findings are gone there too and the mean paired gain over
+    seeds 0 and 1 exceeds the margin."""
     rec = runner.run([spec(t.candidate.fix, 1)], "confirm")[0]
-    again = Trial(t.candidate, t.round, rec)
-    ok, why = _verify(again, result.codes, result.bar)
-    t.confirmed = ok
     t.record["seed1_score"] = rec.get("score")
+    again = Trial(t.candidate, t.round, rec)
+    ok, why = _verify(again, result.codes, -math.inf)  # the findings and errors at seed 1
+    b0, b1 = result.baseline_scores
+    gain = 0.5 * ((t.score - b0) + (again.score - b1)) if math.isfinite(b0) and math.isfinite(b1) else \
+        (math.inf if again.score > -math.inf else -math.inf)
+    if ok and not gain > result.margin:
+        ok, why = False, f"mean gain over seeds 0 and 1 {_fmt(gain)} <= margin {_fmt(result.margin)}"
+    t.confirmed = ok
     if not ok:
         t.why = f"seed 1: {why}"
 

@@ -505,13 +505,40 @@ def _redraw(mats: list[Matrix], biases: list[Tensor], scheme: str) -> None:
         b.zero_()
 
 
+def _shifted(biases: list[Tensor], mats: list[Matrix]) -> bool:
+    """Whether a bias sits far from its default: larger in magnitude than the largest weight standard
+    deviation of the model (PyTorch draws a layer's bias from U(±1/√fan_in), the scale of its weights),
+    the mark of a bias set on purpose (e.g. −5 to silence ReLUs), which a re-initialisation zeroes."""
+    top = max(float(m.param.detach().float().std()) for m in mats)
+    return any(b.numel() and float(b.detach().abs().max()) > max(3 * top, 0.5) for b in biases)
+
+
+def _reset_norms(model: nn.Module) -> list[str]:
+    """Normalisation layers whose affine parameters left their defaults (scale 1, shift 0) are put back
+    there: re-initialising a model resets them too (a shift of −10 after BatchNorm silences every ReLU
+    that follows, whatever the weights). Returns the reset parameters' names."""
+    reset = []
+    with torch.no_grad():
+        for n, m in model.named_modules():
+            if not isinstance(m, NORM_LAYERS):
+                continue
+            for k, default in (("weight", 1.0), ("bias", 0.0)):
+                p = getattr(m, k, None)
+                if isinstance(p, Tensor) and p.numel() and not bool((p == default).all()):
+                    p.fill_(default)
+                    reset.append(f"{n}.{k}" if n else k)
+    return reset
+
+
 def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[str]]:
-    """Re-initialise the computing weights (``matrices``) with `scheme`, biases zero; return (names of the
-    re-initialised parameters, notes).
+    """Re-initialise the computing weights (``matrices``) with `scheme`, biases zero, and put normalisation
+    layers' scale and shift back to 1 and 0 (``_reset_norms``); return (names of the re-initialised
+    parameters, notes).
 
     he / xavier / lecun / orthogonal (``deepdiag.init``; gates and q/k/v blocks each get their own fans).
-    The redraw is *measured*: when every block's ``scale_ratios`` lies within ``SAME_SCALE`` (20 %) of 1, the
-    weights already have the scheme's scale, nothing is redrawn, and the note says so.
+    The redraw is *measured*: when every block's ``scale_ratios`` lies within ``SAME_SCALE`` (20 %) of 1 and
+    no bias is shifted (``_shifted``), the weights already have the scheme's scale, nothing is redrawn,
+    and the note says so.
 
     lsuv, layer-sequential unit variance (Mishkin & Matas 2016, "All you need is a good init"): orthogonal
     weights, then for each weight layer (Linear, ConvNd, Conv1D) in forward order on `inputs` (required),
@@ -522,14 +549,17 @@ def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[
     mats, biases = matrices(model)
     if not mats:
         return [], ["init: the model has no weight matrix to initialise"]
+    norms = _reset_norms(model)
     if scheme != "lsuv":
         ratios = scale_ratios(mats, scheme)
-        if all(abs(r - 1.0) <= SAME_SCALE for r in ratios):
-            return [], [f"init={scheme!r}: the weights already have the {scheme} scale (median std / "
-                        f"{scheme} std from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} "
-                        f"blocks, within {SAME_SCALE:.0%}): a redraw at the same scale changes nothing"]
+        if all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
+            note = (f"init={scheme!r}: the weights already have the {scheme} scale (median std / "
+                    f"{scheme} std from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} "
+                    f"blocks, within {SAME_SCALE:.0%}) and the biases are small: a redraw at the same "
+                    f"scale changes nothing")
+            return norms, ([] if norms else [note])
         _redraw(mats, biases, scheme)
-        return [m.name for m in mats], []
+        return [m.name for m in mats] + norms, []
     if inputs is None:
         raise ValueError("init='lsuv' needs inputs: a batch the model takes (a tensor, a tuple of "
                          "arguments or a dict of keyword arguments)")
