@@ -179,13 +179,22 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(todo, 1):
-        r = run_one(row, a.rounds, a.candidates, a.store)
+        try:
+            r = run_one(row, a.rounds, a.candidates, a.store)
+        except Exception as e:  # noqa: BLE001  (one program's failure is a row, not the end of the run)
+            r = {"program": row["program"], "base": row["base"], "family": row["family"],
+                 "operator": row["operator"], "detected": False, "error": f"{type(e).__name__}: {e}",
+                 "repaired": False, "first_guess_repaired": False, "restored": False, "fix": None,
+                 "before": None, "after": None, "trainings": 0, "seconds": 0.0, "codes": [], "candidates": []}
         results.append(r)
         print(f"[{i}/{len(todo)}] {r['program']}: {'repaired' if r['repaired'] else 'NOT repaired' if r['detected'] else 'not detected'}"
               f" {r['before']} -> {r['after']} fix={r['fix']} first={r['first_guess_repaired']} "
               f"({r['trainings']} runs, {r['seconds']:.0f} s)", file=sys.stderr, flush=True)
         out.write_text(dumps({"results": results, "skipped_loop_faults": skipped}))
     print(summary(results))
+    failed = [f"{r['program']} ({r['error']})" for r in results if r.get("error")]
+    if failed:
+        print(f"failed to run: {len(failed)}: " + "; ".join(failed))
     print(f"not retrainable by dd.repair (faults in the training loop itself): {len(skipped)}")
     print(f"wall time: {time.perf_counter() - t0:.0f} s\n")
     print(table(results, "operator"))

@@ -213,7 +213,7 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def _prepare(data, device, dtype, tokens: bool = False):
     """Training and validation tensors on the model's device; x in the model's dtype (integer x stays as
-    it is for a model that starts with an embedding: `tokens`)."""
+    it is for a model holding an embedding, whose inputs are token ids: `tokens`)."""
     def put(t, is_x):
         if t is None:
             return None
@@ -261,8 +261,8 @@ def fit(
         raise ValueError("model has no trainable parameter (every requires_grad is False): fit would "
                          "change nothing; unfreeze some with p.requires_grad_(True)")
     _check_data(data)
-    first = next((m for m in model.modules() if next(m.parameters(recurse=False), None) is not None), None)
-    x, y, x_val, y_val = _prepare(data, device, dtype, tokens=isinstance(first, nn.Embedding))
+    tokens = any(isinstance(m, nn.Embedding) for m in model.modules())  # integer ids stay integers
+    x, y, x_val, y_val = _prepare(data, device, dtype, tokens=tokens)
     task = getattr(data, "task", "classification" if not y.is_floating_point() else "regression")
     classify = task == "classification"
     out_features = _output_width(model, x, positions=loss_fn is not None)
