@@ -77,8 +77,8 @@ def main(argv=None) -> int:
         row = (c.id, bool(r.findings), r.repaired, bool(r.first_guess_repaired), d["before"], d["after"],
                r.trainings, time.perf_counter() - t, r.fix)
         rows.append(row)
-        after = "-" if d["after"] is None else f"{d['after']:8.3f}"
-        print(f"{c.id:40s} {row[1]!s:>8s} {row[2]!s:>8s} {row[3]!s:>6s} {d['before']:8.3f} -> {after:>8s} "
+        before, after = (("-" if v is None else f"{v:8.3f}") for v in (d["before"], d["after"]))
+        print(f"{c.id:40s} {row[1]!s:>8s} {row[2]!s:>8s} {row[3]!s:>6s} {before:>8s} -> {after:>8s} "
               f"{row[6]:4d} {row[7]:4.0f}  {r.fix}", flush=True)
     det = [r for r in rows if r[1]]
     n = max(len(det), 1)

@@ -23,14 +23,23 @@ def finding(code, severity="warning", fix=None):
 
 # ---- candidates (pure) ----
 
-def test_first_candidate_is_every_findings_own_fix_merged_most_severe_first():
+def test_first_candidate_is_the_top_findings_own_fix_merged_over_its_code():
     fs = [finding("stalled_updates", "warning", {"lr": 1.0}),
-          finding("divergence", "error", {"lr": 0.01, "clip_grad_norm": 1.0})]
+          finding("divergence", "error", {"lr": 0.01, "clip_grad_norm": 1.0}),
+          finding("divergence", "error", {"lr": 0.02, "warmup_steps": 10})]
     first = first_guess(fs)
-    assert first.fix == {"lr": 0.01, "clip_grad_norm": 1.0}  # the error's lr wins the conflict
+    assert first.fix == {"lr": 0.01, "clip_grad_norm": 1.0, "warmup_steps": 10}  # not the stalled lr
     cands = ranked(fs, Setup(lr=0.1), limit=20)
     assert cands[0].fix == first.fix and cands[0].source == "finding"
+    assert {"lr": 1.0} in [c.fix for c in cands]  # the other finding's own fix comes as an alternative
     assert len({c.key for c in cands}) == len(cands)  # no candidate twice
+
+
+def test_a_layer_pathology_present_at_the_start_comes_before_what_it_caused():
+    died = Finding("dead_units", "error", "died.", {"healthy_at_step": 0}, "lower the lr", [], 40, {"lr": 0.001})
+    fs = [died, finding("divergence", "error", {"lr_factor": 0.1}),
+          finding("exploding_gradients", "warning", {"init": "he"})]
+    assert first_guess(fs).fix == {"init": "he"}  # the init that blew up, not the lr cuts it caused
 
 
 def test_the_first_guess_fixes_the_most_upstream_cause_and_alternatives_follow():
@@ -47,7 +56,7 @@ def test_the_first_guess_fixes_the_most_upstream_cause_and_alternatives_follow()
 
 def test_lr_and_lr_factor_are_one_knob():
     fs = [finding("divergence", "error", {"lr_factor": 0.1, "clip_grad_norm": 1.0}),
-          finding("dead_units", "warning", {"lr": 0.005})]
+          finding("divergence", "warning", {"lr": 0.005})]
     assert first_guess(fs).fix == {"lr_factor": 0.1, "clip_grad_norm": 1.0}
     a = Candidate({"lr": 0.01}, "lr", ("divergence",), "a")
     assert combine([a, Candidate({"lr_factor": 0.1}, "lr", ("x",), "b")]) is None

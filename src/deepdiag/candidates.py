@@ -170,14 +170,24 @@ def candidates_for(finding: Finding, setup: Setup) -> list[Candidate]:
     return out
 
 
-# Where each code sits on the causal chain: a setup fault (tier 0) produces numerical symptoms in the
-# layers and the loss (tier 1), which produce poor curves (tier 2). Fixing the most upstream cause usually
-# clears what it caused; adding a symptom's fix on top often overshoots (a double softmax also
-# "underfits": raising the lr as well breaks the repaired net).
+# Where each code sits on the causal chain: a setup fault (tier 0) produces bad layer scales at the start
+# (tier 1), which produce bad training dynamics (tier 2: divergence, oscillation, stalls, and layer
+# pathologies that appeared during training), which produce poor curves (tier 3). Fixing the most
+# upstream cause usually clears what it caused; adding a symptom's fix on top often overshoots (a double
+# softmax also "underfits": raising the lr as well breaks the repaired net).
 TIERS = {"output_loss_mismatch": 0, "unscaled_inputs": 0, "unscaled_targets": 0, "nonfinite_values": 0,
          "symmetric_units": 1, "dead_units": 1, "saturated_units": 1, "vanishing_gradients": 1,
-         "exploding_gradients": 1, "vanishing_activations": 1, "exploding_activations": 1, "divergence": 1,
-         "oscillating_loss": 1, "stalled_updates": 1, "degradation": 1, "underfitting": 2, "overfitting": 2}
+         "exploding_gradients": 1, "vanishing_activations": 1, "exploding_activations": 1, "degradation": 1,
+         "divergence": 2, "oscillating_loss": 2, "stalled_updates": 2, "underfitting": 3, "overfitting": 3}
+
+
+def tier(f: Finding) -> int:
+    """The finding's place on the causal chain (``TIERS``); a layer pathology that appeared during
+    training (its evidence records the step it was still healthy at) is a training-dynamics symptom."""
+    t = TIERS.get(f.code, 2)
+    return 2 if t == 1 and "healthy_at_step" in f.evidence else t
+
+
 SAME_KNOB = {"lr": "lr", "lr_factor": "lr"}  # two keys that set the same knob: one of them per fix
 
 
@@ -186,23 +196,23 @@ def _knob(key: str) -> str:
 
 
 def first_guess(findings: Iterable[Finding]) -> Candidate | None:
-    """What applying ``Finding.fix`` alone, without any search, does: the fixes of the most upstream
-    findings that have one (the lowest ``TIERS`` tier present), merged most severe first (a knob
-    already set is kept; lr and lr_factor are one knob). None when no finding has a fix."""
+    """What applying ``Finding.fix`` alone, without any search, does: the fix of the most upstream finding
+    (lowest ``tier``, then most severe, then first reported) that has one, merged with the fixes of
+    the other findings of the same code (e.g. one per layer; a knob already set is kept, lr and lr_factor
+    being one knob). Other findings' fixes are not stacked on it: a cause's fix usually clears its
+    symptoms, and a symptom's fix added on top often overshoots (an init fix plus the lr cut of a
+    divergence it caused trains far worse than the init fix alone). None when no finding has a fix."""
     with_fix = [f for f in sort_findings(findings) if f.fix]
     if not with_fix:
         return None
-    tier = min(TIERS.get(f.code, 1) for f in with_fix)
-    fix, codes = {}, []
+    top = min(with_fix, key=lambda f: (tier(f), -f.rank, with_fix.index(f)))
+    fix: dict = {}
     for f in with_fix:
-        if TIERS.get(f.code, 1) != tier:
-            continue
-        codes.append(f.code)
-        for k, v in f.fix.items():
-            if not any(_knob(k) == _knob(have) for have in fix):
-                fix[k] = v
-    return Candidate(fix, cause_of(fix), tuple(dict.fromkeys(codes)), "the findings' own fix",
-                     source="finding")
+        if f.code == top.code:
+            for k, v in f.fix.items():
+                if not any(_knob(k) == _knob(have) for have in fix):
+                    fix[k] = v
+    return Candidate(fix, cause_of(fix), (top.code,), f"{top.code}: deepdiag's remedy", source="finding")
 
 
 def ranked(findings: Iterable[Finding], setup: Setup, limit: int = 12) -> list[Candidate]:

@@ -159,12 +159,20 @@ def _train(spec: TrialSpec) -> dict:
     monitor = Monitor(fixed, loss_fn=loss_fn, lr=config.lr, batch_size=config.batch_size,
                          n_classes=max(2, out_width) if classify else None,
                          on_finding=lambda f: stop.append(f.code) if f.code in STOP_CODES and f.rank == 2 else None)
+    val = getattr(data, "x_val", None) is not None
+    hist, train_error = None, None
     try:
         hist = fit(fixed, data, config, loss_fn=loss_fn, monitor=monitor, on_epoch=lambda h: bool(stop))
-        findings = sort_findings([*report.findings, *monitor.diagnose()])
+    except (RuntimeError, ValueError, IndexError) as e:  # the model and loss cannot train as set up
+        train_error = f"{type(e).__name__}: {e}"
     finally:
+        findings = sort_findings([*report.findings, *monitor.diagnose()])
         monitor.close()
-    val = getattr(data, "x_val", None) is not None
+    if hist is None:
+        metric = f"{'val' if val else 'train'}_{'acc' if classify else 'mse'}"
+        return {"score": -math.inf, "metric": metric, "findings": [f.to_dict() for f in findings],
+                "train_error": train_error, "stopped": None, "applied": changes.applied,
+                "skipped": changes.skipped, "unreached": changes.unreached}
     score, metric = _score(fixed, data, spec.data, hist, classify, val)
     return {"score": score, "metric": metric, "findings": [f.to_dict() for f in findings],
             "train_loss": hist.train_loss[-1] if hist.train_loss else None,
@@ -172,7 +180,6 @@ def _train(spec: TrialSpec) -> dict:
             "epochs_run": len(hist.epoch), "steps": hist.steps, "diverged": hist.diverged,
             "stopped": stop[0] if stop else None, "applied": changes.applied, "skipped": changes.skipped,
             "unreached": changes.unreached}
-
 
 DATA_KEYS = ("standardize_inputs", "standardize_targets", "target_range")
 
@@ -508,6 +515,8 @@ def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> Rep
     scores = [r["score"] if r["score"] is not None else -math.inf for r in base]
     metric = base[0]["metric"]
     findings = [f for f in _findings(base[0]) if f.rank >= 1]
+    if base[0].get("train_error") and not findings:  # a failure deepdiag cannot name: the user's code
+        raise BaselineFailed(f"training the model as configured failed: {base[0]['train_error']}")
     result = RepairResult(metric, findings, base[0], scores, _margin(scores, metric))
     if not findings:
         return result
@@ -555,8 +564,8 @@ def _train_new(cands: list[Candidate], tried: dict, rnd: int, result: RepairResu
 
 def _verify(t: Trial, codes: list[str], bar: float) -> tuple[bool, str]:
     """(verified, why not): none of `codes` left at warning or worse, and the score above `bar`."""
-    if t.record.get("error"):
-        return False, t.record["error"]
+    if t.record.get("error") or t.record.get("train_error"):
+        return False, t.record.get("error") or t.record["train_error"]
     if t.record.get("stopped"):
         return False, f"stopped: {t.record['stopped']}"
     left = [c for c in t.codes() if c in codes]

@@ -168,6 +168,8 @@ def accuracy_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     outputs, logit > 0 for one. Outputs (batch, ..., classes) with targets (batch, ...) count every
     position (a token model's (batch, T, vocab) against (batch, T))."""
     pred = out.argmax(dim=-1) if out.shape[-1] > 1 else (out.squeeze(-1) > 0).long()
+    if y.shape != pred.shape and y.numel() == pred.numel():  # (batch, 1) float targets of a BCE loss
+        y = y.reshape(pred.shape)
     return (pred == y).sum()
 
 
