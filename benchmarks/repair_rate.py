@@ -19,24 +19,15 @@ import functools
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import test_remedies as T  # noqa: E402  (the scenarios live with their tests)
+import test_remedies as T
 
-import deepdiag as dd  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Tensors:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    task: str
+import deepdiag as dd
+from deepdiag.repair import ArrayData
 
 
 def build(case: T.Case):
@@ -49,7 +40,7 @@ def build(case: T.Case):
 
 def inputs(case: T.Case):
     d = T.data(case)
-    data = Tensors(d.x_train, T.targets(case, d.y_train), d.x_val, T.targets(case, d.y_val),
+    data = ArrayData(d.x_train, T.targets(case, d.y_train), d.x_val, T.targets(case, d.y_val),
                    "regression" if case.loss == "mse" else "classification")
     epochs = max(1, math.ceil(case.steps * case.bs / len(d.x_train)))
     config = dd.TrainConfig(optimizer=case.opt, lr=case.lr, momentum=case.momentum, batch_size=case.bs,

@@ -15,7 +15,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import deepdiag as dd
 from deepdiag import surgery
 from deepdiag.findings import FIX_KEYS
-from deepdiag.fixes import DATA_KEYS, MODEL_KEYS, TRAIN_KEYS, FixChanges, fix_data, make_loss
+from deepdiag.fixes import (
+    DATA_KEYS,
+    MODEL_KEYS,
+    TRAIN_KEYS,
+    FixChanges,
+    fix_data,
+    make_loss,
+)
 from deepdiag.init import scheme_std
 
 # ---- seeded model factories (each returns (model, inputs)) ------------------------------------------------
@@ -633,7 +640,7 @@ def test_fit_takes_token_outputs_with_a_loss():
     model = nn.Sequential(nn.Embedding(vocab, 8), nn.Linear(8, vocab))
     x = torch.randint(0, vocab, (32, 5))
     ds = SimpleNamespace(x_train=x, y_train=(x + 1) % vocab)
-    loss = lambda out, y: F.cross_entropy(out.reshape(-1, vocab), y.reshape(-1))  # noqa: E731
+    loss = lambda out, y: F.cross_entropy(out.reshape(-1, vocab), y.reshape(-1))
     hist = dd.fit(model, ds, epochs=2, lr=0.5, batch_size=8, loss_fn=loss)
     with torch.no_grad():
         acc = (model(x).argmax(-1) == ds.y_train).float().mean()

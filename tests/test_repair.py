@@ -14,7 +14,16 @@ from torch import nn
 import deepdiag as dd
 from deepdiag.candidates import Candidate, Setup, combine, first_guess, ranked
 from deepdiag.findings import Finding
-from deepdiag.repair import RepairResult, Trial, _confirm_one, _margin, _verify, as_data, load_npz, repair
+from deepdiag.repair import (
+    RepairResult,
+    Trial,
+    _confirm_one,
+    _margin,
+    _verify,
+    as_data,
+    load_npz,
+    repair,
+)
 
 
 def finding(code, severity="warning", fix=None):

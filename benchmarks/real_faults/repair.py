@@ -31,13 +31,12 @@ import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from deepdiag.jsonsafe import dumps
-from deepdiag.repair import repair
+from deepdiag.repair import ArrayData, repair
 from deepdiag.train import TrainConfig
 
 from .harness import ACC_FLOOR, MSE_FLOOR
@@ -45,16 +44,6 @@ from .operators import OPERATORS
 from .programs import Program, bases
 
 LOOP_FAULTS = ("no_shuffle", "no_zero_grad", "batch_one")
-
-
-@dataclass(frozen=True)
-class Tensors:
-    """A program's data as dd.fit takes them (targets as the program feeds them to its loss)."""
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    task: str
 
 
 def program(name: str) -> Program:
@@ -78,7 +67,7 @@ def inputs(p: Program) -> tuple:
     d = p.data
     regression = d.task == "regression"
     scale = (lambda y: y * p.target_scale + p.target_shift) if regression else (lambda y: y)
-    data = Tensors(d.x_train, scale(d.y_train), d.x_val, scale(d.y_val),
+    data = ArrayData(d.x_train, scale(d.y_train), d.x_val, scale(d.y_val),
                    "regression" if regression else "classification")
     name, kw = p.optimizer[0], dict(p.optimizer[1])
     config = TrainConfig(optimizer=name, lr=kw["lr"], momentum=kw.get("momentum", 0.0),
@@ -135,7 +124,7 @@ def table(results: list[dict], by: str) -> str:
     for k in sorted(groups):
         rs = groups[k]
         det = [r for r in rs if r["detected"]]
-        rate = lambda key: sum(r[key] for r in det)  # noqa: E731
+        rate = lambda key: sum(r[key] for r in det)
         lines.append(f"| {k} | {len(rs)} | {len(det)} | {rate('repaired')} | {rate('first_guess_repaired')} | "
                      f"{rate('restored')} | {_mean(r['trainings'] for r in det):.1f} | "
                      f"{_mean(r['seconds'] for r in det):.0f} |")
@@ -150,7 +139,7 @@ def _mean(xs) -> float:
 def summary(results: list[dict]) -> str:
     det = [r for r in results if r["detected"]]
     n = len(det)
-    pct = lambda k: f"{sum(r[k] for r in det)} of {n} ({100 * sum(r[k] for r in det) / max(n, 1):.1f} %)"  # noqa: E731
+    pct = lambda k: f"{sum(r[k] for r in det)} of {n} ({100 * sum(r[k] for r in det) / max(n, 1):.1f} %)"
     return (f"real faults retrained: {len(results)}, detected by dd.repair's diagnosis: {n}\n"
             f"repaired (verified, confirmed at 2 seeds): {pct('repaired')}; goal >= 95 %\n"
             f"Finding.fix alone (first guess, one round): {pct('first_guess_repaired')}; goal >= 80 %\n"
@@ -172,7 +161,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = json.loads(Path(a.faults).read_text())["rows"]
-    split = lambda s: None if s is None else s.split(",")  # noqa: E731
+    split = lambda s: None if s is None else s.split(",")
     todo = select(rows, a.quick, split(a.operator), split(a.base))
     skipped = sorted({r["program"] for r in rows if r.get("real_fault") and r["operator"] in LOOP_FAULTS})
     results, t0 = [], time.perf_counter()

@@ -316,7 +316,7 @@ def fix_data(data, changes: FixChanges | Mapping):
         low, high = keys["target_range"]
         lo, hi = float(ys["train"].min()), float(ys["train"].max())  # host sync
         span = hi - lo if hi > lo else 1.0
-        dtype = lambda y: y.dtype if y.is_floating_point() else torch.float32  # noqa: E731
+        dtype = lambda y: y.dtype if y.is_floating_point() else torch.float32
         ys = {s: (low + (high - low) * (y.double() - lo) / span).to(dtype(y)) for s, y in ys.items()}
         new.update({f"y_{s}": y for s, y in ys.items()})
     if dataclasses.is_dataclass(data) and not isinstance(data, type):

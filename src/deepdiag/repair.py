@@ -52,10 +52,10 @@ from torch import nn
 from ._validate import check_choice, check_number
 from ._version import __version__
 from .candidates import Candidate, Setup, combine, first_guess, on_top, ranked
-from .findings import Finding, sort_findings
-from .jsonsafe import json_safe
 from .checkup import checkup
+from .findings import Finding, sort_findings
 from .fixes import apply_fix, fix_data, make_loss
+from .jsonsafe import json_safe
 from .monitor import Monitor
 from .train import TrainConfig, default_loss, fit
 
@@ -507,7 +507,7 @@ def _margin(scores: list[float], metric: str) -> float:
 
 
 def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> RepairResult:
-    spec = lambda fix, seed: TrialSpec(build, data, config, loss_fn, fix, seed)  # noqa: E731
+    spec = lambda fix, seed: TrialSpec(build, data, config, loss_fn, fix, seed)
     base = runner.run([spec({}, 0), spec({}, 1)], "diagnose")
     for r in base:
         if r.get("error"):
@@ -629,8 +629,19 @@ def _confirm_one(t: Trial, result: RepairResult, runner, spec) -> None:
         t.why = f"seed 1: {why}"
 
 
-__all__ = ["repair", "BaselineFailed", "RepairResult", "Trial", "TrialSpec", "run_trial", "trial_key", "as_data", "load_npz",
-           "ArrayData", "ENGINES"]
+__all__ = [
+    "ENGINES",
+    "ArrayData",
+    "BaselineFailed",
+    "RepairResult",
+    "Trial",
+    "TrialSpec",
+    "as_data",
+    "load_npz",
+    "repair",
+    "run_trial",
+    "trial_key",
+]
 
 
 def _filled(cell) -> bool:

@@ -30,8 +30,15 @@ from torch import Tensor, nn
 from ._validate import check_choice
 from .init import NORM_LAYERS, he_, lecun_, orthogonal_, scheme_std, xavier_
 from .measure.io import call_model
-from .measure.sites import (ACTIVATION_FAMILIES, ATTENTION, EMBEDDINGS, RECURRENT, is_transposed_linear,
-                             module_kind, weight_matrix)
+from .measure.sites import (
+    ACTIVATION_FAMILIES,
+    ATTENTION,
+    EMBEDDINGS,
+    RECURRENT,
+    is_transposed_linear,
+    module_kind,
+    weight_matrix,
+)
 from .models import ACTIVATIONS as BASE_ACTIVATIONS
 
 ACTIVATIONS = {**{k: v for k, v in BASE_ACTIVATIONS.items() if k != "linear"},
