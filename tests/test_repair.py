@@ -270,3 +270,24 @@ def test_dd_repair_is_the_function_whatever_was_imported_first():
     import deepdiag.repair  # noqa: F401  (importing the module must not rebind dd.repair to it)
 
     assert callable(dd.repair) and dd.repair is repair and dd.apply_fix.__name__ == "apply_fix"
+
+
+_CALLS = [0]
+
+
+def stalled_then_ctrl_c():
+    """stalled(), but Ctrl-C arrives while the 4th model is built (the second candidate)."""
+    _CALLS[0] += 1
+    if _CALLS[0] == 4:
+        raise KeyboardInterrupt
+    return stalled()
+
+
+def test_ctrl_c_keeps_the_finished_trials_and_the_same_call_resumes(tmp_path):
+    store = tmp_path / "runs.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        repair(stalled_then_ctrl_c, "digits", STALLED, rounds=1, max_candidates=4, store=store, progress=False)
+    again = repair(stalled_then_ctrl_c, "digits", STALLED, rounds=1, max_candidates=4, store=store,
+                   progress=False)
+    assert again.reused == 3  # the baseline's two seeds and the first candidate were not lost
+    assert again.trials[0].record == json.loads(json.dumps(again.trials[0].record))
