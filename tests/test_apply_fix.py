@@ -633,6 +633,17 @@ def test_fit_feeds_the_monitor():
         "train_loss", "val_loss", "train_acc", "val_acc"}
 
 
+def test_fit_hands_its_optimizer_to_a_monitor_told_none():
+    model = small()
+    with dd.Monitor(model) as mon:
+        dd.fit(model, raw_data(), epochs=1, batch_size=16, lr=0.02, weight_decay=0.3, monitor=mon)
+        assert mon.optimizer.param_groups[0]["weight_decay"] == 0.3 and mon.optimizer.param_groups[0]["lr"] == 0.02
+    own = torch.optim.SGD(model.parameters(), lr=0.5)
+    with dd.Monitor(model, optimizer=own) as mon:
+        dd.fit(model, raw_data(), epochs=1, batch_size=16, lr=0.02, monitor=mon)
+        assert mon.optimizer is own  # one the user gave is kept
+
+
 def test_fit_takes_token_outputs_with_a_loss():
     """(batch, T, vocab) outputs with (batch, T) targets: accuracy over every position."""
     torch.manual_seed(0)

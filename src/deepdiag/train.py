@@ -247,7 +247,8 @@ def fit(
 
     `monitor` (a ``dd.Monitor``, or anything with ``step(loss)`` and ``epoch(...)``) is fed
     ``monitor.step(loss)`` with the batch loss after every optimizer step and
-    ``monitor.epoch(train_loss=, val_loss=, train_acc=, val_acc=)`` after every epoch.
+    ``monitor.epoch(train_loss=, val_loss=, train_acc=, val_acc=)`` after every epoch; a Monitor built
+    without an optimizer is handed fit's (its remedies then quote the lr and weight decay).
 
     With a `loss_fn`, the model may return (batch, ..., classes), e.g. a token model's (batch, T, vocab)
     with y of shape (batch, T); accuracy then counts every position.
@@ -344,6 +345,8 @@ def _loop(model, x, y, x_val, y_val, config, loss_fn, classify, on_step, on_epoc
     shuffle = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # the warm-up scales these
+    if monitor is not None and getattr(monitor, "optimizer", False) is None:
+        monitor.optimizer = optimizer  # a Monitor told nothing reads its remedy hints (lr, weight decay) here
     hist, best_state, start = History(), None, time.perf_counter()
     model.train()
     for epoch in range(1, config.epochs + 1):
