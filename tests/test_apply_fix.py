@@ -238,6 +238,21 @@ def test_unfreeze_named_layers_and_all():
         dd.apply_fix(model, {"unfreeze": ["nope"]})
 
 
+def test_unfreeze_the_root_modules_own_parameters_by_its_class_name():
+    """deepdiag names the root module by its class (a model owning a parameter directly, such as a
+    learned position table): the frozen-layers finding's fix names it so, and only its own
+    parameters thaw."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(4, 8))
+            self.head = nn.Linear(8, 2)
+
+    model = Net().requires_grad_(False)
+    fixed, _ = dd.apply_fix(model, {"unfreeze": ["Net"]})
+    assert [n for n, p in fixed.named_parameters() if p.requires_grad] == ["pos"]
+
+
 # ---- norm and residual -------------------------------------------------------------------------------------
 
 def outputs_of(model, types, x):

@@ -399,7 +399,8 @@ def resize_output(model: nn.Module, n: int, inputs=None) -> tuple[list[str], lis
 
 def unfreeze(model: nn.Module, names: list[str] | bool = True) -> list[str]:
     """requires_grad = True on the parameters of the named modules (or parameters), or on every parameter
-    (`names` True); return the names of the parameters that were frozen. An unknown name raises
+    (`names` True); return the names of the parameters that were frozen. The root module's own
+    parameters go by its class name (how deepdiag's measurements name the root). An unknown name raises
     ValueError listing the model's top-level modules."""
     params = dict(model.named_parameters())
     if names is True:
@@ -410,6 +411,8 @@ def unfreeze(model: nn.Module, names: list[str] | bool = True) -> list[str]:
         for n in names:
             if n in params:
                 chosen.append(n)
+            elif n == type(model).__name__ and n not in modules:  # measure's name for the root module
+                chosen += [k for k, _ in model.named_parameters(recurse=False)]
             elif n in modules:
                 prefix = f"{n}." if n else ""
                 chosen += [k for k in params if k.startswith(prefix)]
