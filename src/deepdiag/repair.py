@@ -327,7 +327,7 @@ class RepairResult:
             "changes": self.best.record.get("applied") if self.best else None})
 
     def __str__(self) -> str:
-        codes = ", ".join(f.code for f in self.findings) or "none"
+        codes = ", ".join(self.codes) or "none"
         head = f"findings: {codes}; {self.metric} {_fmt(self._show(self.baseline_scores[0]))} (seeds 0, 1: " \
                f"{', '.join(_fmt(self._show(s)) for s in self.baseline_scores)}; margin {_fmt(self.margin)})"
         if not self.repaired:
