@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deepdiag as dd
+from deepdiag.measure.records import LayerStats
 from deepdiag.monitor import Monitor
 
 DIGITS = dd.data.load("digits", seed=0)
@@ -123,8 +124,20 @@ def test_stalled_tiny_learning_rate():
     mon = train(mlp(), lr=1e-5)
     f = one(mon.diagnose(), "stalled_updates")
     assert f.severity == "warning" and f.evidence["median_update_rel"] < 1e-5
-    assert f.fix == {"lr": 0.01} and set(f.layers) == {"0", "2", "4"}
+    # the ratio target alone asks for 0.01; plain SGD's usual lr 0.1 is 10^4x away, so that is the fix
+    assert f.fix == {"lr": 0.1} and set(f.layers) == {"0", "2", "4"}
     mon.close()
+
+
+def test_stalled_fix_takes_the_optimizers_usual_lr_only_when_far_below_it():
+    from deepdiag.rules.updates import stalled_updates
+
+    rows = [LayerStats(name=n, kind="weight", update_rel=1e-7, weight_norm=1.0) for n in ("0", "2")]
+    assert stalled_updates(rows, lr=1e-5)[0].fix == {"lr": 0.1}  # 1e-3 / 1e-7 = 1e4x, the cap
+    rows = [LayerStats(name=n, kind="weight", update_rel=5e-6, weight_norm=1.0) for n in ("0", "2")]
+    assert stalled_updates(rows, lr=1e-5)[0].fix == {"lr": 0.002}
+    assert stalled_updates(rows, lr=1e-8, usual=1e-3)[0].fix == {"lr": 0.001}  # 2e-6 by the ratio; Adam usual 1e-3
+    assert stalled_updates(rows, lr=1e-5, usual=1e-4)[0].fix == {"lr": 0.002}  # not far: the ratio decides
 
 
 def test_layer_left_out_of_optimizer_is_frozen():
@@ -338,13 +351,22 @@ def test_underfitting_cause():
     from deepdiag.rules.curves import underfitting, underfitting_cause
 
     flat = underfitting([2.30, 2.30, 2.31, 2.30, 2.30], baseline=2.3026)[0]
-    assert underfitting_cause(flat, weight_decay=0.5, lr=0.05, weight_ratio=0.2).fix == {"weight_decay": 0.05}
+    assert underfitting_cause(flat, weight_decay=0.5, lr=0.05, weight_ratio=0.2).fix == {"weight_decay": 0.0}
     assert underfitting_cause(flat, weight_decay=0.5, lr=0.05, weight_ratio=0.9).fix is None  # weights kept
     assert underfitting_cause(flat, weight_decay=0.0, lr=0.05, weight_ratio=0.2).fix is None  # no decay
     slow = underfitting([2.30, 2.29, 2.27, 2.26, 2.24], baseline=2.3026)[0]
     f = underfitting_cause(slow, lr=0.002)
     assert f.fix == {"lr": 0.02} and "still falling" in f.summary
     assert underfitting_cause(slow).fix == {"lr_factor": 10.0}
+    # the optimizer's usual lr, when the lr is far from it (either way)
+    assert underfitting_cause(flat, lr=3e-6, usual=1e-3).fix == {"lr": 0.001}
+    far = underfitting_cause(flat, lr=0.3, usual=1e-3)
+    assert far.fix == {"lr": 0.001} and far.evidence["cause"] == "lr_too_large"
+    assert underfitting_cause(flat, lr=3e-3, usual=1e-3).fix is None  # 3x: not far
+    # too few updates: 8 steps, one per epoch (the whole set per batch)
+    few = underfitting_cause(flat, lr=0.05, usual=0.01, updates=(8, 1.0))
+    assert few.fix == {"batch_size": 32} and few.evidence["cause"] == "few_updates"
+    assert underfitting_cause(flat, lr=0.05, updates=(400, 50.0)).fix is None
 
 
 def _relu_run(lr, momentum=0.9, bias=0.0):
@@ -413,3 +435,14 @@ def test_a_single_epoch_bump_with_calm_steps_is_not_oscillation():
 
     smooth = [2.3 * 0.98 ** i for i in range(100)]
     assert oscillating_loss(smooth, epoch_loss=[2.0, 1.2, 1.4, 0.9, 0.6]) == []  # warm restart, say
+
+
+def test_a_pathology_that_appeared_under_crushing_weight_decay_blames_the_decay():
+    from deepdiag.rules.remedies import appeared_in_training
+
+    f = dd.Finding("vanishing_gradients", "warning", "Gradients vanish.", {}, "use He", ["0"], 50, {"init": "he"})
+    lr_cut = appeared_in_training(f, 0, lr=0.05)
+    assert lr_cut.fix == {"lr": 0.005}
+    decayed = appeared_in_training(f, 0, lr=0.05, weight_decay=1.0, weight_ratio=0.1)
+    assert decayed.fix == {"weight_decay": 0.0} and decayed.evidence["weight_norm_ratio"] == 0.1
+    assert appeared_in_training(f, 0, lr=0.05, weight_decay=1.0, weight_ratio=0.9).fix == {"lr": 0.005}

@@ -558,8 +558,11 @@ class Monitor:
                         step_loss, steps, bad if bad >= 0 else None)
         wd = float(self.optimizer.param_groups[0].get("weight_decay", 0.0)) if self.optimizer is not None else None
         frozen, share = frozen_modules(self.model)
+        group = self.optimizer.param_groups[0] if self.optimizer is not None else {}
         context = Context(lr=self.lr, base_lr=self.base_lr, batch_size=self.batch_size,
                           knows_optimizer=self.optimizer is not None, weight_decay=wd,
+                          optimizer=type(self.optimizer).__name__.lower() if self.optimizer is not None else None,
+                          momentum=float(group.get("momentum", 0.0) or 0.0), epochs=len(self._epochs) or None,
                           weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
                           else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows),
                           frozen=frozen, frozen_share=share)

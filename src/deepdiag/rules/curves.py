@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..findings import Finding
-from .remedies import fmt, lr_fix, median, pow10_round, sentence
+from .remedies import far_from_usual, fmt, lr_fix, median, pow10_round, sentence
 
 OVERFIT_RISE = 0.10  # val loss >= 10 % above its minimum ...
 OVERFIT_EPOCHS = 3  # ... for the last >= 3 epochs ...
@@ -122,21 +122,31 @@ def underfitting(train_loss: Sequence[float], baseline: float | None,
 
 UNDERFIT_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
 UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: still learning, too slowly
+FEW_UPDATES_PER_EPOCH, FEW_UPDATES = 4, 100  # optimizer steps per epoch and in all: too few to train a net
 
 
 def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
                        weight_ratio: float | None = None, bottleneck: tuple | None = None,
-                       frozen: Sequence[str] | None = None) -> Finding:
+                       frozen: Sequence[str] | None = None, usual: float | None = None,
+                       updates: tuple | None = None) -> Finding:
     """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
 
     * frozen layers (``frozen``: modules whose weights have requires_grad=False): the capacity the
       model lacks is the part that does not train → ``{"unfreeze": [...]}`` (``frozen_layers`` says the same).
 
     * weight decay that crushes the weights: ``weight_decay`` > 0 and the total weight norm fell below
-      half of its value at the start (``weight_ratio`` < 0.5) → ``{"weight_decay": wd/10}``. Why: init
-      schemes set the weight scale that keeps unit signals; a net that learns grows or keeps it, while
-      SGD's decay step lr·wd·w shrinks w geometrically unless the loss gradient pushes back, so weights
-      shrinking at a loss near chance mean the decay term dominates.
+      half of its value at the start (``weight_ratio`` < 0.5) → ``{"weight_decay": 0}`` (train without
+      it: the counterfactual that shows it was the cause). Why: init schemes set the weight scale that
+      keeps unit signals; a net that learns grows or keeps it, while the decay step lr·wd·w shrinks w
+      geometrically unless the loss gradient pushes back, so weights shrinking at a loss near chance
+      mean the decay term dominates.
+    * too few updates: fewer than ``FEW_UPDATES_PER_EPOCH`` optimizer steps per epoch and fewer than
+      ``FEW_UPDATES`` in all (``updates`` = (steps, steps per epoch)) → ``{"batch_size": 32}``. Why: a net
+      learns per update, and with (nearly) the whole training set in each batch an epoch budget buys
+      one step per epoch; mini-batches of 32 give n/32 noisy but useful steps for the same compute.
+    * a step size far from the optimizer's usual one (``usual``: ``remedies.usual_lr``; more than 30×
+      away either way, ``far_from_usual``) → ``{"lr": usual}``: two orders of magnitude too small and the
+      run crawls, too large and it thrashes at a high loss; the conventional lr is the one to try first.
     * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
       leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
       steps point the right way but are too small for the budget.
@@ -163,12 +173,25 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                               f"can separate); then retrain.")
     t = f.evidence.get("train_loss") or []
     if weight_decay and weight_ratio is not None and weight_ratio < UNDERFIT_SHRINK:
-        fix = {"weight_decay": pow10_round(weight_decay / 10)}
         return replace(f, summary=f"{f.summary} Cause: optimisation — weight decay {fmt(weight_decay)} shrank the weights to "
                                      f"{weight_ratio:.0%} of their starting norm.",
                        evidence={**f.evidence, "weight_decay": weight_decay, "weight_norm_ratio": weight_ratio},
-                       remedy=f"Lower the weight decay (weight_decay={fmt(fix['weight_decay'])}): it outweighs "
-                              f"the loss gradient and pins the weights near 0.", fix=fix)
+                       remedy=f"Train without the weight decay (weight_decay=0; it is {fmt(weight_decay)}): it "
+                              f"outweighs the loss gradient and pins the weights near 0.", fix={"weight_decay": 0.0})
+    steps, per_epoch = updates or (None, None)
+    if steps is not None and per_epoch is not None and per_epoch < FEW_UPDATES_PER_EPOCH and steps < FEW_UPDATES:
+        return replace(f, summary=f"{f.summary} Cause: optimisation — only {steps} update(s) in all, "
+                                  f"{per_epoch:.3g} per epoch.",
+                       evidence={**f.evidence, "cause": "few_updates", "updates": steps, "updates_per_epoch": per_epoch},
+                       remedy="Train with mini-batches (batch_size=32): each epoch then takes many steps instead "
+                              "of one or two.", fix={"batch_size": 32})
+    if far_from_usual(lr, usual):
+        way = "small" if lr < usual else "large"
+        return replace(f, summary=f"{f.summary} Cause: optimisation — the learning rate {fmt(lr)} is far from this "
+                                  f"optimizer's usual {fmt(usual)}.",
+                       evidence={**f.evidence, "cause": f"lr_too_{way}", "lr": lr, "usual_lr": usual},
+                       remedy=f"Train at the usual step size (lr={fmt(usual)}): {fmt(lr)} is too {way} by "
+                              f"{max(lr / usual, usual / lr):.0f}×.", fix={"lr": usual})
     k = UNDERFIT_EPOCH_FALL
     if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
         fix = lr_fix(lr, 10.0)

@@ -20,7 +20,7 @@ from .curves import divergence, loss_left, not_converged, oscillating_loss, over
 from .depth import compare_depths
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
-from .remedies import appeared_in_training
+from .remedies import appeared_in_training, usual_lr
 from .updates import frozen_layers, stalled_updates
 
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
@@ -59,7 +59,9 @@ class Context:
     ``start``: ``start_key``s of the layer findings present at the start of training (None: not judged
     yet), ``start_step``: the step they were judged at; ``bottleneck``: (name, units, output units) of the
     narrowest hidden weight layer; ``frozen``: modules whose ≥ 2-D parameters all have
-    requires_grad=False (None: not read), ``frozen_share``: their share of the ≥ 2-D parameter entries."""
+    requires_grad=False (None: not read), ``frozen_share``: their share of the ≥ 2-D parameter entries;
+    ``optimizer``: its kind ("sgd", "adam", "adamw", or another class name in lower case) and
+    ``momentum``; ``epochs``: epochs handed to the monitor so far (with the steps: updates per epoch)."""
 
     lr: float | None = None
     base_lr: float | None = None
@@ -72,6 +74,9 @@ class Context:
     bottleneck: tuple | None = None
     frozen: tuple | None = None
     frozen_share: float | None = None
+    optimizer: str | None = None
+    momentum: float = 0.0
+    epochs: int | None = None
 
 
 def start_key(f: Finding) -> tuple:
@@ -113,11 +118,13 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     found = poisoned
     for f in (f for rule in LAYER_RULES for f in rule(layers, step)):
         if context.start is not None and start_key(f) not in context.start:
-            f = appeared_in_training(f, context.start_step, context.base_lr)
+            f = appeared_in_training(f, context.start_step, context.base_lr, context.weight_decay,
+                                     context.weight_ratio)
         found.append(f)
     if layers:
         found += stalled_updates(layers, step, lr=context.lr, knows_optimizer=context.knows_optimizer,
-                                 frozen_judged=context.frozen is not None)
+                                 frozen_judged=context.frozen is not None,
+                                 usual=usual_lr(context.optimizer, context.momentum))
     if context.frozen:
         found += frozen_layers(layers, context.frozen, context.frozen_share,
                                loss_left(curves) if curves is not None else None, step)
@@ -137,8 +144,11 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
         found += overfitting(c.train_loss, c.val_loss)
     if c.train_loss:
         found += not_converged(c.train_loss, c.step_loss, c.steps)
+        updates = len(c.step_loss) if c.step_loss else None
+        per_epoch = updates / context.epochs if updates and context.epochs else None
         found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck,
-                                     context.frozen)
+                                     context.frozen, usual=usual_lr(context.optimizer, context.momentum),
+                                     updates=(c.steps[-1] if c.steps else updates, per_epoch))
                   for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
     if c.step_loss:
         found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,

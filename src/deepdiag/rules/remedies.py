@@ -110,16 +110,53 @@ TRAINING_CAUSED = ("dead_units", "saturated_units", "vanishing_gradients", "expl
                    "vanishing_activations", "exploding_activations")
 
 
-def appeared_in_training(f: Finding, healthy_step: int | None, lr: float | None = None) -> Finding:
+WD_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
+
+
+def usual_lr(optimizer: str | None, momentum: float = 0.0) -> float | None:
+    """The learning rate an optimizer conventionally trains with, or None when it is not one of these.
+    Adam/AdamW: 1e-3 (Kingma & Ba 2015's default; Adam's step is ≈ lr per parameter whatever the
+    gradient's scale, so its lr is an absolute step size and the default trains most nets). SGD: an
+    effective step lr/(1 − momentum) of 0.1 (the classic default), i.e. 0.1·(1 − momentum)."""
+    if optimizer in ("adam", "adamw"):
+        return 1e-3
+    if optimizer == "sgd":
+        return pow10_round(0.1 * (1.0 - momentum)) if momentum < 1 else None
+    return None
+
+
+def far_from_usual(lr: float | None, usual: float | None, factor: float = 30.0) -> bool:
+    """Whether `lr` lies more than `factor`× away from the optimizer's usual lr (either way): far enough
+    that the step size itself, not the model, is the first suspect."""
+    return bool(lr and usual) and not usual / factor <= lr <= usual * factor
+
+
+def appeared_in_training(f: Finding, healthy_step: int | None, lr: float | None = None,
+                         weight_decay: float | None = None, weight_ratio: float | None = None) -> Finding:
     """`f` (a layer finding of a Monitor) re-aimed at the learning rate when the same rule was silent on
     the layers at the start of training (step `healthy_step`). Why: the init and the data were the same
     then, so what changed the layers is the updates; units that die (a large step pushes every
     pre-activation of a ReLU negative, and a dead unit gets no gradient to come back), saturate or a
     signal that collapses or blows up mid-training are the classic symptoms of a step too large for the
     curvature. Re-initialising would only restart the same path; the fix is a 10× smaller learning rate
-    (``{"lr": lr/10}`` when the lr is known, else ``{"lr_factor": 0.1}``). Other findings pass unchanged."""
+    (``{"lr": lr/10}`` when the lr is known, else ``{"lr_factor": 0.1}``). Other findings pass unchanged.
+
+    Under weight decay that shrank the weights below half their starting norm (``weight_ratio`` <
+    ``WD_SHRINK``), the updates that changed the layers are the decay's: each step multiplies w by
+    (1 − lr·wd) unless the loss gradient pushes back, so the signal through the net shrinks with the
+    weights (vanishing) and units fall silent. The fix is then to train without the decay
+    (``{"weight_decay": 0}``), the counterfactual that tells whether it was the cause."""
     if f.code not in TRAINING_CAUSED or f.rank < 1 or healthy_step is None:
         return f
+    if weight_decay and weight_ratio is not None and weight_ratio < WD_SHRINK:
+        return replace(f, summary=f"{f.summary} It appeared during training (the layers were healthy at step "
+                                     f"{healthy_step}) while weight decay {fmt(weight_decay)} shrank the weights "
+                                     f"to {weight_ratio:.0%} of their starting norm.",
+                       evidence={**f.evidence, "healthy_at_step": healthy_step, "weight_decay": weight_decay,
+                                 "weight_norm_ratio": weight_ratio},
+                       remedy=f"Train without the weight decay (weight_decay=0; it is {fmt(weight_decay)}): it "
+                              f"outweighs the loss gradient and shrinks the weights until the signal fades.",
+                       fix={"weight_decay": 0.0})
     fix = lr_fix(lr, 0.1)
     what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× smaller learning rate"
     return replace(f, summary=f"{f.summary} It appeared during training (the layers were healthy at step "

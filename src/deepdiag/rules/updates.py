@@ -6,14 +6,15 @@ from collections.abc import Sequence
 
 from ..findings import Finding
 from ..measure.records import LayerStats
-from .remedies import fmt, lr_fix, median, sentence, weight_layers
+from .remedies import far_from_usual, fmt, lr_fix, median, sentence, weight_layers
 
 STALL = 1e-5  # update-to-weight ratio ‖Δw‖/‖w‖ per step below this: the layer barely moves
 TARGET_UPDATE = 1e-3  # the common practitioner target for ‖Δw‖/‖w‖ per step
 
 
 def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: float | None = None,
-                    knows_optimizer: bool = False, frozen_judged: bool = False) -> list[Finding]:
+                    knows_optimizer: bool = False, frozen_judged: bool = False,
+                    usual: float | None = None) -> list[Finding]:
     """stalled_updates from the per-step update-to-weight ratio u = ‖Δw‖/‖w‖ of each weight layer
     (rows' ``update_rel``: median over the recent recorded steps; ``frozen``: Δw exactly 0 at every one).
 
@@ -22,7 +23,9 @@ def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: flo
       (frozen on purpose, e.g. fine-tuning). Remedy names the layer: ``{"unfreeze": [...]}``. With
       ``frozen_judged`` the ``requires_grad=False`` layers are left to ``frozen_layers``.
     * Every moving layer has u < 10⁻⁵ → warning: the learning rate is too small. Suggested lr =
-      lr · 10⁻³ / median u (one significant digit), the practitioner target u ≈ 10⁻³.
+      lr · 10⁻³ / median u (one significant digit), the practitioner target u ≈ 10⁻³; at least the
+      optimizer's usual lr (`usual`, ``remedies.usual_lr``) when the lr is more than 30× below it (the
+      target ratio is a floor: healthy runs move 10⁻³–10⁻², so a ×10 from a 1000× too small lr still crawls).
     * Nothing moved and every gradient is exactly 0 → error naming the cause: the loss does not depend
       on the parameters (a constant loss, a detached graph); exact zeros are not small gradients.
     * Nothing moved at all otherwise → warning when the monitor was given the optimizer (optimizer.step()
@@ -78,6 +81,8 @@ def stalled_updates(rows: Sequence[LayerStats], step: int | None = None, lr: flo
     if len(slow) == len(moving):
         factor = min(1e4, max(10.0, TARGET_UPDATE / med))
         fix = lr_fix(lr, factor)
+        if far_from_usual(lr, usual) and lr < usual and fix["lr"] < usual:
+            fix = {"lr": usual}
         how = (f"raise the learning rate from {fmt(lr)} to about {fmt(fix['lr'])}" if "lr" in fix
                else f"raise the learning rate about {fmt(fix['lr_factor'])}×")
         return [Finding("stalled_updates", "warning",
