@@ -151,7 +151,19 @@ def loss_kind(task: str, out_features: int) -> str:
 
 def default_loss(task: str, out_features: int) -> nn.Module:
     """The loss module of ``loss_kind(task, out_features)``: ``dd.fit``'s default."""
-    return {"mse": nn.MSELoss, "ce": nn.CrossEntropyLoss, "bce": _BinaryLogitLoss}[loss_kind(task, out_features)]()
+    return {"mse": nn.MSELoss, "ce": _LastDimCrossEntropy, "bce": _BinaryLogitLoss}[loss_kind(task, out_features)]()
+
+
+class _LastDimCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy with the classes on the last dimension of (batch, ..., classes) outputs and (batch,
+    ...) targets (a token model's (batch, T, vocab) against (batch, T): ``dd.fit``'s convention), where
+    torch's own reads dimension 1 as the classes; (batch, classes) outputs are torch's case unchanged."""
+
+    def forward(self, logits, target):
+        if logits.dim() > 2 and target.shape == logits.shape[:-1] and target.shape != (
+                logits.shape[0], *logits.shape[2:]):
+            logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+        return super().forward(logits, target)
 
 
 class _BinaryLogitLoss(nn.BCEWithLogitsLoss):
