@@ -678,8 +678,9 @@ def test_fit_takes_token_outputs_with_a_loss():
 def test_the_cross_entropy_a_fix_names_reads_classes_on_the_last_dimension():
     """A (batch, T, vocab) token output against (batch, T) ids: classes on the last dimension (dd.fit's
     convention), where torch's CrossEntropyLoss would read dimension 1; images (N, C, H, W) keep torch's."""
-    loss = dd.fixes.make_loss("cross_entropy") if hasattr(dd, "fixes") else __import__(
-        "deepdiag.fixes", fromlist=["make_loss"]).make_loss("cross_entropy")
+    from deepdiag.fixes import make_loss
+
+    loss = make_loss("cross_entropy")
     torch.manual_seed(0)
     tokens, ids = torch.randn(4, 5, 7), torch.randint(7, (4, 5))
     assert float(loss(tokens, ids)) == pytest.approx(float(F.cross_entropy(tokens.reshape(-1, 7), ids.reshape(-1))))
