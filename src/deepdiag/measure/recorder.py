@@ -239,6 +239,8 @@ class Recorder:
                 s["unit_spread"], s["act_absmax"] = spread, yd.abs().max()
         elif site.kind == "activation" and site.family in UNIT_FAMILIES:
             self._units(s, yd, site.family, site.unit_dim)
+            if self.detail and site.family in ("sigmoid", "tanh"):  # the derivative, read from the output
+                s["deriv_norm"] = norm(yd * (1 - yd) if site.family == "sigmoid" else 1 - yd * yd)
         return s
 
     def _units(self, s: dict, v: Tensor, family: str, unit_dim: int) -> None:

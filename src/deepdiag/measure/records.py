@@ -44,6 +44,9 @@ class LayerStats:
     Recurrent (RNN/LSTM/GRU, checkup): ``gate_saturation`` (((gate, fraction of its units saturated on
     more than half of the samples × time steps), ...)), ``time_ratio`` (per-sample ‖∂L/∂h_1‖ over
     ‖∂L/∂h_T‖ of the last layer's state: > 1 when the gradient grows back through time).
+    Derivative (sigmoid/tanh activation modules, checkup): ``deriv_rms`` (RMS over the batch of the
+    activation's derivative f′(z), read from its output: σ(1 − σ) or 1 − tanh²; the factor by which
+    the activation scales the back-propagated signal).
     Kinds beyond weight/norm/activation: "embedding", "recurrent", "attention" (their ≥ 2-D parameters
     summarised in ``weight_norm``/``grad_norm``), "parameter" (a module no hook saw: only its
     parameters' norms).
@@ -92,6 +95,7 @@ class LayerStats:
     attention_peak: float | None = None
     gate_saturation: tuple | None = None
     time_ratio: float | None = None
+    deriv_rms: float | None = None
 
     @property
     def unit_family(self) -> str | None:
@@ -101,7 +105,7 @@ class LayerStats:
     def to_dict(self) -> dict:
         """The record as a dict (``inferred_family`` only where set, as the layer table shows it)."""
         d = asdict(self)
-        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio"):
+        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio", "deriv_rms"):
             if d[k] is None:
                 del d[k]
         return d

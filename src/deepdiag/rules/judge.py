@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
-from .curves import divergence, loss_left, not_converged, oscillating_loss, overfitting, underfitting, underfitting_cause
+from .curves import (divergence, labels_disagree, loss_left, memorising, not_converged, oscillating_loss, overfitting,
+                     underfitting, underfitting_cause)
 from .depth import compare_depths
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
@@ -27,7 +28,7 @@ RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates, frozen_layers),
     "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, nonfinite_values),
-    "curves": (divergence, overfitting, underfitting, not_converged, oscillating_loss),
+    "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, oscillating_loss),
     "depth": (compare_depths,),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
@@ -134,12 +135,14 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
         return div
     found = []
     if c.train_loss and c.val_loss:
-        found += overfitting(c.train_loss, c.val_loss)
+        found += overfitting(c.train_loss, c.val_loss) or memorising(c.train_loss, c.val_loss, c.baseline)
     if c.train_loss:
         found += not_converged(c.train_loss, c.step_loss, c.steps)
         found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck,
                                      context.frozen)
                   for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
+    if not any(f.code == "underfitting" for f in found):
+        found += labels_disagree(c.train_acc, c.val_acc)
     if c.step_loss:
         found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,
                                   epoch_loss=c.train_loss)
