@@ -47,6 +47,9 @@ class LayerStats:
     Derivative (sigmoid/tanh activation modules, checkup): ``deriv_rms`` (RMS over the batch of the
     activation's derivative f′(z), read from its output: σ(1 − σ) or 1 − tanh²; the factor by which
     the activation scales the back-propagated signal).
+    Sample spread (weight, recurrent and attention sites, checkup): ``batch_spread`` / ``in_batch_spread``
+    (RMS of the standard deviation across the batch's samples of the output / input, over its RMS: 0
+    when every sample gives the same tensor).
     Kinds beyond weight/norm/activation: "embedding", "recurrent", "attention" (their ≥ 2-D parameters
     summarised in ``weight_norm``/``grad_norm``), "parameter" (a module no hook saw: only its
     parameters' norms).
@@ -96,6 +99,8 @@ class LayerStats:
     gate_saturation: tuple | None = None
     time_ratio: float | None = None
     deriv_rms: float | None = None
+    batch_spread: float | None = None
+    in_batch_spread: float | None = None
 
     @property
     def unit_family(self) -> str | None:
@@ -105,7 +110,8 @@ class LayerStats:
     def to_dict(self) -> dict:
         """The record as a dict (``inferred_family`` only where set, as the layer table shows it)."""
         d = asdict(self)
-        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio", "deriv_rms"):
+        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio", "deriv_rms",
+                  "batch_spread", "in_batch_spread"):
             if d[k] is None:
                 del d[k]
         return d

@@ -263,6 +263,46 @@ def activation_scale(rows: Sequence[LayerStats], step: int | None = None) -> lis
     return []
 
 
+SAME_OUTPUT = 1e-5  # output spread across samples <= 1e-5 of its scale: float32 rounding, no input left
+INPUT_VARIES = 1e-3  # ... while the input's spread is >= 1e-3 of its scale
+
+
+def input_ignored(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """vanishing_activations (the input is lost): a hidden weight, recurrent or attention layer (not the
+    last weight layer) whose output is the same for every sample of the batch (``batch_spread`` ≤ 10⁻⁵
+    of its scale) while its input differs between samples (``in_batch_spread`` ≥ 10⁻³) → error, with
+    the init fix.
+
+    Why: the input-dependent part of the forward signal is exactly what carries information; a layer
+    whose output no longer varies with the sample has multiplied it by 0 — all-zero weights leave only
+    the bias, identical for every sample (an LSTM/GRU with zero weights runs its gates on the biases
+    alone; a zero FFN or attention projection adds a constant to the stream). Everything after it sees
+    a constant, so the network's output does not depend on the input there: the limit a_last/a_first
+    → 0 of ``activation_scale``, which a one- or two-layer net cannot reach by a per-layer decay.
+    Float32 rounding leaves ~10⁻⁷; an input that varies by ≥ 10⁻³ of its scale rules out a layer
+    that is meant to see a constant (a time or position feature shared by the batch). The last weight
+    layer is left out: a zero-initialised head is common practice, and ``symmetric_units`` judges it.
+    """
+    idx = [i for i, r in enumerate(rows) if r.kind == "weight"]
+    if not idx:
+        return []
+    bad = [r for r in rows[:idx[-1]] if r.kind in ("weight", "recurrent", "attention")
+           and r.batch_spread is not None and r.in_batch_spread is not None
+           and r.batch_spread <= SAME_OUTPUT and r.in_batch_spread >= INPUT_VARIES]
+    if not bad:
+        return []
+    names = [r.name for r in bad]
+    zero = [r.name for r in bad if r.weight_norm == 0]
+    ev = {"layers": names, "batch_spread": {r.name: r.batch_spread for r in bad},
+          "in_batch_spread": {r.name: r.in_batch_spread for r in bad}, "zero_weights": zero,
+          "threshold": SAME_OUTPUT, "input_threshold": INPUT_VARIES}
+    why = "its weights are all zero" if zero and len(zero) == len(bad) else "its weights cancel the input"
+    return [_init_finding("vanishing_activations", True,
+                          f"{names[0]} ({bad[0].type}) gives the same output for every sample although its input "
+                          f"varies ({why}{f'; {len(bad) - 1} more layer(s) alike' if len(bad) > 1 else ''}): "
+                          f"the network's output does not depend on the input there.", ev, rows, "", names, step)]
+
+
 # ---- units ----
 
 def dead_units(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
@@ -398,5 +438,5 @@ def symmetric_units(rows: Sequence[LayerStats], step: int | None = None) -> list
     return out
 
 
-LAYER_RULES = (gradient_flow, gradient_through_time, activation_gain, activation_scale, symmetric_units,
-               dead_units, saturated_units)
+LAYER_RULES = (gradient_flow, gradient_through_time, activation_gain, activation_scale, input_ignored,
+               symmetric_units, dead_units, saturated_units)
