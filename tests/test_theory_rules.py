@@ -178,3 +178,47 @@ def test_a_recurrent_layer_with_zero_weights_loses_the_input():
             model.rnn.weight_hh_l0.zero_()
         found = [f for f in dd.checkup(model, t, y).findings if f.code == "vanishing_activations"]
         assert [f.layers for f in found] == [["rnn"]], batch_first
+
+
+# ---- an output scale far beyond what the loss expects ----
+
+def _scaled_mlp(std: float | None, out: int = 10) -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, out))
+    if std is not None:
+        with torch.no_grad():
+            for m in (model[0], model[2]):
+                m.weight.normal_(0.0, std)
+    return model
+
+
+def test_a_confidently_wrong_classifier_is_reported():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 20, generator=g), torch.randint(0, 10, (128,), generator=g)
+    report = dd.checkup(_scaled_mlp(1.0), x, y)  # N(0, 1) weights: logits of RMS ~30
+    [f] = [f for f in report.findings if f.code == "saturated_units" and f.layers == ["2"]]
+    assert f.severity == "warning" and f.evidence["loss"] >= math.log(10) + 2
+    assert f.fix == {"init": "he"} and "he" in f.remedy.lower()
+    for model in (_scaled_mlp(None), _scaled_mlp(math.sqrt(2 / 64))):  # torch default; He (hidden and output)
+        assert "saturated_units" not in [f.code for f in dd.checkup(model, x, y).findings]
+
+
+def test_a_regression_output_far_above_its_targets_is_reported():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 20, generator=g), torch.randn(128, 1, generator=g)
+    [f] = [f for f in dd.checkup(_scaled_mlp(1.0, out=1), x, y).findings if f.code == "exploding_activations"
+           and f.layers == ["2"]]
+    assert f.evidence["ratio"] >= 10 and f.fix == {"init": "he"}
+    # near-zero targets do not make a unit-scale output "exploding" (the reference is max(target RMS, 1))
+    assert "exploding_activations" not in [f.code for f in dd.checkup(_scaled_mlp(None, out=1), x, 1e-3 * y).findings]
+
+
+def test_the_output_scale_rule_reads_the_loss_against_chance():
+    from deepdiag.measure.records import OutputFacts
+    from deepdiag.rules.io import output_scale
+
+    def facts(loss):
+        return OutputFacts("cross_entropy", out_width=4, out_rms=3.0, peak_prob=0.9, out_loss=loss)
+
+    assert output_scale(facts(LN4 + 2.01))
+    assert output_scale(facts(LN4 + 1.9)) == []  # He/Xavier logits stay within ~1 nat of chance

@@ -132,7 +132,9 @@ class OutputFacts:
     ``strictly_inside01``: every output in (0, 1) on ≥ 8 samples; ``rows_sum_to_one``: every row sums to
     1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``, ``target_rms`` (float
 targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct values); ``default_loss``:
-    checkup chose the loss itself. None: not measured.
+    checkup chose the loss itself; ``out_rms`` (RMS of the output); for cross-entropy over ≥ 2 class
+    scores with integer targets: ``peak_prob`` (mean over samples of the largest softmax probability)
+    and ``out_loss`` (the cross-entropy of this output). None: not measured.
     """
 
     loss: str | None
@@ -150,6 +152,9 @@ targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct 
     target_rms: float | None = None
     target_distinct: int | None = None
     default_loss: bool | None = None
+    out_rms: float | None = None
+    peak_prob: float | None = None
+    out_loss: float | None = None
 
     def evidence(self) -> dict:
         """The measured facts as a dict: always the loss and output shape, the rest where measured."""

@@ -19,7 +19,7 @@ from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFact
 from .curves import (divergence, labels_disagree, loss_left, memorising, not_converged, oscillating_loss, overfitting,
                      underfitting, underfitting_cause)
 from .depth import compare_depths
-from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
+from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, output_scale, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training
 from .updates import frozen_layers, stalled_updates
@@ -27,7 +27,7 @@ from .updates import frozen_layers, stalled_updates
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates, frozen_layers),
-    "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, nonfinite_values),
+    "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, output_scale, nonfinite_values),
     "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, oscillating_loss),
     "depth": (compare_depths,),
 }
@@ -122,7 +122,10 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     if context.frozen:
         found += frozen_layers(layers, context.frozen, context.frozen_share,
                                loss_left(curves) if curves is not None else None, step)
-    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step) + unscaled_targets(output, io_step)
+    mismatch, unscaled = output_loss_mismatch(output, io_step), unscaled_inputs(inputs, io_step)
+    found += mismatch + unscaled + unscaled_targets(output, io_step)
+    if not unscaled and not any(f.rank >= 1 for f in mismatch):  # the output's scale follows from those
+        found += output_scale(output, layers, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
     return sort_findings(found)
