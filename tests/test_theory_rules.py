@@ -222,3 +222,27 @@ def test_the_output_scale_rule_reads_the_loss_against_chance():
 
     assert output_scale(facts(LN4 + 2.01))
     assert output_scale(facts(LN4 + 1.9)) == []  # He/Xavier logits stay within ~1 nat of chance
+
+
+# ---- no epoch below the loss at initialisation ----
+
+def test_a_run_that_never_trains_below_its_starting_loss_diverges():
+    from deepdiag.rules.curves import divergence
+
+    steps = [1.37, 2.7, 4.8, 4.4, 5.0, 4.2] + [3.0 + 0.3 * (i % 3) for i in range(60)]  # GRU at lr x100 (measured shape)
+    [f] = divergence([3.62, 3.30, 3.55, 3.48, 3.02, 3.29], [3.5] * 6, steps, list(range(len(steps))))
+    assert f.code == "divergence" and f.severity == "warning"
+    assert f.evidence["ratio"] == pytest.approx(3.02 / 1.37)
+    assert f.fix == {"lr_factor": 0.1, "clip_grad_norm": 1.0}
+
+
+@pytest.mark.parametrize("epochs", [
+    [1.39, 1.39, 1.38, 1.39],  # stuck at its initial level: underfitting's case, not this one
+    [1.60, 1.20, 0.90, 0.70],  # a first epoch above the start (warm-up bump), then learning
+    [1.70, 1.70],  # two epochs: not judged
+])
+def test_runs_that_stay_at_or_return_below_their_start_are_not_divergence(epochs):
+    from deepdiag.rules.curves import divergence
+
+    steps = [1.39] + [1.4] * 40
+    assert divergence(epochs, None, steps, list(range(len(steps)))) == []

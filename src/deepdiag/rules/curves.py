@@ -343,7 +343,8 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
     """divergence: a loss became NaN/Inf (error, with the first epoch/step), or the training loss grew
     to > 10× its first value and is still rising (error). Why 10×: SGD noise and a warm-up bump move a
     converging loss by percents; a tenfold rise that continues is the iterates leaving the basin
-    (learning rate above ~2/λ_max of the Hessian).
+    (learning rate above ~2/λ_max of the Hessian). After ≥ 3 epochs whose best training loss is still
+    ≥ 1.2× the loss at initialisation → warning (``_never_below_start``).
     """
     t, v = _clean(train_loss), _clean(val_loss)
     ev: dict = {}
@@ -379,6 +380,9 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], int(steps[-1]) if steps is not None and len(steps) else None,
                         fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+    worse = _never_below_start([x for x in t if math.isfinite(x)], sl)
+    if worse:
+        return worse
     curve = [x for x in t if math.isfinite(x)]
     kind = "epoch"
     if len(curve) < 3 and len(sl) >= 3:
@@ -395,6 +399,34 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
 
 
 BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
+WORSE_THAN_START = 1.2  # every epoch's mean training loss >= 1.2x the loss at initialisation
+
+
+def _never_below_start(epoch_loss: list[float], step_loss: list[float]) -> list[Finding]:
+    """divergence (warning): after ≥ 3 epochs, the *best* epoch-mean training loss is still ≥ 1.2× the
+    loss at initialisation (the first recorded step loss, taken before any update) → fix
+    ``{"lr_factor": 0.1, "clip_grad_norm": 1.0}``.
+
+    Why: a step size below 2/L (L: the loss's curvature) lowers the loss at every step up to minibatch
+    noise (the descent lemma), so a learning run's epochs average below its starting loss from the
+    first epoch on. No epoch better than the untrained model, and every one ≥ 20 % worse, means the
+    steps overshoot: the iterates were thrown out of the starting basin and did not come back, the
+    slow form of the 10× blow-up ``divergence`` reports as an error. 20 %: an untrained classifier's
+    per-sample losses all lie near ln k, so one batch measures the initial loss to a few percent, and
+    a model stuck at its initial level (``underfitting``'s case) scores ≈ 1.0×.
+    """
+    if len(epoch_loss) < UNDERFIT_EPOCHS or not step_loss or not math.isfinite(step_loss[0]) or step_loss[0] <= 0:
+        return []
+    start, best = step_loss[0], min(epoch_loss)
+    if best < WORSE_THAN_START * start:
+        return []
+    return [Finding("divergence", "warning",
+                    f"No epoch trained below the loss at initialisation: the best epoch's training loss {fmt(best)} is "
+                    f"{best / start:.2g}× the starting {fmt(start)}, so the steps overshoot instead of descending.",
+                    {"start_loss": start, "best_epoch_loss": best, "ratio": best / start, "train_loss": epoch_loss,
+                     "threshold": WORSE_THAN_START},
+                    "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
+                    [], len(epoch_loss), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
 
 
 def _step_blowup(step_loss: list[float]) -> tuple[float, float, float] | None:
