@@ -344,7 +344,8 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
     to > 10× its first value and is still rising (error). Why 10×: SGD noise and a warm-up bump move a
     converging loss by percents; a tenfold rise that continues is the iterates leaving the basin
     (learning rate above ~2/λ_max of the Hessian). After ≥ 3 epochs whose best training loss is still
-    ≥ 1.2× the loss at initialisation → warning (``_never_below_start``).
+    ≥ 1.2× the loss at initialisation → warning (``_never_below_start``); an epoch's training loss ≥ 2×
+    the best epoch before it, not recovered by the end → warning (``_climbed``).
     """
     t, v = _clean(train_loss), _clean(val_loss)
     ev: dict = {}
@@ -380,7 +381,7 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], int(steps[-1]) if steps is not None and len(steps) else None,
                         fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
-    worse = _never_below_start([x for x in t if math.isfinite(x)], sl)
+    worse = _never_below_start([x for x in t if math.isfinite(x)], sl) or _climbed([x for x in t if math.isfinite(x)])
     if worse:
         return worse
     curve = [x for x in t if math.isfinite(x)]
@@ -400,6 +401,39 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
 
 BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
 WORSE_THAN_START = 1.2  # every epoch's mean training loss >= 1.2x the loss at initialisation
+CLIMB = 2.0  # an epoch's mean training loss >= 2x the best epoch before it
+
+
+def _climbed(epoch_loss: list[float]) -> list[Finding]:
+    """divergence (warning): an epoch's mean training loss is ≥ 2× the best epoch before it (and the
+    run does not end below that best) → fix ``{"lr_factor": 0.1, "clip_grad_norm": 1.0}``.
+
+    Why: the same descent argument as ``_never_below_start`` on the epoch curve: with a stable step the
+    training loss falls up to minibatch noise, which moves an epoch mean by percents; doubling it is
+    the iterates thrown out of the region they had reached (the tenfold, still-rising case is the
+    error above; a rise that later turns back down is still one). 2×: the end threshold of the step
+    blow-up (``BLOWUP_END``); a warm restart of a cosine schedule bumps the epoch loss by tens of
+    percent, not twofold. A run that ends below its earlier best has recovered and is not reported.
+    """
+    if len(epoch_loss) < 2:
+        return []
+    best_i, peak_i, ratio = 0, None, 0.0
+    for i in range(1, len(epoch_loss)):
+        b = min(epoch_loss[:i])
+        if b > 0 and epoch_loss[i] / b > ratio:
+            ratio, peak_i, best_i = epoch_loss[i] / b, i, epoch_loss[:i].index(b)
+    if peak_i is None or ratio < CLIMB or epoch_loss[-1] < epoch_loss[best_i]:
+        return []
+    best, peak = epoch_loss[best_i], epoch_loss[peak_i]
+    return [Finding("divergence", "warning",
+                    f"The training loss climbed {ratio:.2g}× from {fmt(best)} (epoch {best_i + 1}) to {fmt(peak)} "
+                    f"(epoch {peak_i + 1}) and ended at {fmt(epoch_loss[-1])}: the steps threw the model out of the "
+                    f"region it had reached.",
+                    {"best_epoch": best_i + 1, "best_loss": best, "peak_epoch": peak_i + 1, "peak_loss": peak,
+                     "ratio": ratio, "train_loss": epoch_loss, "threshold": CLIMB},
+                    "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_); check "
+                    "that optimizer.zero_grad() runs every step.", [], peak_i + 1,
+                    fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
 
 
 def _never_below_start(epoch_loss: list[float], step_loss: list[float]) -> list[Finding]:
