@@ -87,7 +87,9 @@ def test_divergence_nan_and_blowup():
     (s,) = dg.divergence(step_loss=[1.0, 2.0, math.inf, math.nan], steps=[0, 10, 20, 30])
     assert s.evidence["first_nonfinite_step"] == 20 and s.step == 20
     assert dg.divergence([1.0, 0.5, 0.3]) == []
-    assert dg.divergence([1.0, 15.0, 12.0]) == []  # a spike that came back down is not divergence
+    # a spike that turned back down is not the error (tenfold and still rising); the climb is a warning
+    assert [(x.severity, x.evidence.get("peak_epoch")) for x in dg.divergence([1.0, 15.0, 12.0])] == [("warning", 2)]
+    assert dg.divergence([1.0, 15.0, 0.9]) == []  # ... and a run that recovered below its best is silent
     assert [x.code for x in judge_curves(Curves([1.0, math.nan], [1.0, math.nan]))] == ["divergence"]
 
 

@@ -246,3 +246,16 @@ def test_runs_that_stay_at_or_return_below_their_start_are_not_divergence(epochs
 
     steps = [1.39] + [1.4] * 40
     assert divergence(epochs, None, steps, list(range(len(steps)))) == []
+
+
+def test_an_epoch_loss_that_climbs_twofold_is_divergence():
+    from deepdiag.rules.curves import divergence
+
+    epochs = [1.23, 1.74, 6.55, 8.87, 4.08]  # SGD without zero_grad (measured): gradients pile up
+    [f] = divergence(epochs)
+    assert f.code == "divergence" and f.severity == "warning"
+    assert (f.evidence["best_epoch"], f.evidence["peak_epoch"]) == (1, 4)
+    assert f.evidence["ratio"] == pytest.approx(8.87 / 1.23)
+    assert "zero_grad" in f.remedy
+    assert divergence([1.23, 1.5, 1.8, 1.1, 0.9]) == []  # a bump under 2x that recovered
+    assert divergence([1.0, 1.9, 1.5]) == []  # a rise under 2x

@@ -381,9 +381,6 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], int(steps[-1]) if steps is not None and len(steps) else None,
                         fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
-    worse = _never_below_start([x for x in t if math.isfinite(x)], sl) or _climbed([x for x in t if math.isfinite(x)])
-    if worse:
-        return worse
     curve = [x for x in t if math.isfinite(x)]
     kind = "epoch"
     if len(curve) < 3 and len(sl) >= 3:
@@ -396,7 +393,8 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                          "per": kind, "loss": curve, "threshold": BLOWUP},
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], len(curve), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
-    return []
+    epochs = [x for x in t if math.isfinite(x)]
+    return _never_below_start(epochs, sl) or _climbed(epochs)
 
 
 BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
