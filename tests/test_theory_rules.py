@@ -214,14 +214,22 @@ def test_a_regression_output_far_above_its_targets_is_reported():
 
 
 def test_the_output_scale_rule_reads_the_loss_against_chance():
-    from deepdiag.measure.records import OutputFacts
+    from deepdiag.measure.records import LayerStats, OutputFacts
     from deepdiag.rules.io import output_scale
 
     def facts(loss):
         return OutputFacts("cross_entropy", out_width=4, out_rms=3.0, peak_prob=0.9, out_loss=loss)
 
-    assert output_scale(facts(LN4 + 2.01))
-    assert output_scale(facts(LN4 + 1.9)) == []  # He/Xavier logits stay within ~1 nat of chance
+    def layers(std):  # a ReLU net; He's std at fan_in 64 is 0.177
+        return [LayerStats("0", kind="weight", fan_in=64, fan_out=64, weight_std=std),
+                LayerStats("1", kind="activation", family="relu"),
+                LayerStats("2", kind="weight", fan_in=64, fan_out=4, weight_std=std)]
+
+    assert output_scale(facts(LN4 + 2.01), layers(1.0))
+    assert output_scale(facts(LN4 + 1.9), layers(1.0)) == []  # He/Xavier logits stay within ~1 nat of chance
+    # weights at He's scale: the logits' size has another cause (a deep residual sum), not the init
+    assert output_scale(facts(LN4 + 5.0), layers(0.18)) == []
+    assert output_scale(facts(LN4 + 5.0)) == []  # no layer records: the cause cannot be told
 
 
 # ---- no epoch below the loss at initialisation ----

@@ -172,6 +172,7 @@ def unscaled_targets(facts: OutputFacts | None, step: int | None = None) -> list
                     fix={"standardize_targets": True})]
 
 
+TOO_LARGE = 2.0  # ... from weights >= 2x the recommended scheme's std (median over weight layers)
 OUTPUT_EXCESS = 2.0  # cross-entropy >= ln k + 2 nats: logits of spread >= 2 that point to wrong classes
 OUTPUT_SCALE = 10.0  # MSE: an output RMS >= 10x max(target RMS, 1)
 
@@ -193,14 +194,22 @@ def output_scale(facts: OutputFacts | None, layers=(), step: int | None = None) 
       reason, read from the other side): an output 10× the targets starts the loss ≥ 100× the targets'
       variance and every gradient 10× too large; max(·, 1) keeps near-zero targets from calling a
       unit-scale output exploding.
+    Both need the weights to be the cause: their median std ≥ 2× the recommended scheme's (``init_ratio``;
+    not judged without layer records that give it). Why: the remedy is the init, and weights at their scheme's scale
+    (a deep residual sum without a final normalisation can reach such logits with He weights) are not
+    fixed by re-initialising; 2×, because He and Xavier differ by up to √2 and the benchmark's N(0, 1)
+    weights are 4–17× He.
     Remedy: the recommended init (the forward gain of weights that are too large).
     """
     if facts is None or facts.out_rms is None:
         return []
-    from .remedies import init_advice, remedy_init
+    from .remedies import init_advice, init_ratio, remedy_init
 
-    scheme = init_advice(layers)[0] if layers else "xavier"
-    remedy = remedy_init(layers, "") if layers else "Use dd.init_weights(model, 'xavier')."
+    k = init_ratio(layers) if layers else None
+    if k is None or k < TOO_LARGE:
+        return []  # weights at their scheme's scale (or unknown): the output's scale has another cause
+
+    scheme, remedy = init_advice(layers)[0], remedy_init(layers, "")
     where = [facts.last_name] if facts.last_name else []
     if facts.loss == "cross_entropy" and facts.peak_prob is not None and facts.out_loss is not None:
         k = facts.out_width or 2
