@@ -267,3 +267,5 @@ def test_an_epoch_loss_that_climbs_twofold_is_divergence():
     assert "zero_grad" in f.remedy
     assert divergence([1.23, 1.5, 1.8, 1.1, 0.9]) == []  # a bump under 2x that recovered
     assert divergence([1.0, 1.9, 1.5]) == []  # a rise under 2x
+    assert divergence([1.46, 0.93, 0.36, 0.90]) == []  # one epoch's spike at the end (digits MLP, SGD lr 0.3)
+    assert divergence([1.46, 0.93, 0.36, 0.90, 0.95])  # ... held over two epochs
