@@ -134,8 +134,9 @@ def labels_disagree(train_acc: Sequence[float] | None, val_acc: Sequence[float] 
                     f"The training accuracy {a[n - 1]:.2f} is {gap * 100:.0f} points below the validation accuracy "
                     f"{ref:.2f}: the model fits its own training labels worse than new data, so the training "
                     f"labels disagree with the validation labels.", ev,
-                    "Check the training labels (noisy, shifted or partly wrong labels) and that train-time "
-                    "augmentation or dropout is not destroying the signal.", [], n)]
+                    "Check the training labels (noisy, shifted or partly wrong labels), that the training data are "
+                    "shuffled every epoch (batches sorted by class are fitted one class at a time), and that "
+                    "train-time augmentation or dropout is not destroying the signal.", [], n)]
 
 
 UNDERFIT_ACC = 0.5  # training accuracy less than halfway from chance (1/k) to a perfect fit ...
