@@ -161,6 +161,13 @@ def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets
         facts["strictly_inside01"] = lo_hi[0] > 0.0 and lo_hi[1] < 1.0 and facts["n_samples"] >= 8
         if o.dim() >= 2 and width > 1:
             facts["rows_sum_to_one"] = bool(((of.sum(1) - 1).abs() <= 1e-4).all())
+        facts["out_rms"] = float(of.double().square().mean().sqrt())  # host sync
+        if (loss == "cross_entropy" and o.dim() == 2 and width > 1 and isinstance(targets, Tensor)
+                and not targets.is_floating_point() and targets.shape == o.shape[:1] and targets.numel()
+                and 0 <= int(targets.min()) and int(targets.max()) < width):
+            logp = torch.log_softmax(of.double(), dim=1)
+            facts["peak_prob"] = float(logp.amax(1).exp().mean())
+            facts["out_loss"] = float(-logp.gather(1, targets.long()[:, None]).mean())
     if targets is not None and isinstance(targets, Tensor) and targets.numel():
         t = targets.detach()
         facts["target_kind"] = "float" if t.is_floating_point() else "int"

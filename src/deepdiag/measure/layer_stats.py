@@ -45,6 +45,11 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
             var = sq - mean * mean
             r["act_mean"] = mean
             r["act_std"] = math.sqrt(max(var, 0.0)) if math.isfinite(var) else var
+        for k in ("batch_spread", "in_batch_spread"):
+            if m.get(k) is not None:
+                r[k] = _f(m[k])
+        if m.get("deriv_norm") is not None:
+            r["deriv_rms"] = _f(m["deriv_norm"]) / math.sqrt(max(1, m["numel"]))
         if m.get("in_norm") is not None:
             r["in_rms"] = _f(m["in_norm"]) / math.sqrt(max(1, m["in_numel"]))
         if m.get("signal_norm") is not None:

@@ -225,6 +225,11 @@ class Recorder:
                     and isinstance(out[1], Tensor) and out[1].dim() >= 3:
                 p = out[1].detach()
                 s["attention_peak"] = p.amax(-1).mean()  # mean over queries (and heads) of the largest probability
+        if self.detail and site.kind in ("weight", "recurrent", "attention"):
+            bdim = 1 if site.kind != "weight" and not getattr(site.module, "batch_first", True) and yd.dim() == 3 else 0
+            s["batch_spread"] = _batch_spread(yd, bdim)
+            if x is not None and x.is_floating_point() and x.dim() == yd.dim():
+                s["in_batch_spread"] = _batch_spread(x.detach(), bdim)
         if site.kind == "weight":
             if x is not None and x.is_floating_point() and (self.detail or not self.discovered
                                                             or site.index in self._edges):
@@ -239,6 +244,8 @@ class Recorder:
                 s["unit_spread"], s["act_absmax"] = spread, yd.abs().max()
         elif site.kind == "activation" and site.family in UNIT_FAMILIES:
             self._units(s, yd, site.family, site.unit_dim)
+            if self.detail and site.family in ("sigmoid", "tanh"):  # the derivative, read from the output
+                s["deriv_norm"] = norm(yd * (1 - yd) if site.family == "sigmoid" else 1 - yd * yd)
         return s
 
     def _units(self, s: dict, v: Tensor, family: str, unit_dim: int) -> None:
@@ -275,6 +282,18 @@ class Recorder:
                 self.latest[index]["signal_norm"] = norm(g.detach())
                 self.latest[index]["signal_numel"] = batch
         return hook
+
+
+def _batch_spread(t: Tensor, bdim: int) -> Tensor:
+    """How much `t` differs between the samples of the batch, relative to its scale: the RMS over the
+    other entries of the standard deviation along the batch dimension `bdim`, over the RMS of `t`
+    (0: every sample gives the same tensor; NaN for a batch of one)."""
+    t = t.double()
+    if t.dim() < 2 or t.shape[bdim] < 2:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    rms = t.pow(2).mean().sqrt()
+    sd = t.std(dim=bdim).pow(2).mean().sqrt()
+    return torch.where(rms > 0, sd / rms, torch.zeros_like(sd))
 
 
 def _hidden_arg(args) -> object:

@@ -44,6 +44,12 @@ class LayerStats:
     Recurrent (RNN/LSTM/GRU, checkup): ``gate_saturation`` (((gate, fraction of its units saturated on
     more than half of the samples × time steps), ...)), ``time_ratio`` (per-sample ‖∂L/∂h_1‖ over
     ‖∂L/∂h_T‖ of the last layer's state: > 1 when the gradient grows back through time).
+    Derivative (sigmoid/tanh activation modules, checkup): ``deriv_rms`` (RMS over the batch of the
+    activation's derivative f′(z), read from its output: σ(1 − σ) or 1 − tanh²; the factor by which
+    the activation scales the back-propagated signal).
+    Sample spread (weight, recurrent and attention sites, checkup): ``batch_spread`` / ``in_batch_spread``
+    (RMS of the standard deviation across the batch's samples of the output / input, over its RMS: 0
+    when every sample gives the same tensor).
     Kinds beyond weight/norm/activation: "embedding", "recurrent", "attention" (their ≥ 2-D parameters
     summarised in ``weight_norm``/``grad_norm``), "parameter" (a module no hook saw: only its
     parameters' norms).
@@ -92,6 +98,9 @@ class LayerStats:
     attention_peak: float | None = None
     gate_saturation: tuple | None = None
     time_ratio: float | None = None
+    deriv_rms: float | None = None
+    batch_spread: float | None = None
+    in_batch_spread: float | None = None
 
     @property
     def unit_family(self) -> str | None:
@@ -101,7 +110,8 @@ class LayerStats:
     def to_dict(self) -> dict:
         """The record as a dict (``inferred_family`` only where set, as the layer table shows it)."""
         d = asdict(self)
-        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio"):
+        for k in ("inferred_family", "path_side", "attention_peak", "gate_saturation", "time_ratio", "deriv_rms",
+                  "batch_spread", "in_batch_spread"):
             if d[k] is None:
                 del d[k]
         return d
@@ -122,7 +132,9 @@ class OutputFacts:
     ``strictly_inside01``: every output in (0, 1) on ≥ 8 samples; ``rows_sum_to_one``: every row sums to
     1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``, ``target_rms`` (float
 targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct values); ``default_loss``:
-    checkup chose the loss itself. None: not measured.
+    checkup chose the loss itself; ``out_rms`` (RMS of the output); for cross-entropy over ≥ 2 class
+    scores with integer targets: ``peak_prob`` (mean over samples of the largest softmax probability)
+    and ``out_loss`` (the cross-entropy of this output). None: not measured.
     """
 
     loss: str | None
@@ -140,6 +152,9 @@ targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct 
     target_rms: float | None = None
     target_distinct: int | None = None
     default_loss: bool | None = None
+    out_rms: float | None = None
+    peak_prob: float | None = None
+    out_loss: float | None = None
 
     def evidence(self) -> dict:
         """The measured facts as a dict: always the loss and output shape, the rest where measured."""

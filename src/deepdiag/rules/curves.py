@@ -61,6 +61,84 @@ def overfitting(train_loss: Sequence[float], val_loss: Sequence[float]) -> list[
     return []
 
 
+MEMORISE_TRAIN = 0.9  # training loss below 90 % of the chance loss (it has learnt something) ...
+MEMORISE_RISE = 0.05  # ... while the validation loss, at or above the chance loss, rose >= 5 % above its minimum
+
+
+def memorising(train_loss: Sequence[float], val_loss: Sequence[float], baseline: float | None) -> list[Finding]:
+    """overfitting (memorising): the validation loss ends at or above the chance-level loss (``baseline``:
+    ln k for k classes) and ≥ 5 % above its own minimum, while the training loss ends below 90 % of that
+    baseline → warning, fix ``{"epochs": best}``.
+
+    Why: the chance loss is what a constant prediction scores, so a validation loss above it means the
+    model predicts new data *worse* than knowing nothing, while it fits its training data measurably
+    better than chance (the 10 % margin ``underfitting`` uses for "learnt nothing"). What it learnt is
+    specific to the training set: memorised examples or labels that do not carry over (shuffled
+    labels; Zhang et al. 2017). The general rule (``overfitting``) waits for a 10 % rise sustained 3
+    epochs, which is right when the validation loss is low and SGD noise moves it by percents; above
+    chance there is no useful minimum to wait for, and a 5 % rise is beyond what the noise of a fixed
+    validation set explains at the chance level (its loss is then an average over hundreds of
+    near-uniform predictions).
+    """
+    t, v = _clean(train_loss), _clean(val_loss)
+    n = min(len(t), len(v))
+    if baseline is None or baseline <= 0 or n < UNDERFIT_EPOCHS:
+        return []
+    t, v = t[:n], v[:n]
+    if not (math.isfinite(t[-1]) and math.isfinite(v[-1])):
+        return []
+    finite = [i for i in range(n) if math.isfinite(v[i])]
+    best = min(finite, key=lambda i: v[i])
+    if not (v[-1] >= baseline and v[-1] >= (1 + MEMORISE_RISE) * v[best] and t[-1] <= MEMORISE_TRAIN * baseline):
+        return []
+    ev = {"baseline": baseline, "best_epoch": best + 1, "best_val_loss": v[best], "last_val_loss": v[-1],
+          "last_train_loss": t[-1], "val_loss": v, "train_loss": t, "rise_threshold": MEMORISE_RISE,
+          "train_threshold": MEMORISE_TRAIN, "cause": "memorising"}
+    return [Finding("overfitting", "warning",
+                    f"Validation loss {fmt(v[-1])} is above the chance-level loss {fmt(baseline)} and rising "
+                    f"(minimum {fmt(v[best])} at epoch {best + 1}) while the training loss fell to {fmt(t[-1])}: "
+                    f"the model memorises its training set; what it learns does not carry over.", ev,
+                    f"Check that inputs and labels are paired correctly (a shuffle of one without the other) "
+                    f"and that the labels are right; stop at epoch {best + 1} if they are.", [], n,
+                    fix={"epochs": best + 1})]
+
+
+LABEL_GAP = 0.10  # training accuracy >= 10 points below the validation accuracy of the model it averages over
+
+
+def labels_disagree(train_acc: Sequence[float] | None, val_acc: Sequence[float] | None) -> list[Finding]:
+    """underfitting (labels disagree): after ≥ 3 epochs, the last epoch's training accuracy is ≥ 10
+    points below the validation accuracy at both ends of that epoch → warning.
+
+    Why: a model scores at least as well on the data it is fitted to as on new data (the
+    generalisation gap is ≥ 0 for a fitted model); a training accuracy far *below* the validation
+    accuracy says the training labels disagree with the function that predicts the validation labels —
+    noisy or wrong training labels (with half the labels redrawn over k classes, at most
+    1/2 + 1/(2k) of them can be fitted without memorising). The training accuracy a loop reports is the
+    mean over the epoch while the weights move, so it is compared with the lower of the validation
+    accuracies before and after that epoch (the model at the epoch's start and end), which removes the
+    lag of a model still improving. 10 points: a validation set of 400 at 60 % accuracy has a standard
+    error of 2.4 points, a training set of 1000 1.5, so 10 is ≈ 3.5 combined standard errors;
+    train-mode dropout 0.1 costs BERT 4 points (measured).
+    """
+    a, v = _clean(train_acc), _clean(val_acc)
+    n = min(len(a), len(v))
+    if n < UNDERFIT_EPOCHS or not all(math.isfinite(x) for x in (a[n - 1], v[n - 1], v[n - 2])):
+        return []
+    ref = min(v[n - 2], v[n - 1])
+    gap = ref - a[n - 1]
+    if gap < LABEL_GAP:
+        return []
+    ev = {"train_acc": a[:n], "val_acc": v[:n], "gap": gap, "threshold": LABEL_GAP, "cause": "labels"}
+    return [Finding("underfitting", "warning",
+                    f"The training accuracy {a[n - 1]:.2f} is {gap * 100:.0f} points below the validation accuracy "
+                    f"{ref:.2f}: the model fits its own training labels worse than new data, so the training "
+                    f"labels disagree with the validation labels.", ev,
+                    "Check the training labels (noisy, shifted or partly wrong labels), that the training data are "
+                    "shuffled every epoch (batches sorted by class are fitted one class at a time), and that "
+                    "train-time augmentation or dropout is not destroying the signal.", [], n)]
+
+
 UNDERFIT_ACC = 0.5  # training accuracy less than halfway from chance (1/k) to a perfect fit ...
 # ... and no longer rising fast enough: at the rate of the last 3 epochs, halfway is more epochs away than the run has had
 UNDERFIT_TRAIN_VAL = 0.05  # ... and validation accuracy within 5 points of training accuracy (bias, not variance)
@@ -289,7 +367,9 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
     """divergence: a loss became NaN/Inf (error, with the first epoch/step), or the training loss grew
     to > 10× its first value and is still rising (error). Why 10×: SGD noise and a warm-up bump move a
     converging loss by percents; a tenfold rise that continues is the iterates leaving the basin
-    (learning rate above ~2/λ_max of the Hessian).
+    (learning rate above ~2/λ_max of the Hessian). After ≥ 3 epochs whose best training loss is still
+    ≥ 1.2× the loss at initialisation → warning (``_never_below_start``); an epoch's training loss ≥ 2×
+    the best epoch before it, not recovered by the end → warning (``_climbed``).
     """
     t, v = _clean(train_loss), _clean(val_loss)
     ev: dict = {}
@@ -337,10 +417,74 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                          "per": kind, "loss": curve, "threshold": BLOWUP},
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], len(curve), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
-    return []
+    epochs = [x for x in t if math.isfinite(x)]
+    return _never_below_start(epochs, sl) or _climbed(epochs)
 
 
 BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
+WORSE_THAN_START = 1.2  # every epoch's mean training loss >= 1.2x the loss at initialisation
+CLIMB = 2.0  # an epoch's mean training loss >= 2x the best epoch before it
+
+
+def _climbed(epoch_loss: list[float]) -> list[Finding]:
+    """divergence (warning): the last two epochs' mean training losses are both ≥ 2× the best epoch
+    before them → fix ``{"lr_factor": 0.1, "clip_grad_norm": 1.0}``.
+
+    Why: the same descent argument as ``_never_below_start`` on the epoch curve: with a stable step the
+    training loss falls up to minibatch noise, which moves an epoch mean by percents; doubling it is
+    the iterates thrown out of the region they had reached (the tenfold, still-rising case is the
+    error above). 2×: the end threshold of the step blow-up (``BLOWUP_END``); a warm restart of a
+    cosine schedule bumps the epoch loss by tens of percent, not twofold. Two epochs, the last
+    included: one epoch's spike is a single overshoot that SGD may still recover from (a digits MLP
+    at SGD lr 0.3 goes 0.36 → 0.90 in its last epoch); a rise held over two epochs is the run not
+    coming back.
+    """
+    if len(epoch_loss) < 3:
+        return []
+    earlier = epoch_loss[:-2]
+    best = min(earlier)
+    best_i = earlier.index(best)
+    if best <= 0 or min(epoch_loss[-2:]) < CLIMB * best:
+        return []
+    peak = max(epoch_loss[-2:])
+    peak_i = len(epoch_loss) - 2 + epoch_loss[-2:].index(peak)
+    ratio = peak / best
+    return [Finding("divergence", "warning",
+                    f"The training loss climbed {ratio:.2g}× from {fmt(best)} (epoch {best_i + 1}) to {fmt(peak)} "
+                    f"(epoch {peak_i + 1}) and ended at {fmt(epoch_loss[-1])}: the steps threw the model out of the "
+                    f"region it had reached.",
+                    {"best_epoch": best_i + 1, "best_loss": best, "peak_epoch": peak_i + 1, "peak_loss": peak,
+                     "ratio": ratio, "train_loss": epoch_loss, "threshold": CLIMB},
+                    "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_); check "
+                    "that optimizer.zero_grad() runs every step.", [], peak_i + 1,
+                    fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+
+
+def _never_below_start(epoch_loss: list[float], step_loss: list[float]) -> list[Finding]:
+    """divergence (warning): after ≥ 3 epochs, the *best* epoch-mean training loss is still ≥ 1.2× the
+    loss at initialisation (the first recorded step loss, taken before any update) → fix
+    ``{"lr_factor": 0.1, "clip_grad_norm": 1.0}``.
+
+    Why: a step size below 2/L (L: the loss's curvature) lowers the loss at every step up to minibatch
+    noise (the descent lemma), so a learning run's epochs average below its starting loss from the
+    first epoch on. No epoch better than the untrained model, and every one ≥ 20 % worse, means the
+    steps overshoot: the iterates were thrown out of the starting basin and did not come back, the
+    slow form of the 10× blow-up ``divergence`` reports as an error. 20 %: an untrained classifier's
+    per-sample losses all lie near ln k, so one batch measures the initial loss to a few percent, and
+    a model stuck at its initial level (``underfitting``'s case) scores ≈ 1.0×.
+    """
+    if len(epoch_loss) < UNDERFIT_EPOCHS or not step_loss or not math.isfinite(step_loss[0]) or step_loss[0] <= 0:
+        return []
+    start, best = step_loss[0], min(epoch_loss)
+    if best < WORSE_THAN_START * start:
+        return []
+    return [Finding("divergence", "warning",
+                    f"No epoch trained below the loss at initialisation: the best epoch's training loss {fmt(best)} is "
+                    f"{best / start:.2g}× the starting {fmt(start)}, so the steps overshoot instead of descending.",
+                    {"start_loss": start, "best_epoch_loss": best, "ratio": best / start, "train_loss": epoch_loss,
+                     "threshold": WORSE_THAN_START},
+                    "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
+                    [], len(epoch_loss), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
 
 
 def _step_blowup(step_loss: list[float]) -> tuple[float, float, float] | None:

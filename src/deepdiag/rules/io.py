@@ -172,6 +172,70 @@ def unscaled_targets(facts: OutputFacts | None, step: int | None = None) -> list
                     fix={"standardize_targets": True})]
 
 
+TOO_LARGE = 2.0  # ... from weights >= 2x the recommended scheme's std (median over weight layers)
+OUTPUT_EXCESS = 2.0  # cross-entropy >= ln k + 2 nats: logits of spread >= 2 that point to wrong classes
+OUTPUT_SCALE = 10.0  # MSE: an output RMS >= 10x max(target RMS, 1)
+
+
+def output_scale(facts: OutputFacts | None, layers=(), step: int | None = None) -> list[Finding]:
+    """The output layer's scale far beyond what the loss expects (``facts``: ``OutputFacts``;
+    ``layers``: the layer records, for the init advice).
+
+    * cross-entropy: the loss exceeds the chance level ln k by ≥ 2 nats (the output is confidently
+      wrong) → ``saturated_units`` (warning). Why: for logits of spread s that do not yet depend on the
+      label, E[CE] ≈ ln k + s²/2 (E[logsumexp] of k log-normal terms); He/Xavier on unit-scale features
+      give s ≤ √2, an excess ≤ 1 nat (measured on the benchmark's bases: logits RMS ≤ 0.36, loss within
+      2 % of ln k). 2 nats is s ≥ 2 and the true class getting, geometrically averaged, e⁻² ≈ 1/7 of a
+      uniform guess's probability: the softmax sits on wrong classes and passes little gradient
+      (p(1 − p) of a near-one-hot output). A trained model is never this far above a uniform guess
+      unless something is broken, so the rule needs no notion of "at initialisation".
+    * MSE: the output's RMS is ≥ 10× max(the targets' RMS, 1) → ``exploding_activations`` (warning).
+      Why: the output layer's init makes unit-scale outputs for unit-scale targets (``unscaled_targets``'
+      reason, read from the other side): an output 10× the targets starts the loss ≥ 100× the targets'
+      variance and every gradient 10× too large; max(·, 1) keeps near-zero targets from calling a
+      unit-scale output exploding.
+    Both need the weights to be the cause: their median std ≥ 2× the recommended scheme's (``init_ratio``;
+    not judged without layer records that give it). Why: the remedy is the init, and weights at their scheme's scale
+    (a deep residual sum without a final normalisation can reach such logits with He weights) are not
+    fixed by re-initialising; 2×, because He and Xavier differ by up to √2 and the benchmark's N(0, 1)
+    weights are 4–17× He.
+    Remedy: the recommended init (the forward gain of weights that are too large).
+    """
+    if facts is None or facts.out_rms is None:
+        return []
+    from .remedies import init_advice, init_ratio, remedy_init
+
+    k = init_ratio(layers) if layers else None
+    if k is None or k < TOO_LARGE:
+        return []  # weights at their scheme's scale (or unknown): the output's scale has another cause
+
+    scheme, remedy = init_advice(layers)[0], remedy_init(layers, "")
+    where = [facts.last_name] if facts.last_name else []
+    if facts.loss == "cross_entropy" and facts.peak_prob is not None and facts.out_loss is not None:
+        k = facts.out_width or 2
+        chance = math.log(k)
+        if facts.out_loss >= chance + OUTPUT_EXCESS:
+            ev = {"peak_prob": facts.peak_prob, "loss": facts.out_loss, "chance_loss": chance, "out_rms": facts.out_rms,
+                  "classes": k, "threshold": OUTPUT_EXCESS}
+            return [Finding("saturated_units", "warning",
+                            f"The output is confidently wrong: the cross-entropy {fmt(facts.out_loss)} is "
+                            f"{fmt(facts.out_loss - chance)} nats above the chance level ln {k} = {fmt(chance)} (logits "
+                            f"of RMS {fmt(facts.out_rms)}, mean top probability {facts.peak_prob:.2f}): the softmax "
+                            f"saturates on wrong classes because the weights are far too large.", ev, remedy, where,
+                            step, fix={"init": scheme})]
+    if facts.loss == "mse" and facts.target_kind == "float" and facts.target_rms is not None:
+        ref = max(facts.target_rms, 1.0)
+        if facts.out_rms >= OUTPUT_SCALE * ref:
+            ev = {"out_rms": facts.out_rms, "target_rms": facts.target_rms, "ratio": facts.out_rms / ref,
+                  "threshold": OUTPUT_SCALE}
+            return [Finding("exploding_activations", "warning",
+                            f"The output has RMS {fmt(facts.out_rms)}, {facts.out_rms / ref:.3g}× the targets' scale "
+                            f"({fmt(facts.target_rms)}): the loss and its gradients start "
+                            f"{fmt((facts.out_rms / ref) ** 2)}× too large.", ev, remedy, where, step,
+                            fix={"init": scheme})]
+    return []
+
+
 UNSCALED = 10.0  # a feature whose RMS (√(mean² + std²)) is >= 10: an order of magnitude off unit scale
 
 

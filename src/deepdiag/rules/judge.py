@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
-from .curves import divergence, loss_left, not_converged, oscillating_loss, overfitting, underfitting, underfitting_cause
+from .curves import (divergence, labels_disagree, loss_left, memorising, not_converged, oscillating_loss, overfitting,
+                     underfitting, underfitting_cause)
 from .depth import compare_depths
-from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, unscaled_inputs, unscaled_targets
+from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, output_scale, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training, usual_lr
 from .updates import frozen_layers, stalled_updates
@@ -26,8 +27,8 @@ from .updates import frozen_layers, stalled_updates
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates, frozen_layers),
-    "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, nonfinite_values),
-    "curves": (divergence, overfitting, underfitting, not_converged, oscillating_loss),
+    "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, output_scale, nonfinite_values),
+    "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, oscillating_loss),
     "depth": (compare_depths,),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
@@ -128,7 +129,10 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     if context.frozen:
         found += frozen_layers(layers, context.frozen, context.frozen_share,
                                loss_left(curves) if curves is not None else None, step)
-    found += output_loss_mismatch(output, io_step) + unscaled_inputs(inputs, io_step) + unscaled_targets(output, io_step)
+    mismatch, unscaled = output_loss_mismatch(output, io_step), unscaled_inputs(inputs, io_step)
+    found += mismatch + unscaled + unscaled_targets(output, io_step)
+    if not unscaled and not any(f.rank >= 1 for f in mismatch):  # the output's scale follows from those
+        found += output_scale(output, layers, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
     return sort_findings(found)
@@ -141,7 +145,7 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
         return div
     found = []
     if c.train_loss and c.val_loss:
-        found += overfitting(c.train_loss, c.val_loss)
+        found += overfitting(c.train_loss, c.val_loss) or memorising(c.train_loss, c.val_loss, c.baseline)
     if c.train_loss:
         found += not_converged(c.train_loss, c.step_loss, c.steps)
         updates = len(c.step_loss) if c.step_loss else None
@@ -150,6 +154,8 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
                                      context.frozen, usual=usual_lr(context.optimizer, context.momentum),
                                      updates=(c.steps[-1] if c.steps else updates, per_epoch))
                   for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
+    if not any(f.code == "underfitting" for f in found):
+        found += labels_disagree(c.train_acc, c.val_acc)
     if c.step_loss:
         found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,
                                   epoch_loss=c.train_loss)

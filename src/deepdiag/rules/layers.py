@@ -180,6 +180,47 @@ def gradient_through_time(rows: Sequence[LayerStats], step: int | None = None) -
     return out
 
 
+ACT_GAIN = 0.25  # an activation whose derivative has RMS <= 1/4: sigma'(z) <= 1/4 everywhere
+
+
+def activation_gain(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """vanishing_gradients from the activations themselves: a hidden sigmoid/tanh activation (one with a
+    weight layer after it) whose derivative f′(z) has RMS ≤ 1/4 over the batch (``deriv_rms``) and that
+    ``saturated_units`` does not already report → warning, fix ``{"activation": "relu"}``.
+
+    Why: the backward pass multiplies ∂L/∂a elementwise by f′(z), so ‖∂L/∂z‖ ≈ RMS(f′)·‖∂L/∂a‖ (z and
+    ∂L/∂a independent at init). The logistic sigmoid has σ′(z) = σ(1 − σ) ≤ 1/4 for every z, so each
+    sigmoid layer divides the gradient by at least 4 *whatever the weights*; weights large enough to
+    compensate (×4) push the units into saturation instead. He/Xavier keep the weight layers' gain near
+    1, so this loss is the activation's alone, and it compounds: 4ᵏ before the k-th sigmoid from the
+    output. Its outputs are also all positive (mean ≈ 1/2), which makes the next layer's weight updates
+    share one sign per unit (LeCun et al. 1998, "Efficient BackProp"); sigmoid hidden units are
+    discouraged for these reasons (Glorot & Bengio 2010; Goodfellow et al. 2016, §6.3.2). 1/4 is
+    σ′(0), the sigmoid's best case; a tanh layer reaches it only when most |z| > 1.3 (tanh′ = 1 − tanh²
+    ≤ 1/4), which is Xavier-initialised tanh's exception, not its rule (RMS(tanh′) ≈ 0.6–0.8 measured).
+    """
+    w = weight_layers(rows)
+    if not w:
+        return []
+    last_weight = max(i for i, r in enumerate(rows) if r.kind == "weight")
+    hidden = [r for i, r in enumerate(rows[:last_weight]) if r.kind == "activation" and r.deriv_rms is not None
+              and r.deriv_rms <= ACT_GAIN and not (r.frac_saturated_units or 0.0) >= SAT_WARN]
+    if not hidden:
+        return []
+    gains = {r.name: r.deriv_rms for r in hidden}
+    product = math.prod(gains.values())
+    fams = sorted({r.family for r in hidden})
+    names = ", ".join(gains)
+    ev = {"activation_gain": gains, "product": product, "families": fams, "threshold": ACT_GAIN}
+    return [Finding("vanishing_gradients", "warning",
+                    f"The {'/'.join(fams)} activation(s) {names} scale the back-propagated gradient by "
+                    f"{', '.join(fmt(g) for g in gains.values())} (the derivative's RMS; σ′ ≤ 1/4 everywhere), "
+                    f"so the layers before them learn that much slower ({fmt(1 / product) if product > 0 else 'inf'}× "
+                    f"if they are chained).", ev,
+                    "Use ReLU hidden activations (activation='relu'; or tanh, zero-centred with derivative up to 1) "
+                    "and keep sigmoid for gates and outputs.", list(gains), step, fix={"activation": "relu"})]
+
+
 # ---- forward signal ----
 
 def activation_scale(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
@@ -220,6 +261,46 @@ def activation_scale(rows: Sequence[LayerStats], step: int | None = None) -> lis
                               "residual sums need normalization (norm='layer' or 'batch') or branches scaled down",
                               [r.name for r in w if not r.in_rms < first.in_rms * ORDERS], step)]
     return []
+
+
+SAME_OUTPUT = 1e-5  # output spread across samples <= 1e-5 of its scale: float32 rounding, no input left
+INPUT_VARIES = 1e-3  # ... while the input's spread is >= 1e-3 of its scale
+
+
+def input_ignored(rows: Sequence[LayerStats], step: int | None = None) -> list[Finding]:
+    """vanishing_activations (the input is lost): a hidden weight, recurrent or attention layer (not the
+    last weight layer) whose output is the same for every sample of the batch (``batch_spread`` ≤ 10⁻⁵
+    of its scale) while its input differs between samples (``in_batch_spread`` ≥ 10⁻³) → error, with
+    the init fix.
+
+    Why: the input-dependent part of the forward signal is exactly what carries information; a layer
+    whose output no longer varies with the sample has multiplied it by 0 — all-zero weights leave only
+    the bias, identical for every sample (an LSTM/GRU with zero weights runs its gates on the biases
+    alone; a zero FFN or attention projection adds a constant to the stream). Everything after it sees
+    a constant, so the network's output does not depend on the input there: the limit a_last/a_first
+    → 0 of ``activation_scale``, which a one- or two-layer net cannot reach by a per-layer decay.
+    Float32 rounding leaves ~10⁻⁷; an input that varies by ≥ 10⁻³ of its scale rules out a layer
+    that is meant to see a constant (a time or position feature shared by the batch). The last weight
+    layer is left out: a zero-initialised head is common practice, and ``symmetric_units`` judges it.
+    """
+    idx = [i for i, r in enumerate(rows) if r.kind == "weight"]
+    if not idx:
+        return []
+    bad = [r for r in rows[:idx[-1]] if r.kind in ("weight", "recurrent", "attention")
+           and r.batch_spread is not None and r.in_batch_spread is not None
+           and r.batch_spread <= SAME_OUTPUT and r.in_batch_spread >= INPUT_VARIES]
+    if not bad:
+        return []
+    names = [r.name for r in bad]
+    zero = [r.name for r in bad if r.weight_norm == 0]
+    ev = {"layers": names, "batch_spread": {r.name: r.batch_spread for r in bad},
+          "in_batch_spread": {r.name: r.in_batch_spread for r in bad}, "zero_weights": zero,
+          "threshold": SAME_OUTPUT, "input_threshold": INPUT_VARIES}
+    why = "its weights are all zero" if zero and len(zero) == len(bad) else "its weights cancel the input"
+    return [_init_finding("vanishing_activations", True,
+                          f"{names[0]} ({bad[0].type}) gives the same output for every sample although its input "
+                          f"varies ({why}{f'; {len(bad) - 1} more layer(s) alike' if len(bad) > 1 else ''}): "
+                          f"the network's output does not depend on the input there.", ev, rows, "", names, step)]
 
 
 # ---- units ----
@@ -357,5 +438,5 @@ def symmetric_units(rows: Sequence[LayerStats], step: int | None = None) -> list
     return out
 
 
-LAYER_RULES = (gradient_flow, gradient_through_time, activation_scale, symmetric_units, dead_units,
-               saturated_units)
+LAYER_RULES = (gradient_flow, gradient_through_time, activation_gain, activation_scale, input_ignored,
+               symmetric_units, dead_units, saturated_units)

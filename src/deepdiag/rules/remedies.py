@@ -73,17 +73,27 @@ def net_family(rows: Sequence[LayerStats]) -> str:
     return top if 2 * fams.count(top) >= n_weights else "mixed"
 
 
-def init_advice(rows: Sequence[LayerStats]) -> tuple[str, str]:
-    """(scheme to recommend, a phrase comparing the current weights with it)."""
+def init_ratio(rows: Sequence[LayerStats]) -> float | None:
+    """The median over weight layers of weight std / the recommended scheme's std (None: no weight
+    layer with a known std, or a linear chain, whose scheme is orthogonal)."""
     from ..init import scheme_std  # deferred: importing the rules does not import torch
 
+    scheme = RECOMMENDED.get(net_family(rows), "he")
+    ws = [r for r in weight_layers(rows) if r.weight_std is not None and r.fan_in]
+    if not ws or scheme == "orthogonal":
+        return None
+    ratios = sorted(r.weight_std / scheme_std(scheme, r.fan_in, r.fan_out) for r in ws)
+    return ratios[len(ratios) // 2]
+
+
+def init_advice(rows: Sequence[LayerStats]) -> tuple[str, str]:
+    """(scheme to recommend, a phrase comparing the current weights with it)."""
     fam = net_family(rows)
     scheme = RECOMMENDED.get(fam, "he")
     ws = [r for r in weight_layers(rows) if r.weight_std is not None and r.fan_in]
-    if not ws or scheme == "orthogonal":
+    k = init_ratio(rows)
+    if k is None:
         return scheme, ""
-    ratios = sorted(r.weight_std / scheme_std(scheme, r.fan_in, r.fan_out) for r in ws)
-    k = ratios[len(ratios) // 2]
     stds = sorted(r.weight_std for r in ws)
     inits = {r.init_scheme for r in ws}
     what = f"initialised as {inits.pop()}" if len(inits) == 1 and "unknown" not in inits else \
