@@ -269,3 +269,14 @@ def test_an_epoch_loss_that_climbs_twofold_is_divergence():
     assert divergence([1.0, 1.9, 1.5]) == []  # a rise under 2x
     assert divergence([1.46, 0.93, 0.36, 0.90]) == []  # one epoch's spike at the end (digits MLP, SGD lr 0.3)
     assert divergence([1.46, 0.93, 0.36, 0.90, 0.95])  # ... held over two epochs
+
+
+def test_labels_disagree_is_not_judged_under_heavy_dropout():
+    """With dropout p >= 0.3 a train-mode accuracy trails the validation accuracy by design."""
+    from deepdiag.rules.judge import Context, Curves, judge_curves
+
+    curves = Curves(train_loss=[1.2, 1.1, 1.0, 1.0], val_loss=[1.1, 1.0, 0.9, 0.9], train_acc=[0.5, 0.55, 0.6, 0.6],
+                    val_acc=[0.7, 0.75, 0.8, 0.8], baseline=2.3)
+    codes = lambda ctx: [f.code for f in judge_curves(curves, ctx) if f.rank >= 1]  # noqa: E731
+    assert "underfitting" in codes(Context())
+    assert "underfitting" not in codes(Context(dropout=0.5))

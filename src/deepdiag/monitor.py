@@ -563,6 +563,8 @@ class Monitor:
                           knows_optimizer=self.optimizer is not None, weight_decay=wd,
                           optimizer=type(self.optimizer).__name__.lower() if self.optimizer is not None else None,
                           momentum=float(group.get("momentum", 0.0) or 0.0), epochs=len(self._epochs) or None,
+                          dropout=max((float(m.p) for m in self.model.modules()
+                                       if isinstance(m, nn.modules.dropout._DropoutNd)), default=0.0),
                           weight_ratio=_weight_norm(rows) / self._start_weight if rows and self._start_weight
                           else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows),
                           frozen=frozen, frozen_share=share)

@@ -62,7 +62,8 @@ class Context:
     narrowest hidden weight layer; ``frozen``: modules whose ≥ 2-D parameters all have
     requires_grad=False (None: not read), ``frozen_share``: their share of the ≥ 2-D parameter entries;
     ``optimizer``: its kind ("sgd", "adam", "adamw", or another class name in lower case) and
-    ``momentum``; ``epochs``: epochs handed to the monitor so far (with the steps: updates per epoch)."""
+    ``momentum``; ``epochs``: epochs handed to the monitor so far (with the steps: updates per epoch);
+    ``dropout``: the largest dropout probability among the model's dropout modules."""
 
     lr: float | None = None
     base_lr: float | None = None
@@ -78,6 +79,12 @@ class Context:
     optimizer: str | None = None
     momentum: float = 0.0
     epochs: int | None = None
+    dropout: float = 0.0
+
+
+DROPOUT_DEPRESSES = 0.3  # from this dropout on, a training accuracy taken in train mode may trail the
+# validation accuracy by 10 points on its own (each unit kept with probability 1 − p), so a training
+# accuracy below the validation one no longer says the labels disagree
 
 
 def start_key(f: Finding) -> tuple:
@@ -155,7 +162,8 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
                                      updates=(c.steps[-1] if c.steps else updates, per_epoch))
                   for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
     if not any(f.code == "underfitting" for f in found):
-        found += labels_disagree(c.train_acc, c.val_acc)
+        if context.dropout < DROPOUT_DEPRESSES:  # train-mode dropout lowers the training accuracy by design
+            found += labels_disagree(c.train_acc, c.val_acc)
     if c.step_loss:
         found += oscillating_loss(c.step_loss, c.steps, lr=context.lr, batch_size=context.batch_size,
                                   epoch_loss=c.train_loss)
