@@ -686,3 +686,5 @@ def test_the_cross_entropy_a_fix_names_reads_classes_on_the_last_dimension():
     assert float(loss(tokens, ids)) == pytest.approx(float(F.cross_entropy(tokens.reshape(-1, 7), ids.reshape(-1))))
     images, masks = torch.randn(2, 3, 4, 4), torch.randint(3, (2, 4, 4))
     assert float(loss(images, masks)) == pytest.approx(float(F.cross_entropy(images, masks)))
+    square, ids = torch.randn(4, 7, 7), torch.randint(7, (4, 7))  # T = vocab: both layouts fit, the last wins
+    assert float(loss(square, ids)) == pytest.approx(float(F.cross_entropy(square.reshape(-1, 7), ids.reshape(-1))))

@@ -156,12 +156,13 @@ def default_loss(task: str, out_features: int) -> nn.Module:
 
 class _LastDimCrossEntropy(nn.CrossEntropyLoss):
     """Cross-entropy with the classes on the last dimension of (batch, ..., classes) outputs and (batch,
-    ...) targets (a token model's (batch, T, vocab) against (batch, T): ``dd.fit``'s convention), where
-    torch's own reads dimension 1 as the classes; (batch, classes) outputs are torch's case unchanged."""
+    ...) targets (a token model's (batch, T, vocab) against (batch, T): ``dd.fit``'s convention, the one
+    its accuracy uses), where torch's own reads dimension 1 as the classes. When both layouts fit the
+    shapes (T = vocab), the last dimension wins, as in the accuracy; (batch, classes) outputs and
+    torch-layout targets (batch, d1, ...) of (batch, C, d1, ...) outputs are torch's case unchanged."""
 
     def forward(self, logits, target):
-        if logits.dim() > 2 and target.shape == logits.shape[:-1] and target.shape != (
-                logits.shape[0], *logits.shape[2:]):
+        if logits.dim() > 2 and target.shape == logits.shape[:-1]:  # also when torch's layout would fit
             logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
         return super().forward(logits, target)
 
