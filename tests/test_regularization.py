@@ -85,3 +85,23 @@ def test_inverted_dropout_keeps_expectation():
 def test_l2_bad_input(kwargs, name):
     with pytest.raises(ValueError, match=name):
         dd.l2_penalty(nn.Linear(2, 2), **kwargs)
+
+
+def test_a_tied_weight_is_one_weight():
+    """GPT-2 style tying (the output layer reuses the embedding's matrix): counted once by L2 and held once
+    by the optimizer (torch warns of duplicate parameters in a group, and steps them twice)."""
+    import warnings
+
+    from torch import nn
+
+    from deepdiag.regularization import weight_parameters
+    from deepdiag.train import TrainConfig, make_optimizer
+
+    emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+    head.weight = emb.weight
+    model = nn.Sequential(emb, head)
+    assert len(weight_parameters(model)) == 1
+    assert float(dd.l2_penalty(model, 2.0, 1)) == pytest.approx(float((emb.weight ** 2).sum()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_optimizer(model, TrainConfig(weight_decay=0.1))

@@ -29,14 +29,16 @@ from .init import NORM_LAYERS
 
 
 def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The weights that L2 and weight decay act on: parameters with >= 2 dimensions outside norm layers."""
-    return [
-        p
+    """The weights that L2 and weight decay act on: parameters with >= 2 dimensions outside norm layers,
+    each once (a weight tied between two modules, like GPT-2's embedding and output layer, is one weight)."""
+    found = {
+        id(p): p
         for module in model.modules()
         if not isinstance(module, NORM_LAYERS)
         for p in module.parameters(recurse=False)
         if p.dim() >= 2
-    ]
+    }
+    return list(found.values())
 
 
 def l2_penalty(model: nn.Module, lam: float, n: int) -> torch.Tensor:
