@@ -149,6 +149,11 @@ def killed(base_metrics: list[float], metric: float, finite: bool, task: str) ->
         return True
     mean = sum(base_metrics) / len(base_metrics)
     sd = math.sqrt(sum((m - mean) ** 2 for m in base_metrics) / (len(base_metrics) - 1))
+    return worse(metric, mean, sd, task)
+
+
+def worse(metric: float, mean: float, sd: float, task: str) -> bool:
+    """`metric` worse than the base's seed mean by more than max(3·sd, floor) (see the module doc)."""
     if task == "regression":
         return metric - mean > max(3 * sd, MSE_FLOOR * mean)
     return mean - metric > max(3 * sd, ACC_FLOOR)

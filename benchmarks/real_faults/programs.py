@@ -64,6 +64,10 @@ class Program:
 
     def model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
+        return self.fresh()
+
+    def fresh(self) -> nn.Module:
+        """The model with its edits, drawn from the global RNG as it stands (``model`` seeds it first)."""
         model = self.build()
         for edit in self.edits:
             model = edit(model)

@@ -39,7 +39,7 @@ from deepdiag.jsonsafe import dumps
 from deepdiag.repair import ArrayData, repair
 from deepdiag.train import TrainConfig
 
-from .harness import ACC_FLOOR, MSE_FLOOR
+from .harness import worse
 from .operators import OPERATORS
 from .programs import Program, bases
 
@@ -55,11 +55,7 @@ def program(name: str) -> Program:
 
 def build(name: str):
     """A fresh model of program `name` (dd.repair seeds the RNG before calling it)."""
-    p = program(name)
-    model = p.build()
-    for edit in p.edits:
-        model = edit(model)
-    return model
+    return program(name).fresh()
 
 
 def inputs(p: Program) -> tuple:
@@ -77,11 +73,9 @@ def inputs(p: Program) -> tuple:
 
 
 def restored(row: dict, after: float) -> bool:
-    """The repaired metric back within the kill margin of the base (harness.killed, inverted)."""
-    mean, sd = row["base_mean"], row["base_sd"]
-    if row["metric_name"] == "val_mse":
-        return after - mean <= max(3 * sd, MSE_FLOOR * mean)
-    return mean - after <= max(3 * sd, ACC_FLOOR)
+    """The repaired metric back within the kill margin of the base (``harness.worse``, inverted)."""
+    task = "regression" if row["metric_name"] == "val_mse" else "classification"
+    return not worse(after, row["base_mean"], row["base_sd"], task)
 
 
 def select(rows: list[dict], quick: bool, operators, bases_) -> list[dict]:

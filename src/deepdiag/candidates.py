@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .findings import Finding, sort_findings
+from .rules.remedies import lr_fix
 
 CAUSES = ("init", "activation", "architecture", "output", "loss", "lr", "optimizer", "budget", "data",
           "regularization", "frozen")
@@ -70,8 +71,8 @@ def cause_of(fix: dict) -> str:
 
 
 def _lr(s: Setup, factor: float) -> dict:
-    """``{"lr": s.lr·factor}`` to one significant digit (0.1 → 0.01, not 0.010000000000000002)."""
-    return {"lr": float(f"{s.lr * factor:.0e}")}
+    """``{"lr": s.lr·factor}`` to one significant digit (``rules.remedies.lr_fix``: 0.1 → 0.01)."""
+    return lr_fix(s.lr, factor)
 
 
 def _bigger_batch(s: Setup) -> dict:

@@ -57,7 +57,7 @@ from .findings import Finding, sort_findings
 from .fixes import apply_fix, fix_data, make_loss
 from .jsonsafe import json_safe
 from .monitor import Monitor
-from .train import TrainConfig, default_loss, fit
+from .train import TrainConfig, _output_width, default_loss, fit
 
 ENGINES = ("auto", "local", "process")
 ACC_FLOOR, MSE_FLOOR = 0.01, 0.05  # the margin's floor (see the module doc)
@@ -109,6 +109,15 @@ def _code_id(obj) -> str:
     return name + hashlib.sha256((src + extra).encode()).hexdigest()[:16]
 
 
+def _filled(cell) -> bool:
+    """Whether a closure cell holds a value (an empty one raises on reading)."""
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
 def data_fingerprint(data) -> str:
     """SHA-256 over the data's splits (shape, dtype and bytes of each tensor)."""
     h = hashlib.sha256()
@@ -151,7 +160,7 @@ def _train(spec: TrialSpec) -> dict:
     loss_fn = make_loss(changes.loss) if changes.loss else spec.loss_fn
     classify = task_of(data) == "classification"
     xb, yb = data.x_train[:64], data.y_train[:64]
-    out_width = _out_width(fixed, xb)
+    out_width = _output_width(fixed, xb, positions=True)
     if loss_fn is None:
         loss_fn = default_loss(task_of(data), out_width)
     report = checkup(fixed, xb, yb, loss_fn)
@@ -190,14 +199,6 @@ def task_of(data) -> str:
     if task in ("classification", "regression"):
         return task
     return "regression" if torch.as_tensor(data.y_train).is_floating_point() else "classification"
-
-
-def _out_width(model: nn.Module, x) -> int:
-    was = model.training
-    with torch.no_grad():
-        out = model.eval()(x[:2])
-    model.train(was)
-    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() > 1 else 1
 
 
 def _score(model, data, original, hist, classify: bool, val: bool) -> tuple[float, str]:
@@ -642,11 +643,3 @@ __all__ = [
     "run_trial",
     "trial_key",
 ]
-
-
-def _filled(cell) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:  # an empty cell
-        return False
-    return True

@@ -89,9 +89,13 @@ class Store:
         row = (result.hash, result.config.canonical_json(), result.status,
                dumps({"history": result.history, "metrics": result.metrics, "probes": result.probes}),
                result.error, result.wall_time, dumps(result.versions), result.engine, time.time())
+        self._write("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def _write(self, sql: str, row: tuple) -> None:
+        """One statement in its own ``BEGIN IMMEDIATE`` transaction (rolled back if anything interrupts it)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.execute(sql, row)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -99,14 +103,7 @@ class Store:
 
     def put_trial(self, key: str, record: dict) -> None:
         """Commit one finished repair trial (a JSON-safe dict) under `key` (its own transaction)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("INSERT OR REPLACE INTO trials VALUES (?, ?, ?, ?)",
-                             (key, dumps(record), __version__, time.time()))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        self._write("INSERT OR REPLACE INTO trials VALUES (?, ?, ?, ?)", (key, dumps(record), __version__, time.time()))
 
     def trial(self, key: str) -> dict | None:
         """The stored trial `key` when this deepdiag version trained it, else None."""
