@@ -307,6 +307,7 @@ _WORDS = {
     "standardize_inputs": lambda v: "standardi",
     "standardize_targets": lambda v: "standardi",
     "target_range": lambda v: "",
+    "drop_disputed_labels": lambda v: "disputed",
 }
 
 

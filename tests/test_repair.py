@@ -252,18 +252,42 @@ def test_repair_command_exit_codes_for_usage_and_user_errors(tmp_path):
     assert bad.returncode == 3 and "my bug" in bad.stderr
 
 
-def test_candidates_trained_in_worker_processes_match_the_local_ones(tmp_path):
-    """engine="process" trains a round's candidates in spawned workers (one thread each): the same
-    seeded trainings, so the same scores and the same verdict as training them here."""
+@pytest.fixture(scope="module")
+def local_repair():
     import functools
 
     build = functools.partial(dd.mlp, 64, 10, width=32, depth=1, seed=0)
     cfg = dict(STALLED, epochs=2)
-    local = repair(build, "digits", cfg, rounds=1, max_candidates=3, engine="local", progress=False)
-    procs = repair(build, "digits", cfg, rounds=1, max_candidates=3, engine="process", progress=False)
-    assert [t.candidate.fix for t in procs.trials] == [t.candidate.fix for t in local.trials]
-    assert [t.score for t in procs.trials] == pytest.approx([t.score for t in local.trials], abs=1e-6)
-    assert procs.fix == local.fix
+    run = lambda **engine: repair(build, "digits", cfg, rounds=1, max_candidates=3, progress=False, **engine)
+    return run, run(engine="local")
+
+
+def _same_search(other, local):
+    assert [t.candidate.fix for t in other.trials] == [t.candidate.fix for t in local.trials]
+    assert [t.score for t in other.trials] == pytest.approx([t.score for t in local.trials], abs=1e-6)
+    assert other.fix == local.fix
+
+
+def test_candidates_trained_in_worker_processes_match_the_local_ones(local_repair):
+    """engine="process" trains a round's candidates in spawned workers (one thread each) through the
+    sweep layer's engine: the same seeded trainings, so the same scores and verdict as training them here."""
+    run, local = local_repair
+    _same_search(run(engine="process", workers=2), local)
+
+
+def test_candidates_trained_on_a_dask_cluster_match_the_local_ones(local_repair, dask_address):
+    run, local = local_repair
+    _same_search(run(engine="dask", address=dask_address), local)
+
+
+def test_candidates_trained_as_ray_tasks_match_the_local_ones(local_repair, ray_local):
+    run, local = local_repair
+    _same_search(run(engine="ray"), local)
+
+
+def test_a_remote_engine_needs_picklable_inputs():
+    with pytest.raises(ValueError, match="engine='process'.*pickle"):
+        repair(lambda: dd.mlp(64, 10), "digits", STALLED, engine="process", progress=False)
 
 
 def test_dd_repair_is_the_function_whatever_was_imported_first():

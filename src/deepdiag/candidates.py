@@ -63,7 +63,7 @@ def cause_of(fix: dict) -> str:
     """The cause a fix tests, from its keys (the first that applies, in the order below)."""
     order = [("unfreeze", "frozen"), ("replace_output", "output"), ("out_features", "output"),
              ("loss", "loss"), ("target_range", "data"), ("standardize_inputs", "data"),
-             ("standardize_targets", "data"), ("activation", "activation"), ("norm", "architecture"),
+             ("standardize_targets", "data"), ("drop_disputed_labels", "data"), ("activation", "activation"), ("norm", "architecture"),
              ("residual", "architecture"), ("init", "init"), ("optimizer", "optimizer"),
              ("weight_decay", "regularization"), ("epochs", "budget"), ("batch_size", "budget"),
              ("lr", "lr"), ("lr_factor", "lr"), ("warmup_steps", "lr"), ("clip_grad_norm", "lr")]
@@ -141,7 +141,10 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
                          (signal[0][0], signal[0][1])],
         "overfitting": [({"weight_decay": 5e-4 if not s.weight_decay else s.weight_decay * 10},
                          "weight decay shrinks the weights the noise fits"),
-                        ({"epochs": max(1, s.epochs // 2)}, "stop earlier")],
+                        ({"epochs": max(1, s.epochs // 2)}, "stop earlier"),
+                        ({"drop_disputed_labels": True} if s.task == "classification" else {},
+                         "wrong training labels are what a network memorises: train without the ones "
+                         "out-of-fold predictions dispute")],
         "output_loss_mismatch": [({"replace_output": "identity"}, "the loss gets raw logits"),
                                  ({"loss": "cross_entropy"}, "cross-entropy on logits")],
         "unscaled_inputs": [({"standardize_inputs": True}, "inputs of unit scale"), signal[0], signal[1]],

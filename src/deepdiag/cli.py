@@ -603,7 +603,8 @@ def repair(
                                                                      "KEY=VALUE (optimizer, lr, epochs, ...)")] = None,
     rounds: Annotated[int, typer.Option(min=1, help="search rounds")] = 2,
     candidates: Annotated[int, typer.Option(min=1, help="candidates per round")] = 8,
-    engine: Annotated[str, typer.Option(help="auto, local or process (candidates in parallel)")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto, local, process, dask or ray: where the candidates of a "
+                                                 "round train (all but local in parallel)")] = "auto",
     out_dir: Annotated[Path, typer.Option("--out", help="results directory: every trial is stored there "
                                                         "and the same command resumes")] = Path("results"),
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,

@@ -80,6 +80,15 @@ FIX_KEYS = {
     "target_range": ("[low, high], two numbers, low < high",
                      "map the targets affinely from the training set's [min, max] onto [low, high] (binary "
                      "targets such as ±1 become low and high)"),
+    "drop_disputed_labels": ("bool: true",
+                             "train without the training samples whose label the data dispute (classification): "
+                             "the training split is cut in 4 parts by a seeded permutation; for each part the "
+                             "same model and training, fitted on the other 3 and kept at its epoch of lowest "
+                             "loss on that part, predicts it; with t_j the mean predicted "
+                             "probability of class j over the samples labelled j, a sample is dropped when the "
+                             "most probable class j among those with p_j >= t_j is not its label (confident "
+                             "learning, Northcutt et al. 2021; deepdiag.labels); the epochs are scaled by "
+                             "n/(n - dropped) so training keeps its number of optimizer steps"),
 }
 
 

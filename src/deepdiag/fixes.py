@@ -32,7 +32,7 @@ from .train import OPTIMIZERS, TrainConfig, default_loss
 MODEL_KEYS = ("unfreeze", "replace_output", "out_features", "activation", "norm", "residual", "init")
 TRAIN_KEYS = ("lr", "lr_factor", "warmup_steps", "batch_size", "clip_grad_norm", "weight_decay", "optimizer",
               "epochs")
-DATA_KEYS = ("standardize_inputs", "standardize_targets", "target_range")
+DATA_KEYS = ("standardize_inputs", "standardize_targets", "target_range", "drop_disputed_labels")
 LOSSES = {"cross_entropy": ("classification", 2), "bce_with_logits": ("classification", 1),
           "mse": ("regression", 1)}  # name -> the (task, outputs) whose default loss it is
 OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -64,6 +64,7 @@ CHECKS = {  # key -> its value checked and normalised (errors name fix['key'] an
     "standardize_inputs": lambda v: check_bool("fix['standardize_inputs']", v),
     "standardize_targets": lambda v: check_bool("fix['standardize_targets']", v),
     "target_range": lambda v: _check_range(v),
+    "drop_disputed_labels": lambda v: check_bool("fix['drop_disputed_labels']", v),
 }
 
 
@@ -279,7 +280,7 @@ def _standardize(xs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(std < STD_FLOOR, torch.ones_like(std), std)
 
 
-def fix_data(data, changes: FixChanges | Mapping):
+def fix_data(data, changes: FixChanges | Mapping, *, disputed: torch.Tensor | None = None):
     """A new data object (``dd.data.Dataset`` or anything with x_train, y_train and optional x_val, y_val,
     x_test, y_test) with the data keys of `changes` (a ``FixChanges`` or a dict of data keys) performed; the
     statistics come from the training split and are applied to every split:
@@ -287,7 +288,9 @@ def fix_data(data, changes: FixChanges | Mapping):
     standardize_inputs: x ← (x − mean)/std per feature (per channel for (n, C, ...) inputs);
     standardize_targets: y ← (y − mean)/std per column (float targets);
     target_range [low, high]: y ← low + (high − low)·(y − min)/(max − min), min and max of the training
-    targets (binary targets such as ±1 become exactly low and high).
+    targets (binary targets such as ±1 become exactly low and high);
+    drop_disputed_labels: the training samples where `disputed` (a boolean mask over the training split,
+    from ``deepdiag.labels``: out-of-fold predictions of the same model and training) is true are removed.
     """
     keys = changes.data if isinstance(changes, FixChanges) else check_fix(changes)
     unknown = [k for k in keys if k not in DATA_KEYS]
@@ -297,6 +300,8 @@ def fix_data(data, changes: FixChanges | Mapping):
     if "train" not in splits or getattr(data, "y_train", None) is None:
         raise TypeError(f"data={type(data).__name__} has no x_train / y_train")
     new = {}
+    if keys.get("drop_disputed_labels"):
+        data = _without(data, disputed)
     if keys.get("standardize_inputs"):
         xs = {s: torch.as_tensor(getattr(data, f"x_{s}")) for s in splits}
         mean, std = _standardize(xs)
@@ -319,6 +324,25 @@ def fix_data(data, changes: FixChanges | Mapping):
         dtype = lambda y: y.dtype if y.is_floating_point() else torch.float32
         ys = {s: (low + (high - low) * (y.double() - lo) / span).to(dtype(y)) for s, y in ys.items()}
         new.update({f"y_{s}": y for s, y in ys.items()})
+    return _replaced(data, new)
+
+
+def _without(data, disputed):
+    """`data` without the training samples where the mask `disputed` is true."""
+    if disputed is None:
+        raise ValueError("fix_data: 'drop_disputed_labels' needs disputed= (a boolean mask over the training "
+                         "samples), e.g. from deepdiag.labels.disputed_samples(deepdiag.labels.out_of_fold(...), "
+                         "data.y_train); dd.repair computes it")
+    keep = ~torch.as_tensor(disputed, dtype=torch.bool)
+    if keep.shape != (len(data.x_train),):
+        raise ValueError(f"fix_data: disputed has shape {tuple(keep.shape)}; one entry per training sample "
+                         f"({len(data.x_train)}) is needed")
+    return _replaced(data, {"x_train": torch.as_tensor(data.x_train)[keep],
+                            "y_train": torch.as_tensor(data.y_train)[keep]})
+
+
+def _replaced(data, new: dict):
+    """A copy of `data` with the attributes in `new` replaced (a dataclass through dataclasses.replace)."""
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         return dataclasses.replace(data, **new)
     out = copy.copy(data)

@@ -32,12 +32,10 @@ validation split).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import inspect
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -49,17 +47,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import labels
 from ._validate import check_choice, check_number
 from ._version import __version__
 from .candidates import Candidate, Setup, combine, first_guess, on_top, ranked
 from .checkup import checkup
 from .findings import Finding, sort_findings
-from .fixes import apply_fix, fix_data, make_loss
+from .fixes import DATA_KEYS, apply_fix, fix_data, make_loss
 from .jsonsafe import json_safe
 from .monitor import Monitor
 from .train import TrainConfig, _output_width, default_loss, fit
 
-ENGINES = ("auto", "local", "process")
+ENGINES = ("auto", "local", "process", "dask", "ray")  # the sweep layer's engines that run any task
 ACC_FLOOR, MSE_FLOOR = 0.01, 0.05  # the margin's floor (see the module doc)
 CONFIRM_TRIES = 3  # verified candidates retrained at seed 1 before giving up
 STOP_CODES = ("divergence", "nonfinite_values")  # a candidate showing these at error is doomed: stopped
@@ -152,13 +151,15 @@ def _train(spec: TrialSpec) -> dict:
     if not isinstance(model, nn.Module):
         raise TypeError(f"build() returned {type(model).__name__}, not a torch.nn.Module")
     data = spec.data
-    data_fix = {k: v for k, v in spec.fix.items() if k in DATA_KEYS}
+    data_fix = {k: v for k, v in spec.fix.items() if k in DATA_KEYS and k != "drop_disputed_labels"}
     if data_fix:
         data = fix_data(data, data_fix)
     fixed, changes = apply_fix(model, spec.fix, config=spec.config, inputs=data.x_train[:256])
     config = replace(changes.config or spec.config, seed=spec.seed)
     loss_fn = make_loss(changes.loss) if changes.loss else spec.loss_fn
     classify = task_of(data) == "classification"
+    if spec.fix.get("drop_disputed_labels"):
+        data, config = _drop_disputed(spec, data, config, loss_fn, classify, changes.applied)
     xb, yb = data.x_train[:64], data.y_train[:64]
     out_width = _output_width(fixed, xb, positions=True)
     if loss_fn is None:
@@ -190,7 +191,31 @@ def _train(spec: TrialSpec) -> dict:
             "stopped": stop[0] if stop else None, "applied": changes.applied, "skipped": changes.skipped,
             "unreached": changes.unreached}
 
-DATA_KEYS = ("standardize_inputs", "standardize_targets", "target_range")
+def _drop_disputed(spec: TrialSpec, data, config: TrainConfig, loss_fn, classify: bool, applied: list):
+    """(`data` without the training samples whose labels the out-of-fold predictions of the candidate's own
+    model and training dispute (``deepdiag.labels``), the config with its epochs scaled so that training
+    keeps its number of optimizer steps). Each fold model trains as configured and keeps its best epoch on
+    its held-out part; the final run trains on the n − d kept samples for ⌈epochs·n/(n − d)⌉ epochs."""
+    if not classify:
+        raise ValueError("drop_disputed_labels applies to class labels; these targets are real values")
+
+    def make(fold: int) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(spec.seed * 1000 + 101 + fold)
+            model = spec.build()
+        model = model[0] if isinstance(model, tuple) else model
+        return apply_fix(model, spec.fix, config=spec.config, inputs=data.x_train[:256])[0]
+
+    fold_config = replace(config, seed=spec.seed + 101, restore_best=True)
+    train = lambda model, fold_data: fit(model, fold_data, fold_config, loss_fn=loss_fn)
+    probs = labels.out_of_fold(make, data, train, seed=spec.seed)
+    mask = labels.disputed_samples(probs, data.y_train)
+    n, d = len(mask), int(mask.sum())
+    if d == n:
+        raise ValueError("every training label is disputed: nothing left to train on")
+    epochs = math.ceil(config.epochs * n / (n - d))
+    applied.append(f"drop_disputed_labels: {d} of {n} training samples dropped; {epochs} epochs keep the steps")
+    return fix_data(data, {"drop_disputed_labels": True}, disputed=mask), replace(config, epochs=epochs)
 
 
 def task_of(data) -> str:
@@ -343,16 +368,17 @@ def _fmt(x) -> str:
 
 
 class _Runner:
-    """Trains trial specs (local: in this process; process: a pool of spawned workers), reusing and
-    committing them through the store, with a progress bar."""
+    """Trains trial specs through an engine of the sweep layer (``deepdiag.engines``: local, process, dask
+    or ray; ``Engine.map_calls``), reusing and committing them through the store, with a progress bar."""
 
-    def __init__(self, engine: str, store, progress: bool):
+    def __init__(self, engine: str, store, progress: bool, engine_options: dict):
+        from .engines import get_engine
         from .store import open_store
 
-        self.engine, self.progress = engine, progress
+        self.progress = progress
         self.db = open_store(store)
         self.trainings = self.reused = 0
-        self._pool = None
+        self.engine = get_engine(engine, **engine_options)
 
     def run(self, specs: list[TrialSpec], label: str) -> list[dict]:
         from .sweep import _Progress
@@ -363,33 +389,21 @@ class _Runner:
         self.reused += len(specs) - len(todo)
         bar = _Progress(len(specs), len(specs) - len(todo), self.progress and sys.stderr.isatty(), label)
         with bar:
-            for i, record in self._map([specs[i] for i in todo], todo):
+            for j, record in self.engine.map_calls(run_trial, [specs[i] for i in todo]):
+                i = todo[j]
                 out[i] = record
                 self.db.put_trial(keys[i], record)
                 self.trainings += 1
                 bar.advance("failed" if record.get("error") else "done")
         return out
 
-    def _map(self, specs, idx):
-        if self.engine == "local" or len(specs) < 2:
-            for i, s in zip(idx, specs, strict=True):
-                yield i, run_trial(s)
-            return
-        if self._pool is None:
-            workers = max(1, min(len(specs), (os.cpu_count() or 2)))
-            self._pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=torch.set_num_threads, initargs=(1,))
-        futures = {self._pool.submit(run_trial, s): i for i, s in zip(idx, specs, strict=True)}
-        for f in cf.as_completed(futures):
-            yield futures[f], f.result()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+    def close(self, cancel: bool = False) -> None:
+        self.engine.shutdown(cancel=cancel)
 
 
 def repair(build: Callable[[], nn.Module], data, config=None, *, loss_fn=None, rounds: int = 2,
-           engine: str = "auto", store=None, max_candidates: int = 8, progress: bool = True) -> RepairResult:
+           engine: str = "auto", store=None, max_candidates: int = 8, progress: bool = True,
+           **engine_options) -> RepairResult:
     """Diagnose the model `build()` makes on `data`, train ranked candidate remedies and return the
     verified best (see the module doc).
 
@@ -397,11 +411,14 @@ def repair(build: Callable[[], nn.Module], data, config=None, *, loss_fn=None, r
     ``torch.manual_seed(seed)``). data: a data set name of ``dd.data``, a ``dd.data.Dataset``, or any
     object with ``x_train``, ``y_train`` (and ``x_val``, ``y_val``). config: a ``dd.TrainConfig`` or a
     dict of its fields (the training the user does). loss_fn: the loss (default: ``dd.fit``'s).
-    rounds: search rounds (1 = one round of candidates). engine: "local" (one process), "process"
-    (candidates of a round in parallel worker processes; `build`, `data` and `loss_fn` must be
-    picklable, e.g. module-level functions) or "auto" (process when more than 2 CPUs and they pickle).
-    store: a results directory or ``.sqlite`` file where every trial is committed (an interrupted repair
-    resumes). max_candidates: candidates per round. Returns a ``RepairResult``: ``.repaired``, ``.fix``,
+    rounds: search rounds (1 = one round of candidates). engine: an engine of the sweep layer
+    (``deepdiag.engines``) that trains the candidates of a round: "local" (one after another in this
+    process), "process" (worker processes), "dask" or "ray" (a cluster: ``address=``, or a temporary
+    local one of ``workers=``); all but local need `build`, `data` and `loss_fn` picklable (module-level
+    functions, ``functools.partial``); "auto": process when there are more than 2 CPUs and they pickle,
+    else local. engine_options: the engine's options (``workers``, ``address``). store: a results
+    directory or ``.sqlite`` file where every trial is committed (an interrupted repair resumes).
+    max_candidates: candidates per round. Returns a ``RepairResult``: ``.repaired``, ``.fix``,
     ``.table()``.
 
     >>> result = dd.repair(build, "digits", {"lr": 0.5, "epochs": 5})
@@ -416,26 +433,35 @@ def repair(build: Callable[[], nn.Module], data, config=None, *, loss_fn=None, r
     check_number("max_candidates", max_candidates, low=1, integer=True)
     engine = _choose_engine(check_choice("engine", engine, ENGINES), build, data, loss_fn)
     t0 = time.perf_counter()
-    runner = _Runner(engine, store, progress)
+    runner = _Runner(engine, store, progress, engine_options)
     try:
         result = _search(build, data, config, loss_fn, rounds, max_candidates, runner)
-    finally:
-        runner.close()
+    except BaseException:  # Ctrl-C, SIGTERM: stop the workers now; the finished trials are in the store
+        runner.close(cancel=True)
+        raise
+    runner.close()
     result.trainings, result.reused, result.seconds = runner.trainings, runner.reused, time.perf_counter() - t0
     return result
 
 
-def _choose_engine(engine: str, build, data, loss_fn) -> str:
-    if engine != "auto":
-        return engine
-    if (os.cpu_count() or 1) <= 2:
-        return "local"
+def _pickles(*objs) -> bool:
     import pickle
     try:
-        pickle.dumps((build, data, loss_fn))
-    except Exception:  # noqa: BLE001  (lambdas, local functions: train them here)
-        return "local"
-    return "process"
+        pickle.dumps(objs)
+    except Exception:  # noqa: BLE001  (lambdas, local functions)
+        return False
+    return True
+
+
+def _choose_engine(engine: str, build, data, loss_fn) -> str:
+    """The engine to use: "auto" resolved; a remote engine only for picklable inputs (ValueError)."""
+    if engine == "auto":
+        return "process" if (os.cpu_count() or 1) > 2 and _pickles(build, data, loss_fn) else "local"
+    if engine != "local" and not _pickles(build, data, loss_fn):
+        raise ValueError(f"engine={engine!r} sends build, data and loss_fn to other processes, and they do not "
+                         "pickle (a lambda or a local function?): define them at module level (or use "
+                         "functools.partial), or use engine='local'")
+    return engine
 
 
 def as_data(data):

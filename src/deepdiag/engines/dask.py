@@ -17,9 +17,7 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 
-from ..runs import RunConfig
-from .base import Engine
-from .local import train_batch
+from .base import Engine, call_with_threads
 from .process import check_cluster, check_pool
 
 
@@ -65,8 +63,8 @@ class DaskEngine(Engine):
         self._executor = self._client.get_executor(pure=False)
         return self._executor
 
-    def submit(self, batch: list[RunConfig]) -> Future:
-        return self._start().submit(train_batch, batch, self.threads)
+    def submit_call(self, fn, *args) -> Future:
+        return self._start().submit(call_with_threads, self.threads, fn, *args)
 
     def shutdown(self, cancel: bool = False) -> None:
         try:

@@ -106,3 +106,8 @@ class LocalEngine(Engine):
     def run(self, configs: list[RunConfig]) -> Iterator[RunResult]:
         for config in configs:
             yield train_run(config, self.stop_on)
+
+    def map_calls(self, fn, items) -> Iterator[tuple[int, object]]:
+        """``(i, fn(items[i]))`` in order, in this process (no pickling: lambdas and local functions work)."""
+        for i, item in enumerate(items):
+            yield i, fn(item)

@@ -18,9 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import torch
 
 from .._validate import check_number
-from ..runs import RunConfig
 from .base import Engine
-from .local import train_batch
 
 
 def _init_worker(threads: int, driver: int) -> None:
@@ -97,10 +95,8 @@ class ProcessEngine(Engine):
                                              initializer=_init_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
-    def submit(self, batch: list[RunConfig]) -> Future:
-        if self.stop_on is None:
-            return self._executor().submit(train_batch, batch)
-        return self._executor().submit(train_batch, batch, None, self.stop_on)
+    def submit_call(self, fn, *args) -> Future:
+        return self._executor().submit(fn, *args)  # the workers set their torch threads when they start
 
     def shutdown(self, cancel: bool = False) -> None:
         if self._pool is None:

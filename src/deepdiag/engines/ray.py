@@ -19,12 +19,10 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 
-from ..runs import RunConfig
-from .base import Engine
-from .local import train_batch
+from .base import Engine, call_with_threads
 from .process import check_cluster, check_pool
 
-_remote = None  # train_batch as a Ray remote function, made once per process
+_remote = None  # call_with_threads as a Ray remote function, made once per process
 
 
 def _task():
@@ -32,7 +30,7 @@ def _task():
     if _remote is None:
         import ray
 
-        _remote = ray.remote(num_cpus=1, max_retries=0)(train_batch)
+        _remote = ray.remote(num_cpus=1, max_retries=0)(call_with_threads)
     return _remote
 
 
@@ -80,9 +78,9 @@ class RayEngine(Engine):
                      _temp_dir=self.temp_dir or self._tmp)
         self._started = True
 
-    def submit(self, batch: list[RunConfig]) -> Future:
+    def submit_call(self, fn, *args) -> Future:
         self._start()
-        ref = _task().remote(batch, self.threads)
+        ref = _task().remote(self.threads, fn, *args)
         self._refs.append(ref)
         return ref.future()
 

@@ -117,7 +117,8 @@ def labels_disagree(train_acc: Sequence[float] | None, val_acc: Sequence[float] 
     1/2 + 1/(2k) of them can be fitted without memorising). The training accuracy a loop reports is the
     mean over the epoch while the weights move, so it is compared with the lower of the validation
     accuracies before and after that epoch (the model at the epoch's start and end), which removes the
-    lag of a model still improving. 10 points: a validation set of 400 at 60 % accuracy has a standard
+    lag of a model still improving. Fix ``{"drop_disputed_labels": True}``: retrain without the samples
+    whose labels out-of-fold predictions dispute (``deepdiag.labels``, confident learning). 10 points: a validation set of 400 at 60 % accuracy has a standard
     error of 2.4 points, a training set of 1000 1.5, so 10 is ≈ 3.5 combined standard errors;
     train-mode dropout 0.1 costs BERT 4 points (measured).
     """
@@ -136,7 +137,10 @@ def labels_disagree(train_acc: Sequence[float] | None, val_acc: Sequence[float] 
                     f"labels disagree with the validation labels.", ev,
                     "Check the training labels (noisy, shifted or partly wrong labels), that the training data are "
                     "shuffled every epoch (batches sorted by class are fitted one class at a time), and that "
-                    "train-time augmentation or dropout is not destroying the signal.", [], n)]
+                    "train-time augmentation or dropout is not destroying the signal. Where labels are wrong, "
+                    "train without the disputed ones: the samples whose label out-of-fold predictions of the "
+                    "same model contradict (confident learning; fix drop_disputed_labels, which dd.repair "
+                    "verifies).", [], n, fix={"drop_disputed_labels": True})]
 
 
 UNDERFIT_ACC = 0.5  # training accuracy less than halfway from chance (1/k) to a perfect fit ...
