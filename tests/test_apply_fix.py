@@ -688,3 +688,28 @@ def test_the_cross_entropy_a_fix_names_reads_classes_on_the_last_dimension():
     assert float(loss(images, masks)) == pytest.approx(float(F.cross_entropy(images, masks)))
     square, ids = torch.randn(4, 7, 7), torch.randint(7, (4, 7))  # T = vocab: both layouts fit, the last wins
     assert float(loss(square, ids)) == pytest.approx(float(F.cross_entropy(square.reshape(-1, 7), ids.reshape(-1))))
+
+
+def test_the_models_own_activation_modules_are_found_by_measurement_and_swapped():
+    """A custom Exp module between layers is a nonlinear elementwise map: swapped. A scaling, a softmax
+    (not elementwise) and the activation after the output layer are not."""
+
+    class Exp(nn.Module):
+        def forward(self, x):
+            return torch.exp(x)
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    class Soft(nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, -1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), Exp(), nn.Linear(8, 8), Scale(), Soft(), nn.Linear(8, 3), Exp())
+    x = torch.randn(16, 4)
+    assert surgery.custom_activations(model, x) == ["1"]
+    fixed, changes = dd.apply_fix(model, {"activation": "relu"}, inputs=x)
+    assert [type(m).__name__ for m in fixed] == ["Linear", "ReLU", "Linear", "Scale", "Soft", "Linear", "Exp"]
+    assert surgery.custom_activations(model, None) == []  # not measurable without a batch

@@ -110,6 +110,8 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
         ({"residual": True}, "an identity path adds 1 to every block's Jacobian"),
         ({"norm": "layer"}, "layer normalisation, which does not depend on the batch"),
     ]
+    grow = ({"activation": "relu"}, "an activation that grows faster than its input (exp, a large-gain custom "
+                                    "unit) compounds across layers; ReLU's gain is at most 1")
     lr_down = [(_lr(s, 0.1), "a 10× smaller step stays inside the region where the loss is smooth"),
                ({"clip_grad_norm": 1.0}, "clipping bounds every step whatever the gradient"),
                ({"warmup_steps": max(10, min(200, s.epochs * 10))}, "a linear warm-up lets the first, "
@@ -118,8 +120,8 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
     table: dict[str, list[tuple[dict, str]]] = {
         "vanishing_gradients": signal,
         "vanishing_activations": signal,
-        "exploding_gradients": [signal[0], *lr_down[:2], signal[1], signal[4]],
-        "exploding_activations": [signal[0], signal[1], signal[4], lr_down[1]],
+        "exploding_gradients": [signal[0], *lr_down[:2], signal[1], signal[4], grow],
+        "exploding_activations": [signal[0], signal[1], signal[4], grow, lr_down[1]],
         "symmetric_units": [({"init": "he"}, "a random draw breaks the symmetry"), signal[0],
                             ({"init": "xavier"}, "a random draw at Xavier scale")],
         "dead_units": [({"activation": "leaky_relu"}, "a leaky unit keeps a gradient when its input is negative"),

@@ -184,6 +184,57 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]()
 
 
+AFFINE_TOL = 1e-4  # |g(2x) − 2g(x) + g(0)| below this share of the values' scale: g is affine (float32 round-off ~1e-7)
+
+
+def custom_activations(model: nn.Module, inputs) -> list[str]:
+    """Names of the model's own activation modules, found by measurement: leaf modules defined outside
+    torch and transformers, with no parameters or buffers, that run before the output layer on `inputs`
+    and act as a nonlinear elementwise map g. Elementwise: changing one input element changes no other
+    output element. Nonlinear: g(2x) − 2g(x) + g(0) ≠ 0 (zero for every affine g), or non-finite (an
+    exp that overflows). A custom ``Exp`` or ``Swish`` module is one; a reshape, a scaling or a custom
+    dropout (the identity in eval mode) is not. Empty without `inputs`."""
+    if inputs is None:
+        return []
+    own = {n: m for n, m in model.named_modules()
+           if n and not any(True for _ in m.children()) and not any(True for _ in m.parameters(recurse=False))
+           and not any(True for _ in m.buffers(recurse=False)) and not is_activation(m)
+           and not type(m).__module__.startswith(("torch.", "transformers."))}
+    if not own:
+        return []
+    seen: dict[str, Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: seen.setdefault(n, args[0]) if args and
+                                     isinstance(args[0], Tensor) else None) for n, m in own.items()]
+    try:
+        names = order(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = output_layer(model, inputs, names)
+    last = names.index(out) if out in names else len(names)
+    return [n for n in names[:last] if n in seen and _elementwise_nonlinear(own[n], seen[n].detach())]
+
+
+def _elementwise_nonlinear(m: nn.Module, x: Tensor) -> bool:
+    if not x.is_floating_point() or x.numel() < 2:
+        return False
+    x = x[:8]  # a few samples are enough to see the map
+    with torch.no_grad():
+        y = m(x)
+        if not isinstance(y, Tensor) or y.shape != x.shape:
+            return False
+        bumped = x.clone()
+        bumped.view(-1)[0] += 0.5
+        changed = (m(bumped) != y).view(-1)
+        if changed[1:].any():
+            return False
+        second = m(2 * x) - 2 * y + m(torch.zeros_like(x))
+    if not torch.isfinite(second).all():
+        return True
+    scale = y.abs().mean() + x.abs().mean()
+    return bool(second.abs().max() > AFFINE_TOL * scale)
+
+
 def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, list[str]]:
     """Replace every activation module by a fresh `name` activation, except the one right after the output
     layer (``output_activation``: replacing a softmax is not this edit's job); return (number replaced,
@@ -192,10 +243,13 @@ def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, lis
     Covered: torch.nn activation modules, transformers' activation modules (GELUActivation, ...) and the
     ``activation`` of ``nn.TransformerEncoderLayer``/``DecoderLayer`` (a function by default; it becomes the
     module and ``activation_relu_or_gelu = 0``, so the eval-mode fused path, which would apply the built-in
-    relu/gelu, is not taken). Modules already of the target type stay. Unreached: activations called as
-    functions in a forward, and the gate nonlinearities of RNN/LSTM/GRU (inside the fused kernel)."""
+    relu/gelu, is not taken), and, given `inputs`, the model's own activation modules (``custom_activations``:
+    measured nonlinear elementwise maps, e.g. a custom ``Exp``). Modules already of the target type stay.
+    Unreached: activations called as functions in a forward, and the gate nonlinearities of RNN/LSTM/GRU
+    (inside the fused kernel)."""
     cls = type(make_activation(name))
     keep = output_activation(model, inputs)
+    custom = set(custom_activations(model, inputs))
     swapped, unreached = 0, []
     for n, m in list(model.named_modules()):
         if isinstance(m, RECURRENT):
@@ -205,7 +259,7 @@ def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, lis
             m.activation_relu_or_gelu = 0
             swapped += 1
             continue
-        if not n or n == keep or not is_activation(m) or type(m) is cls:
+        if not n or n == keep or not (is_activation(m) or n in custom) or type(m) is cls:
             continue
         _replace(model, n, make_activation(name))
         parent, _ = _parent(model, n)
