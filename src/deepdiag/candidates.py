@@ -121,7 +121,7 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
         "vanishing_gradients": signal,
         "vanishing_activations": signal,
         "exploding_gradients": [signal[0], *lr_down[:2], signal[1], signal[4], grow],
-        "exploding_activations": [signal[0], signal[1], signal[4], grow, lr_down[1]],
+        "exploding_activations": [signal[0], grow, signal[1], signal[4], lr_down[1]],
         "symmetric_units": [({"init": "he"}, "a random draw breaks the symmetry"), signal[0],
                             ({"init": "xavier"}, "a random draw at Xavier scale")],
         "dead_units": [({"activation": "leaky_relu"}, "a leaky unit keeps a gradient when its input is negative"),
