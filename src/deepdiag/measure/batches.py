@@ -1,0 +1,54 @@
+"""The class mix of training batches: which classes each mini-batch's targets hold.
+
+``BatchClasses(loss_fn)`` puts a forward pre-hook on a loss *module* and, for the training calls (autograd
+on) of the first epoch, keeps each batch's class counts (``torch.bincount`` of its integer targets,
+negative ids such as ignore_index −100 left out). The counts stay on the device: nothing is read back
+until ``counts()``. It removes itself after ``max_batches`` batches or at ``epoch_end()``, so it costs
+one small kernel per step of the first epoch and nothing afterwards. A loss called as a function has no
+hook to take: then nothing is recorded.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+MAX_BATCHES = 512  # enough batches to estimate the class shares; bounded memory on endless epochs
+
+
+class BatchClasses:
+    def __init__(self, loss_fn, max_batches: int = MAX_BATCHES):
+        self.max_batches = max_batches
+        self._counts: list[Tensor] = []
+        self._handle = loss_fn.register_forward_pre_hook(self._pre) if isinstance(loss_fn, nn.Module) else None
+
+    def _pre(self, module, args, *rest):
+        if not torch.is_grad_enabled() or len(args) < 2 or not isinstance(args[1], Tensor):
+            return
+        y = args[1].detach()
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.numel() < 2:
+            return
+        y = y.reshape(-1)
+        self._counts.append(torch.bincount(y[y >= 0]))
+        if len(self._counts) >= self.max_batches:
+            self.remove()
+
+    def epoch_end(self) -> None:
+        """The first epoch is over: stop recording."""
+        if self._counts:
+            self.remove()
+
+    def counts(self) -> list[list[int]]:
+        """Per recorded batch, its count of each class id (0, 1, ..., the largest id seen), as integers."""
+        if not self._counts:
+            return []
+        k = max(len(c) for c in self._counts)
+        table = torch.stack([nn.functional.pad(c, (0, k - len(c))) for c in self._counts])
+        return table.cpu().tolist()
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+__all__ = ["MAX_BATCHES", "BatchClasses"]
