@@ -60,3 +60,36 @@ def test_the_hook_counts_training_targets_of_a_loss_module_for_one_epoch():
     loss_fn(out, torch.tensor([0, 1, 2, 0]))
     assert len(seen.counts()) == 2  # stopped after the first epoch
     assert BatchClasses(nn.functional.cross_entropy).counts() == []  # a function has no hook
+
+
+def _train(sort: bool, loss_fn=None, epochs=2):
+    import deepdiag as dd
+
+    torch.manual_seed(0)
+    x = torch.randn(640, 8)
+    y = (x[:, :4].argmax(1))  # 4 classes
+    if sort:
+        order = y.argsort(stable=True)
+        x, y = x[order], y[order]
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    with dd.Monitor(model, loss_fn=loss_fn, optimizer=opt, n_classes=4) as mon:
+        for _ in range(epochs):
+            for i in range(0, 640, 32):
+                opt.zero_grad()
+                loss = loss_fn(model(x[i:i + 32]), y[i:i + 32])
+                loss.backward()
+                opt.step()
+                mon.step(loss)
+            mon.epoch(train_loss=float(loss.detach()))
+        return [f for f in mon.diagnose() if f.evidence.get("cause") == "unshuffled"], mon
+
+
+def test_the_monitor_names_a_loop_over_class_sorted_data():
+    found, mon = _train(sort=True)
+    assert len(found) == 1 and found[0].evidence["classes_per_batch"] < 1.5
+    assert found[0].evidence["batches"] == 20  # the first epoch only
+    assert mon.n_hooks == 0
+    assert _train(sort=False)[0] == []
+    assert _train(sort=True, loss_fn=nn.functional.cross_entropy)[0] == []  # a function: not seen

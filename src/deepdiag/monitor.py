@@ -52,7 +52,8 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_number
-from .findings import Finding
+from .findings import Finding, sort_findings
+from .measure.batches import BatchClasses
 from .measure.history import StepBuffer, UnitWindows
 from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
@@ -61,6 +62,7 @@ from .measure.coverage import coverage
 from .measure.records import Coverage, LayerStats
 from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
+from .rules.batches import unshuffled_batches
 from .rules.judge import bottleneck
 from .rules.layers import MIN_POSITIONS
 
@@ -72,10 +74,11 @@ UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-w
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
 
 
-def _release(rec: Recorder, probe: IOProbe) -> None:
+def _release(rec: Recorder, probe: IOProbe, classes: BatchClasses) -> None:
     """Remove a Monitor's hooks; run by ``close()`` or, for one never closed, when it is collected."""
     rec.detach()
     probe.remove()
+    classes.remove()
 
 
 def _weight_norm(rows: list[LayerStats]) -> float:
@@ -151,6 +154,7 @@ class Monitor:
         self._io: tuple | None = None  # (output facts, input facts, step) of the first training pass
         self._batch_seen: int | None = None
         self.probe = IOProbe(model, loss_fn)
+        self._classes = BatchClasses(loss_fn)  # the class mix of the first epoch's batches (a loss module's targets)
         self.model, self.every, self.capacity, self.window = model, every, capacity, window
         self.n_classes, self.baseline, self.log_dir = n_classes, baseline, log_dir
         self.rec = Recorder(model)
@@ -178,7 +182,7 @@ class Monitor:
         _OPEN.setdefault(model, weakref.WeakSet()).add(self)
         # a Monitor never closed releases its hooks when it is garbage-collected (the hooks hold only the
         # recorder and the probe, never the Monitor, so an unreferenced Monitor is collectable)
-        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe)
+        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe, self._classes)
         self.rec.attach()
 
     def _warn_once(self, key: str, message: str, error: BaseException | None = None) -> None:
@@ -330,6 +334,7 @@ class Monitor:
         """Record one epoch's curves (floats or 0-d tensors, read lazily)."""
         self._epochs.append({"epoch": len(self._epochs) + 1, "step": self.steps, "train_loss": train_loss,
                              "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc})
+        self._classes.epoch_end()
 
     @torch.no_grad()
     def _track_loss(self, s: int, loss) -> None:
@@ -569,8 +574,10 @@ class Monitor:
                           else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows),
                           frozen=frozen, frozen_share=share)
         output, inputs, io_step = self._io or (None, None, None)
-        return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
-                     step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)
+        found = judge(rows, output=output, inputs=inputs, curves=curves, context=context,
+                      step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)
+        order = unshuffled_batches(self._classes.counts(), step=1)
+        return sort_findings([*order, *(f for f in found if not (order and f.code == "oscillating_loss"))])
 
     # -- cleanup --
     def to_tensorboard(self, log_dir):
@@ -633,4 +640,5 @@ class Monitor:
     @property
     def n_hooks(self) -> int:
         """Hooks currently registered by this monitor."""
-        return len(self.rec.hooks) + len(self.rec._discovery_hooks) + len(self.probe.hooks)
+        return (len(self.rec.hooks) + len(self.rec._discovery_hooks) + len(self.probe.hooks)
+                + self._classes.n_hooks)

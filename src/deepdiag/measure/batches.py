@@ -45,6 +45,10 @@ class BatchClasses:
         table = torch.stack([nn.functional.pad(c, (0, k - len(c))) for c in self._counts])
         return table.cpu().tolist()
 
+    @property
+    def n_hooks(self) -> int:
+        return int(self._handle is not None)
+
     def remove(self) -> None:
         if self._handle is not None:
             self._handle.remove()
