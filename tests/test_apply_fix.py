@@ -713,3 +713,24 @@ def test_the_models_own_activation_modules_are_found_by_measurement_and_swapped(
     fixed, changes = dd.apply_fix(model, {"activation": "relu"}, inputs=x)
     assert [type(m).__name__ for m in fixed] == ["Linear", "ReLU", "Linear", "Scale", "Soft", "Linear", "Exp"]
     assert surgery.custom_activations(model, None) == []  # not measurable without a batch
+
+
+def test_init_default_redraws_each_layer_as_its_library_does_and_is_measured():
+    """init='default': PyTorch's reset_parameters (Linear, LSTM, attention) back after a custom init; a
+    model already at that scale is left alone and the note says so."""
+    torch.manual_seed(0)
+    zeroed = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1))
+    for p in zeroed.parameters():
+        nn.init.zeros_(p)
+    fixed, changes = dd.apply_fix(zeroed, {"init": "default"})
+    bound = 1 / math.sqrt(10)  # U(±1/√fan_in) for the first layer's weight and bias
+    w = fixed[0].weight
+    assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.15)
+    assert float(fixed[0].bias.abs().max()) > 0 and not changes.skipped
+    _, same = dd.apply_fix(nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1)), {"init": "default"})
+    assert not same.applied and "already have the default scale" in same.skipped[0]
+    lstm = nn.LSTM(8, 16)
+    for p in lstm.parameters():
+        nn.init.normal_(p, 0.0, 3.0)
+    fixed, _ = dd.apply_fix(lstm, {"init": "default"})
+    assert all(float(p.abs().max()) <= 1 / math.sqrt(16) for p in fixed.parameters())  # U(±1/√hidden)

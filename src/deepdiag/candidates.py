@@ -110,6 +110,9 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
         ({"residual": True}, "an identity path adds 1 to every block's Jacobian"),
         ({"norm": "layer"}, "layer normalisation, which does not depend on the batch"),
     ]
+    default = ({"init": "default"}, "the layers' own default initialisation (PyTorch's reset_parameters, a "
+                                    "transformers model's _init_weights): the scale the architecture was "
+                                    "designed with, what removing a custom initialisation gives back")
     grow = ({"activation": "relu"}, "an activation that grows faster than its input (exp, a large-gain custom "
                                     "unit) compounds across layers; ReLU's gain is at most 1")
     lr_down = [(_lr(s, 0.1), "a 10× smaller step stays inside the region where the loss is smooth"),
@@ -118,11 +121,11 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
                                                                     "largest gradients pass with small steps"),
                (_lr(s, 0.01), "a 100× smaller step")]
     table: dict[str, list[tuple[dict, str]]] = {
-        "vanishing_gradients": signal,
-        "vanishing_activations": signal,
-        "exploding_gradients": [signal[0], *lr_down[:2], signal[1], signal[4], grow],
-        "exploding_activations": [signal[0], grow, signal[1], signal[4], lr_down[1]],
-        "symmetric_units": [({"init": "he"}, "a random draw breaks the symmetry"), signal[0],
+        "vanishing_gradients": [signal[0], default, *signal[1:]],
+        "vanishing_activations": [signal[0], default, *signal[1:]],
+        "exploding_gradients": [signal[0], default, *lr_down[:2], signal[1], signal[4], grow],
+        "exploding_activations": [signal[0], grow, default, signal[1], signal[4], lr_down[1]],
+        "symmetric_units": [({"init": "he"}, "a random draw breaks the symmetry"), default, signal[0],
                             ({"init": "xavier"}, "a random draw at Xavier scale")],
         "dead_units": [({"activation": "leaky_relu"}, "a leaky unit keeps a gradient when its input is negative"),
                        ({"init": "he"}, "He scale with zero biases: half the units active at the start"),

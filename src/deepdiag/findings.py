@@ -33,11 +33,13 @@ CODES = (
 # enough to apply a fix from this table alone; ``deepdiag.fixes.apply_fix`` performs every key.
 FIX_KEYS = {
     # model keys: performed on a copy of the model
-    "init": ("str: 'he' | 'xavier' | 'orthogonal' | 'lecun' | 'lsuv'",
+    "init": ("str: 'he' | 'xavier' | 'orthogonal' | 'lecun' | 'lsuv' | 'default'",
              "re-initialise the computing weights (Linear, ConvNd, RNN/LSTM/GRU weight matrices per gate, "
              "attention in/out projections, transformers Conv1D; not embeddings, not normalisation layers) "
              "with this scheme (deepdiag.init), biases zero; 'lsuv': orthogonal, then each weight layer in "
-             "forward order rescaled to unit output variance on a batch (Mishkin & Matas 2016). A redraw "
+             "forward order rescaled to unit output variance on a batch (Mishkin & Matas 2016); 'default': "
+             "weights and biases of those layers redrawn as their library draws them (a transformers "
+             "model's _init_weights, else the module's reset_parameters: PyTorch's default init). A redraw "
              "whose layers all already have a median weight std within 20 % of the scheme's is a no-op"),
     "activation": ("str: 'relu' | 'leaky_relu' | 'gelu' | 'tanh' | 'sigmoid' | 'selu' | 'elu' | 'silu'",
                    "replace every activation module (torch.nn, transformers.activations, "

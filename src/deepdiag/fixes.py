@@ -215,7 +215,8 @@ def _apply_model_key(model, key, value, inputs, applied, skipped, unreached) -> 
             norms = [n for n in done if n.rsplit(".", 1)[-1] in ("weight", "bias") and _is_norm(model, n)]
             mats = len(done) - len(norms)
             if mats:
-                applied.append(f"init: {mats} weight matrices re-initialised with {value}, biases zero")
+                applied.append(f"init: {mats} parameters redrawn as their layers' library default" if value == "default"
+                               else f"init: {mats} weight matrices re-initialised with {value}, biases zero")
             if norms:
                 applied.append(f"init: normalisation parameters back to scale 1 / shift 0: {', '.join(norms)}")
             applied += notes

@@ -18,6 +18,7 @@ layer* is the last weight layer (Linear, ConvNd, transformers' ``Conv1D``) in th
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import re
@@ -44,7 +45,7 @@ from .models import ACTIVATIONS as BASE_ACTIVATIONS
 ACTIVATIONS = {**{k: v for k, v in BASE_ACTIVATIONS.items() if k != "linear"},
                "selu": nn.SELU, "elu": nn.ELU, "silu": nn.SiLU}
 NORM_KINDS = ("batch", "layer")
-INIT_SCHEMES = ("he", "xavier", "orthogonal", "lecun", "lsuv")
+INIT_SCHEMES = ("he", "xavier", "orthogonal", "lecun", "lsuv", "default")
 OUTPUT_ACTIVATIONS = (nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.Sigmoid, nn.ReLU, nn.Tanh)
 GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}  # row blocks of weight_ih / weight_hh, one per gate
 # A redraw is a no-op when every layer's median row std is within this factor of the scheme's std: He and
@@ -546,9 +547,7 @@ def scale_ratios(mats: list[Matrix], scheme: str) -> list[float]:
     with torch.no_grad():
         for mat in mats:
             for b in mat.blocks():
-                rows = b.detach().reshape(b.shape[0], -1).float()
-                std = rows.std(dim=1, unbiased=False).median() if rows.shape[1] >= 8 else rows.std(unbiased=False)
-                ratios.append(float(std) / scheme_std(scheme, *_block_fans(b)))  # host sync per block
+                ratios.append(_row_std(b) / scheme_std(scheme, *_block_fans(b)))  # host sync per block
     return ratios
 
 
@@ -604,6 +603,13 @@ def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[
     no bias is shifted (``_shifted``), the weights already have the scheme's scale, nothing is redrawn,
     and the note says so.
 
+    default: each layer's parameters (weights and biases) redrawn as its library draws them: a
+    transformers model's own ``_init_weights`` for the modules inside it, else the module's
+    ``reset_parameters`` (PyTorch's defaults: U(±1/√fan_in)-scaled Kaiming-uniform for Linear/ConvNd,
+    U(±1/√hidden) for RNN/LSTM/GRU, Xavier for attention in-projections) — the scale the architecture was
+    designed and tested with, and what removing a custom initialisation gives back. Measured like the
+    others: a no-op when every block's std is within 20 % of the default draw's and no bias is shifted.
+
     lsuv, layer-sequential unit variance (Mishkin & Matas 2016, "All you need is a good init"): orthogonal
     weights, then for each weight layer (Linear, ConvNd, Conv1D) in forward order on `inputs` (required),
     W ← W/√Var(output) until |Var − 1| < 0.1 (at most 10 times). Recurrent and attention in-projection
@@ -614,6 +620,9 @@ def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[
     if not mats:
         return [], ["init: the model has no weight matrix to initialise"]
     norms = _reset_norms(model)
+    if scheme == "default":
+        done, notes = _library_default(model, mats, biases)
+        return done + norms, ([] if norms else notes)
     if scheme != "lsuv":
         ratios = scale_ratios(mats, scheme)
         if all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
@@ -630,6 +639,61 @@ def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[
     _redraw(mats, biases, "orthogonal")
     notes = _lsuv(model, inputs, {m.layer: m for m in mats if is_weight_layer(model.get_submodule(m.layer))})
     return [m.name for m in mats], notes
+
+
+def _owner_init(model: nn.Module, name: str):
+    """The ``_init_weights`` of the innermost transformers model holding the module `name`, or None."""
+    owners = [n for n, m in model.named_modules()
+              if callable(getattr(m, "_init_weights", None)) and hasattr(m, "config")]
+    inside = [n for n in owners if not n or name == n or name.startswith(n + ".")]
+    return model.get_submodule(max(inside, key=len))._init_weights if inside else None
+
+
+def _redraw_default(model: nn.Module, name: str) -> bool:
+    """Redraw the module `name` as its library does (``reinit``'s "default"); False when nothing can."""
+    module = model.get_submodule(name)
+    own = _owner_init(model, name)
+    if own is not None:
+        own(module)
+        return True
+    for method in ("reset_parameters", "_reset_parameters"):
+        if callable(getattr(module, method, None)):
+            getattr(module, method)()
+            return True
+    return False
+
+
+@torch.no_grad()
+def _library_default(model: nn.Module, mats: list[Matrix], biases: list[Tensor]) -> tuple[list[str], list[str]]:
+    """``reinit``'s "default": the layers owning `mats` redrawn on a copy, compared block by block (median
+    row std, as ``scale_ratios``), then copied in unless the model already has that scale."""
+    fresh = copy.deepcopy(model)
+    layers = list(dict.fromkeys(m.layer for m in mats))
+    unreached = [n for n in layers if not _redraw_default(fresh, n)]
+    ratios = []
+    for mat in mats:
+        new = fresh.get_parameter(mat.name)
+        for b_old, b_new in zip(mat.blocks(), mat.blocks(new), strict=True):
+            ratios.append(_row_std(b_old) / max(_row_std(b_new), 1e-12))
+    notes = [f"init='default': {n} has no reset_parameters and no transformers _init_weights; left as it is"
+             for n in unreached]
+    if all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
+        return [], notes + [f"init='default': the weights already have the default scale (std / default std "
+                            f"from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} blocks, within "
+                            f"{SAME_SCALE:.0%}) and the biases are small: a redraw changes nothing"]
+    done = []
+    for n in layers:
+        if n in unreached:
+            continue
+        for k, p in model.get_submodule(n).named_parameters(recurse=False):
+            p.copy_(fresh.get_submodule(n).get_parameter(k))
+            done.append(f"{n}.{k}" if n else k)
+    return done, notes
+
+
+def _row_std(b: Tensor) -> float:
+    rows = b.detach().reshape(b.shape[0], -1).float()
+    return float(rows.std(dim=1, unbiased=False).median() if rows.shape[1] >= 8 else rows.std(unbiased=False))
 
 
 @torch.no_grad()
