@@ -38,9 +38,8 @@ class Engine:
         raise NotImplementedError
 
     def submit(self, batch: list[RunConfig]) -> Future:
-        from .local import train_batch
-
-        return self.submit_call(train_batch, batch, self.threads, self.stop_on)
+        """A future of the batch's results (``deepdiag.engines.pooled.PooledEngine`` trains it as a task)."""
+        raise NotImplementedError
 
     def map_calls(self, fn: Callable, items: Sequence) -> Iterator[tuple[int, object]]:
         """``(i, fn(items[i]))`` for every item, each as soon as it ends (in any order)."""

@@ -17,7 +17,8 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 
-from .base import Engine, call_with_threads
+from .base import call_with_threads
+from .pooled import PooledEngine
 from .process import check_cluster, check_pool
 
 
@@ -26,7 +27,7 @@ from .process import check_cluster, check_pool
 QUIET_HTTP = {"dashboard_address": ":0"}
 
 
-class DaskEngine(Engine):
+class DaskEngine(PooledEngine):
     """Runs batches of configs through a ``distributed.Client`` (``address=`` or a temporary LocalCluster).
 
     address: a scheduler address; None starts a LocalCluster of ``workers`` single-threaded processes

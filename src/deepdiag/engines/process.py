@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import torch
 
 from .._validate import check_number
-from .base import Engine
+from .pooled import PooledEngine
 
 
 def _init_worker(threads: int, driver: int) -> None:
@@ -80,7 +80,7 @@ def check_cluster(address: str | None, workers: int | None, address_kind: str, e
                          "run the tasks (leave workers unset)")
 
 
-class ProcessEngine(Engine):
+class ProcessEngine(PooledEngine):
     """Runs batches of configs on a pool of spawned worker processes (``threads`` torch threads each)."""
 
     name = "process"

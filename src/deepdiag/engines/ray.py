@@ -19,7 +19,8 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 
-from .base import Engine, call_with_threads
+from .base import call_with_threads
+from .pooled import PooledEngine
 from .process import check_cluster, check_pool
 
 _remote = None  # call_with_threads as a Ray remote function, made once per process
@@ -40,7 +41,7 @@ def _short_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="ddray", dir=base)
 
 
-class RayEngine(Engine):
+class RayEngine(PooledEngine):
     """Runs batches of configs as Ray tasks (``address=`` joins a cluster, else a temporary local Ray).
 
     workers: CPUs of the temporary local Ray (default: the number of cores). threads: torch threads per
