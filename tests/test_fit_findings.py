@@ -14,8 +14,9 @@ from deepdiag.measure.io import graph_loss_kind
 from deepdiag.measure.records import LayerStats
 from deepdiag.measure.weights import frozen_modules
 from deepdiag.monitor import Monitor
-from deepdiag.rules import Curves, judge_curves
-from deepdiag.rules.curves import not_converged
+from deepdiag.rules import Context, Curves, judge_curves
+from deepdiag.rules.curves import (not_converged, short_run_at_chance, underfitting,
+                                  underfitting_cause)
 from deepdiag.rules.io import bounded_logit_limits
 from deepdiag.rules.updates import frozen_layers
 
@@ -189,3 +190,113 @@ def test_not_converged_runs_in_judge():
     sl = falling()
     found = judge_curves(Curves(train_loss=[2.1], step_loss=sl, steps=list(range(len(sl))), baseline=math.log(10)))
     assert any(f.code == "underfitting" and f.fix for f in found)
+
+
+# ---- a run of few updates per epoch stopped while still falling (>= 3 epochs) ----
+
+def test_not_converged_when_the_batch_size_rations_the_updates():
+    """Full-batch: one update per epoch, the epoch loss falls every epoch, 92 % of the start is left."""
+    epochs = [2.0, 1.9, 1.8, 1.7]
+    f, = not_converged(epochs, epochs, [0, 1, 2, 3])
+    assert f.code == "underfitting" and f.evidence["cause"] == "not_converged" and f.fix == {"batch_size": 32}
+    assert f.evidence["updates_per_epoch"] == 1 and "batch_size=32" in f.remedy
+
+
+def _slow(n_epochs, per_epoch):
+    """Epoch losses falling 0.01 per epoch from 2.0; `per_epoch` recorded updates in each epoch."""
+    epochs = [2.0 - 0.01 * i for i in range(n_epochs)]
+    steps = list(range(round(n_epochs * per_epoch)))
+    return epochs, [2.0 - 0.01 * s / per_epoch for s in steps], steps
+
+
+@pytest.mark.parametrize("n_epochs, per_epoch, fires", [
+    (4, 3.75, True), (4, 4.0, False),  # fewer than 4 updates per epoch: just below / at the limit
+    (33, 3.0, True), (34, 3.0, False),  # 99 updates in all / 102
+])
+def test_not_converged_counts_the_updates(n_epochs, per_epoch, fires):
+    epochs, sl, steps = _slow(n_epochs, per_epoch)
+    assert bool(not_converged(epochs, sl, steps)) == fires
+
+
+@pytest.mark.parametrize("epochs, fires", [
+    ([2.0, 1.9, 1.9, 1.7], False),  # one epoch that did not fall: no sign of a steady fall
+    ([2.0, 1.9, 1.8], False),  # three epochs: two falls only
+    ([2.0, 1.5, 1.2, 0.68], True),  # start: median of the first four steps, 1.35; 0.68 / 1.35 = 0.504 left
+    ([2.0, 1.5, 1.2, 0.67], False),  # 0.67 / 1.35 = 0.496: fitted more than half
+])
+def test_not_converged_many_epochs_controls(epochs, fires):
+    assert bool(not_converged(epochs, epochs, list(range(len(epochs))))) == fires
+
+
+def test_one_underfitting_finding_per_run():
+    """The level rule and the stopped-early rule both speak on a full-batch run at chance: one finding."""
+    epochs = [2.30, 2.29, 2.28, 2.27]
+    c = Curves(train_loss=epochs, step_loss=epochs, steps=[0, 1, 2, 3], baseline=math.log(10))
+    assert underfitting(epochs, math.log(10)) and not_converged(epochs, epochs, [0, 1, 2, 3])
+    found = [f for f in judge_curves(c, Context(epochs=4)) if f.code == "underfitting"]
+    assert len(found) == 1 and found[0].fix == {"batch_size": 32}
+
+
+# ---- the final model: a collapse after learning ----
+
+LN10 = math.log(10)  # 0.9 * ln 10 = 2.0723
+
+
+def test_underfitting_judges_the_last_epoch():
+    f, = underfitting([2.3, 1.5, 1.2, 2.08], LN10)  # learnt, then lost it: the last epoch is back at chance
+    assert f.evidence["collapsed"] and f.evidence["best_epoch"] == 3
+    assert underfitting([2.3, 1.5, 1.2, 2.07], LN10) == []  # just below 90 % of chance
+    never, = underfitting([2.31, 2.30, 2.30], LN10)
+    assert not never.evidence["collapsed"]
+
+
+def test_a_collapse_blames_the_step_size():
+    f, = underfitting([2.3, 1.5, 1.2, 2.2], LN10)
+    slow = underfitting_cause(f, lr=0.05, usual=0.1, bottleneck=("1", 4, 10), frozen=["0"])
+    assert slow.fix == {"lr": 0.005} and slow.evidence["cause"] == "collapsed" and "0.005" in slow.remedy
+    assert underfitting_cause(f).fix == {"lr_factor": 0.1}
+    assert underfitting_cause(f, lr=10.0, usual=0.1).fix == {"lr": 0.1}  # 100x the usual: back to it
+    assert underfitting_cause(f, weight_decay=0.5, lr=0.05, weight_ratio=0.3).fix == {"weight_decay": 0.0}
+    assert underfitting_cause(f, weight_decay=0.5, lr=0.05, weight_ratio=0.6).fix == {"lr": 0.005}
+
+
+# ---- a short run that fits nothing: the level of its recent step losses ----
+
+def _short(mean, spread, tail=16, head=16):
+    """Step losses: `head` at 2.5, then `tail` alternating mean ± spread (sample sd = spread·√(n/(n-1)))."""
+    return [2.5] * head + [mean + (spread if i % 2 else -spread) for i in range(tail)]
+
+
+@pytest.mark.parametrize("mean, spread, tail, fires", [
+    (0.95, 0.10, 16, True),
+    (0.901, 0.01, 16, True), (0.899, 0.01, 16, False),  # the level: 90 % of chance
+    (0.95, 0.28, 16, True), (0.95, 0.30, 16, False),  # m - 2 se = 0.805 / 0.795 of chance
+    (0.95, 0.10, 15, False),  # 15 points in the second half: too few to judge
+])
+def test_short_run_at_chance(mean, spread, tail, fires):
+    sl = _short(mean, spread, tail, head=tail)
+    found = short_run_at_chance([sum(sl) / len(sl)], sl, 1.0, list(range(len(sl))))
+    assert bool(found) == fires
+    if fires:
+        f, = found
+        assert f.evidence["cause"] == "at_chance" and f.fix == {"epochs": 10} and "about 10" in f.remedy
+        assert f.evidence["recent_loss"] == pytest.approx(mean)
+
+
+def test_short_run_at_chance_controls():
+    sl = _short(0.95, 0.1)
+    assert short_run_at_chance([0.9, 0.9, 0.9], sl, 1.0) == []  # three epochs: underfitting's level speaks
+    assert short_run_at_chance([0.9], sl, None) == []  # no chance level known
+    assert short_run_at_chance([0.9], _short(0.5, 0.1), 1.0) == []  # learnt half of it
+
+
+def test_short_run_at_chance_in_judge_names_tiny_batches():
+    sl = _short(2.25, 0.3)
+    c = Curves(train_loss=[2.3], step_loss=sl, steps=list(range(len(sl))), baseline=LN10)
+    f, = [f for f in judge_curves(c, Context(batch_size=1)) if f.code == "underfitting"]
+    assert f.fix == {"batch_size": 32} and f.evidence["cause"] == "small_batch" and "batch_size=32" in f.remedy
+    g, = [f for f in judge_curves(c, Context(batch_size=8)) if f.code == "underfitting"]
+    assert g.fix == {"epochs": 10}
+    # a cause without a fix of its own (a bottleneck) does not keep the default fix
+    h, = [f for f in judge_curves(c, Context(bottleneck=("1", 4, 10))) if f.code == "underfitting"]
+    assert h.fix is None and "Widen 1" in h.remedy

@@ -152,9 +152,12 @@ def underfitting(train_loss: Sequence[float], baseline: float | None,
                  train_acc: Sequence[float] | None = None, val_acc: Sequence[float] | None = None) -> list[Finding]:
     """underfitting: the model does poorly on its own *training* data (high bias) → warning.
 
-    * Learns nothing: after ≥ 3 epochs the best training loss is still ≥ 90 % of the chance baseline
-      (ln k for cross-entropy over k classes, Var(y) for MSE). The baseline is what a constant prediction
-      scores; a model that cannot beat it by 10 % on the data it trains on has learnt (almost) nothing.
+    * Learns nothing: after ≥ 3 epochs the *last* epoch's training loss is still ≥ 90 % of the chance
+      baseline (ln k for cross-entropy over k classes, Var(y) for MSE). The baseline is what a constant
+      prediction scores; a model that cannot beat it by 10 % on the data it trains on has learnt (almost)
+      nothing. The final model is what the run hands over, so it is judged even when an earlier epoch did
+      better: a loss that went below 90 % and came back is a collapse after learning (evidence
+      ``collapsed``; ``underfitting_cause`` blames the step size), not a model that fits.
     * Plateaued far from fitting (classification, with ≥ 6 epochs of training accuracy and k = e^baseline
       classes): the best training accuracy is below halfway from chance to 1, (a − 1/k)/(1 − 1/k) < 0.5;
       it has plateaued — at the rate r the best rose over the last 3 epochs, reaching halfway would take
@@ -168,15 +171,22 @@ def underfitting(train_loss: Sequence[float], baseline: float | None,
     t = [x for x in _clean(train_loss) if math.isfinite(x)]
     if baseline is None or baseline <= 0:
         return []
-    if len(t) >= UNDERFIT_EPOCHS and min(t) >= UNDERFIT_FRACTION * baseline:
-        best = min(t)
-        ev = {"best_train_loss": best, "baseline": baseline, "fraction_of_baseline": best / baseline,
-              "epochs": len(t), "train_loss": t, "threshold": UNDERFIT_FRACTION}
+    if len(t) >= UNDERFIT_EPOCHS and t[-1] >= UNDERFIT_FRACTION * baseline:
+        best, last = min(t), t[-1]
+        collapsed = best < UNDERFIT_FRACTION * baseline
+        ev = {"best_train_loss": best, "last_train_loss": last, "baseline": baseline,
+              "fraction_of_baseline": last / baseline, "epochs": len(t), "train_loss": t,
+              "threshold": UNDERFIT_FRACTION, "collapsed": collapsed, "best_epoch": t.index(best) + 1}
         if train_acc:
             ev["train_acc"] = _clean(train_acc)
-        return [Finding("underfitting", "warning",
-                        f"After {len(t)} epochs the best training loss {fmt(best)} is still {best / baseline:.0%} of "
-                        f"the chance-level loss {fmt(baseline)}.", ev,
+        if collapsed:
+            summary = (f"After {len(t)} epochs the training loss {fmt(last)} is back at {last / baseline:.0%} of the "
+                       f"chance-level loss {fmt(baseline)}, though epoch {t.index(best) + 1} reached {fmt(best)}: "
+                       f"the model lost what it had learnt.")
+        else:
+            summary = (f"After {len(t)} epochs the training loss {fmt(last)} is still {last / baseline:.0%} of "
+                       f"the chance-level loss {fmt(baseline)} (best {fmt(best)}).")
+        return [Finding("underfitting", "warning", summary, ev,
                         "Train longer or with a larger learning rate, give the model more capacity (width/depth), "
                         "check its initialisation (dd.checkup) and lower any regularization (l2, dropout).",
                         [], len(t))]
@@ -205,13 +215,21 @@ def underfitting(train_loss: Sequence[float], baseline: float | None,
 UNDERFIT_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
 UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: still learning, too slowly
 FEW_UPDATES_PER_EPOCH, FEW_UPDATES = 4, 100  # optimizer steps per epoch and in all: too few to train a net
+SMALL_BATCH, USUAL_BATCH = 8, 32  # batches below 8 samples: one step's gradient is mostly sampling noise
 
 
 def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
                        weight_ratio: float | None = None, bottleneck: tuple | None = None,
                        frozen: Sequence[str] | None = None, usual: float | None = None,
-                       updates: tuple | None = None) -> Finding:
+                       updates: tuple | None = None, batch_size: int | None = None) -> Finding:
     """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
+
+    * a collapse after learning (evidence ``collapsed``: an earlier epoch was below 90 % of chance, the
+      last is not): the model *had* fitted part of its data, so capacity, a frozen layer or the data
+      are not why it fits nothing now; what changed is the weights, under steps that threw them out of
+      the region they had reached — an instability → ``{"lr": lr/10}`` (``lr_fix``), or the usual lr
+      when the lr is more than 30× above it (``far_from_usual``), or ``{"weight_decay": 0}`` when weight
+      decay shrank the weights below half their starting norm (the decay, not the steps, erased it).
 
     * frozen layers (``frozen``: modules whose weights have requires_grad=False): the capacity the
       model lacks is the part that does not train → ``{"unfreeze": [...]}`` (``frozen_layers`` says the same).
@@ -229,6 +247,11 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
     * a step size far from the optimizer's usual one (``usual``: ``remedies.usual_lr``; more than 30×
       away either way, ``far_from_usual``) → ``{"lr": usual}``: two orders of magnitude too small and the
       run crawls, too large and it thrashes at a high loss; the conventional lr is the one to try first.
+    * tiny batches: ``batch_size`` < 8 → ``{"batch_size": 32}``. Why: a step's gradient is the mean of B
+      per-sample gradients, so its noise variance is σ²/B; below 8 samples it is ≥ 4× that of the
+      conventional batch of 32 at the same lr, and SGD at a fixed step settles where that noise balances
+      the pull of the gradient — a level set by lr/B (Mandt et al. 2017; Smith & Le 2018). A run at chance
+      with tiny batches is noise-limited; 32 samples per step are the usual cure (or an lr B/32 as large).
     * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
       leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
       steps point the right way but are too small for the budget.
@@ -239,6 +262,8 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
     """
     if f.code != "underfitting" or f.rank < 1:
         return f
+    if f.evidence.get("collapsed"):
+        return _collapse_cause(f, weight_decay, lr, weight_ratio, usual)
     if frozen:
         names = list(frozen)
         return replace(f, summary=f"{f.summary} Cause: capacity — {len(names)} layer(s) are frozen "
@@ -252,7 +277,7 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                                   f"{out} outputs.",
                        evidence={**f.evidence, "cause": "capacity", "bottleneck": name, "bottleneck_units": units},
                        remedy=f"Widen {name} to at least {out} units (the narrowest layer bounds what the output "
-                              f"can separate); then retrain.")
+                              f"can separate); then retrain.", fix=None)
     t = f.evidence.get("train_loss") or []
     if weight_decay and weight_ratio is not None and weight_ratio < UNDERFIT_SHRINK:
         return replace(f, summary=f"{f.summary} Cause: optimisation — weight decay {fmt(weight_decay)} shrank the weights to "
@@ -274,6 +299,13 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                        evidence={**f.evidence, "cause": f"lr_too_{way}", "lr": lr, "usual_lr": usual},
                        remedy=f"Train at the usual step size (lr={fmt(usual)}): {fmt(lr)} is too {way} by "
                               f"{max(lr / usual, usual / lr):.0f}×.", fix={"lr": usual})
+    if batch_size is not None and batch_size < SMALL_BATCH:
+        return replace(f, summary=f"{f.summary} Cause: optimisation — batches of {batch_size}: each step's gradient "
+                                  f"is mostly sampling noise.",
+                       evidence={**f.evidence, "cause": "small_batch", "batch_size": batch_size},
+                       remedy=f"Train with mini-batches of {USUAL_BATCH} (batch_size={USUAL_BATCH}; it is {batch_size}): "
+                              f"the gradient noise of one sample per step keeps the loss near chance.",
+                       fix={"batch_size": USUAL_BATCH})
     k = UNDERFIT_EPOCH_FALL
     if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
         fix = lr_fix(lr, 10.0)
@@ -283,6 +315,25 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                        remedy=f"Take larger steps ({what}) or train longer: the updates point the right way "
                               f"but are too small for this budget.", fix=fix)
     return f
+
+
+def _collapse_cause(f: Finding, weight_decay: float | None, lr: float | None, weight_ratio: float | None,
+                    usual: float | None) -> Finding:
+    """The cause of a collapse after learning (see ``underfitting_cause``)."""
+    if weight_decay and weight_ratio is not None and weight_ratio < UNDERFIT_SHRINK:
+        return replace(f, summary=f"{f.summary} Cause: weight decay {fmt(weight_decay)} shrank the weights to "
+                                  f"{weight_ratio:.0%} of their starting norm.",
+                       evidence={**f.evidence, "cause": "collapsed", "weight_decay": weight_decay,
+                                 "weight_norm_ratio": weight_ratio},
+                       remedy=f"Train without the weight decay (weight_decay=0; it is {fmt(weight_decay)}): it "
+                              f"shrank the weights until what they had learnt was gone.", fix={"weight_decay": 0.0})
+    fix = {"lr": usual} if far_from_usual(lr, usual) and lr > usual else lr_fix(lr, 0.1)
+    what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× smaller learning rate"
+    return replace(f, summary=f"{f.summary} Cause: instability — the steps threw the weights out of the region they "
+                              f"had reached.",
+                   evidence={**f.evidence, "cause": "collapsed", "lr": lr},
+                   remedy=f"Lower the learning rate ({what}) or add warm-up and gradient clipping: the model had "
+                          f"learnt, then lost it.", fix=fix)
 
 
 def loss_left(c) -> float | None:
@@ -310,46 +361,135 @@ EPOCHS_MIN, EPOCHS_MAX = 2, 10  # the suggested epochs: between 2x and 10x the r
 
 def not_converged(train_loss: Sequence[float] | None, step_loss: Sequence[float] | None,
                   steps: Sequence[int] | None = None) -> list[Finding]:
-    """underfitting, cause "stopped too early": a run of fewer than 3 epochs (where ``underfitting``'s
-    level test does not speak) that ends with ≥ 50 % of its starting loss while its step loss is still
-    falling → warning, fix ``{"epochs": n}``.
+    """underfitting, cause "stopped too early": a run that ends with ≥ 50 % of its starting loss while
+    its loss is still falling → warning, fix ``{"epochs": n}`` (``{"batch_size": 32}`` when it took
+    fewer than 4 updates per epoch: more epochs of full-batch steps buy one update each; mini-batches of
+    32 give n/32 per epoch for the same compute).
 
-    Still falling: the least-squares slope of the step losses over the run's second half (its last 8
-    recorded steps when the half is shorter; fewer than 8 in all: not judged) against the step number is negative by ≥ 2 standard errors — a fall beyond minibatch noise at
-    about 95 % confidence. Why 50 %: a network of ordinary size fits its training set, so a run that keeps
-    more than half its initial loss (for a classifier, about the chance loss ln k) has not learnt the
-    task; and when that loss is measurably still going down, the run was stopped, not stuck: more epochs
-    is the remedy, not another model. A run that has flattened (slope within noise) is not this case.
+    Why 50 %: a network of ordinary size fits its training set, so a run that keeps more than half its
+    initial loss (for a classifier, about the chance loss ln k) has not learnt the task; and when that
+    loss is measurably still going down, the run was stopped, not stuck: more training is the remedy,
+    not another model. A run that has flattened is not this case. Still falling:
+
+    * runs of fewer than 3 epochs (where ``underfitting``'s level test does not speak): the
+      least-squares slope of the step losses over the run's second half (its last 8 recorded steps when
+      the half is shorter; fewer than 8 in all: not judged) against the step number is negative by ≥ 2
+      standard errors — a fall beyond minibatch noise at about 95 % confidence.
+    * runs of ≥ 3 epochs with fewer than 100 updates in all and fewer than 4 per epoch
+      (``FEW_UPDATES``, ``FEW_UPDATES_PER_EPOCH``: (nearly) the whole training set in each batch): the
+      epoch loss fell in each of the last 3 epochs. Four epoch losses with no trend fall in order with
+      probability 1/4! ≈ 4 % (a sign test at about the same confidence; a full-batch loss has no
+      sampling noise at all). The update count is what makes a steady fall at a high level "stopped"
+      rather than a hard task: gradient descent shrinks the error by about 1 − 1/κ per step (κ: the
+      condition number of the loss, in the hundreds and beyond for networks), so fewer than 100 steps
+      cannot have reached the floor of a task however noisy. The rate per epoch is what makes it a
+      fault rather than a moment: ``diagnose`` is also called mid-training, and a run with many updates
+      per epoch that is still falling at a high level after a few epochs is what every healthy run looks
+      like on its way down (SGD at lr 0.03 on digits: 75 % of its start after 6 epochs of 14 updates),
+      while an epoch of one or two updates is the batch size rationing the updates, whenever one looks.
+      A longer run that still creeps down at a high level may also be approaching, or memorising, the
+      noise floor of its data, which the curves cannot tell apart; it is left to ``underfitting``.
+
     n: the epochs at which the current slope, continued, would remove half the remaining loss, clamped
     to [2, 10]× the epochs run (a linear extrapolation is a rough estimate: loss curves decelerate).
     """
     t = [v for v in _clean(train_loss) if math.isfinite(v)]
-    if not t or len(t) >= UNDERFIT_EPOCHS:
+    if not t:
         return []
     xs = [(float(steps[i]) if steps is not None else float(i), float(v)) for i, v in enumerate(_clean(step_loss))
           if math.isfinite(v)]
     start, end = _start_end(train_loss, step_loss)
     if start is None or start <= 0 or end is None or end < CONVERGE_LEFT * start:
         return []
-    if len(xs) < CONVERGE_POINTS:
-        return []
-    half = xs[-max(len(xs) // 2, CONVERGE_POINTS):]
-    slope, se = _slope(half)
-    if not (slope < 0 and se >= 0 and -slope >= CONVERGE_T * se):
-        return []
     epochs = len(t)
-    steps_per_epoch = (xs[-1][0] - xs[0][0] + 1) / epochs
-    more = 0.5 * end / (-slope * steps_per_epoch)
+    if len(xs) < 2:
+        return []
+    updates = xs[-1][0] - xs[0][0] + 1
+    steps_per_epoch = updates / epochs
+    if epochs < UNDERFIT_EPOCHS:
+        if len(xs) < CONVERGE_POINTS:
+            return []
+        half = xs[-max(len(xs) // 2, CONVERGE_POINTS):]
+        slope, se = _slope(half)
+        if not (slope < 0 and se >= 0 and -slope >= CONVERGE_T * se):
+            return []
+        per_epoch = -slope * steps_per_epoch
+        how = f"still falling ({fmt(slope)} per step, {-slope / se if se > 0 else math.inf:.1f} standard errors)"
+        ev = {"slope_per_step": slope, "slope_se": se, "t_threshold": CONVERGE_T}
+    else:
+        k = UNDERFIT_EPOCH_FALL
+        if (updates >= FEW_UPDATES or steps_per_epoch >= FEW_UPDATES_PER_EPOCH or len(t) <= k
+                or not all(b < a for a, b in zip(t[-k - 1:], t[-k:]))):
+            return []
+        per_epoch = (t[-k - 1] - t[-1]) / k
+        how = f"still falling in each of the last {k} epochs ({fmt(per_epoch)} per epoch) after {updates:.0f} updates"
+        ev = {"fall_per_epoch": per_epoch, "updates": updates, "updates_threshold": FEW_UPDATES}
+    more = 0.5 * end / per_epoch
     n = int(min(EPOCHS_MAX * epochs, max(EPOCHS_MIN * epochs, math.ceil(epochs + more))))
-    ev = {"epochs": epochs, "start_loss": start, "end_loss": end, "loss_left": end / start,
-          "slope_per_step": slope, "slope_se": se, "threshold": CONVERGE_LEFT, "t_threshold": CONVERGE_T,
-          "train_loss": t, "cause": "not_converged"}
-    return [Finding("underfitting", "warning",
-                    f"Training stopped after {epochs} epoch(s) with the loss at {end / start:.0%} of where it started "
-                    f"({fmt(start)} → {fmt(end)}) and still falling ({fmt(slope)} per step, "
-                    f"{-slope / se if se > 0 else math.inf:.1f} standard errors): the model has not converged.", ev,
+    ev.update({"epochs": epochs, "start_loss": start, "end_loss": end, "loss_left": end / start,
+               "threshold": CONVERGE_LEFT, "train_loss": t, "cause": "not_converged",
+               "updates_per_epoch": steps_per_epoch})
+    summary = (f"Training stopped after {epochs} epoch(s) with the loss at {end / start:.0%} of where it started "
+               f"({fmt(start)} → {fmt(end)}) and {how}: the model has not converged.")
+    if steps_per_epoch < FEW_UPDATES_PER_EPOCH:
+        return [Finding("underfitting", "warning", summary + f" Cause: optimisation — {steps_per_epoch:.3g} update(s) "
+                        f"per epoch.", ev,
+                        f"Train with mini-batches (batch_size={USUAL_BATCH}): each epoch then takes many steps instead "
+                        f"of one or two.", [], epochs, fix={"batch_size": USUAL_BATCH})]
+    return [Finding("underfitting", "warning", summary, ev,
                     f"Train for more epochs (about {n}): the loss is still going down.", [], epochs,
                     fix={"epochs": n})]
+
+
+LEVEL_POINTS = 16  # the short-run level test needs >= 16 recorded step losses in the run's second half
+LEVEL_SE = 2.0  # ... and reads their mean at 2 standard errors ...
+LEVEL_LEARNT = 0.8  # ... which must not reach down to 80 % of the chance loss (a model that learnt something)
+
+
+def short_run_at_chance(train_loss: Sequence[float] | None, step_loss: Sequence[float] | None,
+                        baseline: float | None, steps: Sequence[int] | None = None) -> list[Finding]:
+    """underfitting (a short run that fits nothing): a run of fewer than 3 epochs whose recent step
+    losses still average ≥ 90 % of the chance baseline → warning, fix ``{"epochs": 10 × epochs}``.
+
+    Why: the level is that of ``underfitting`` (≥ 90 % of what a constant prediction scores: nothing
+    learnt), read from the mean m of the step losses in the run's second half, since an epoch mean of
+    a run this short averages over the untrained start. m estimates the final model's training loss
+    with standard error s = sd/√n (sd of those n step losses; the trend within the half inflates it,
+    which errs towards silence). It fires when m ≥ 0.9·baseline **and** m − 2s ≥ 0.8·baseline: the best
+    estimate says nothing was learnt, and at about 97.5 % one-sided confidence the model has not
+    removed even 20 % (twice the margin) of the chance loss — tiny batches make single step losses
+    swing by the whole chance loss, so a noisy mean near the threshold is not enough. n ≥ 16 recorded
+    steps: with 15 degrees of freedom the 97.5 % Student quantile is 2.13, close to the 2 used, and the
+    sample sd is within ≈ 18 % of the truth (1/√(2(n − 1))); fewer: not judged.
+
+    The fix when nothing else explains it (``underfitting_cause`` names tiny batches, a step size far
+    from the usual one, frozen layers, a bottleneck or weight decay first): a run still at chance gives
+    no rate to extrapolate, so the longest of ``not_converged``'s suggestions, 10× the epochs — networks
+    often sit at chance for a while before the loss starts to fall (the first epoch of a transformer).
+    """
+    t = [v for v in _clean(train_loss) if math.isfinite(v)]
+    if baseline is None or baseline <= 0 or not t or len(t) >= UNDERFIT_EPOCHS:
+        return []
+    x = [v for v in _clean(step_loss) if math.isfinite(v)]
+    tail = x[len(x) // 2:]
+    n = len(tail)
+    if n < LEVEL_POINTS:
+        return []
+    m = sum(tail) / n
+    se = math.sqrt(sum((v - m) ** 2 for v in tail) / (n - 1) / n)
+    if m < UNDERFIT_FRACTION * baseline or m - LEVEL_SE * se < LEVEL_LEARNT * baseline:
+        return []
+    epochs = len(t)
+    more = EPOCHS_MAX * epochs
+    ev = {"recent_loss": m, "recent_loss_se": se, "points": n, "baseline": baseline,
+          "fraction_of_baseline": m / baseline, "threshold": UNDERFIT_FRACTION, "learnt_threshold": LEVEL_LEARNT,
+          "epochs": epochs, "train_loss": t, "cause": "at_chance",
+          "last_step": int(steps[-1]) if steps is not None and len(steps) else None}
+    return [Finding("underfitting", "warning",
+                    f"After {epochs} epoch(s) the recent step losses average {fmt(m)} ± {fmt(se)}, "
+                    f"{m / baseline:.0%} of the chance-level loss {fmt(baseline)}: the model fits nothing yet.", ev,
+                    f"Train for more epochs (about {more}) or with a larger learning rate; check the "
+                    f"initialisation (dd.checkup).", [], epochs, fix={"epochs": more})]
 
 
 def _slope(xy: list[tuple[float, float]]) -> tuple[float, float]:
@@ -586,13 +726,13 @@ def oscillating_loss(step_loss: Sequence[float], steps: Sequence[int] | None = N
           "swing_sqrt_batch": noise, "noise_threshold": OSC_NOISE,
           "epoch_loss": [float(v) for v in epoch_loss or []]}
     step = int(steps[-1]) if steps is not None and len(steps) else None
-    small_batch = batch_size is not None and batch_size < 8
+    small_batch = batch_size is not None and batch_size < SMALL_BATCH
     fix = lr_fix(lr, 0.1)
     how = (f"lower the learning rate 10× (lr={fmt(lr)} → {fmt(fix['lr'])})" if "lr" in fix
            else "lower the learning rate 10×")
     if small_batch:
-        how += f", or use larger batches than {batch_size} (e.g. 32)"
-        fix["batch_size"] = 32
+        how += f", or use larger batches than {batch_size} (e.g. {USUAL_BATCH})"
+        fix["batch_size"] = USUAL_BATCH
     lr_txt = f" with lr={fmt(lr)}" if lr is not None else ""
     bs_txt = f", batch size {batch_size}" if batch_size is not None else ""
     return [Finding("oscillating_loss", "warning",

@@ -2,7 +2,8 @@
 call it with what they measured; it returns the findings, most severe first.
 
 Order (stable within a severity): layer rules (``RULES["layers"]``), stalled updates, output/loss
-mismatch, unscaled inputs, curve rules (divergence; else overfitting and underfitting), oscillation.
+mismatch, unscaled inputs, curve rules (divergence; else overfitting and underfitting — one underfitting
+finding per run — and labels that disagree), oscillation.
 A diverged run is not also judged for over/underfitting or oscillation.
 
 What the run knows beyond the measurements (``Context``) turns generic remedies into specific ones:
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from ..findings import Finding, sort_findings
 from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
 from .curves import (divergence, labels_disagree, loss_left, memorising, not_converged, oscillating_loss, overfitting,
-                     underfitting, underfitting_cause)
+                     short_run_at_chance, underfitting, underfitting_cause)
 from .depth import compare_depths
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, output_scale, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
@@ -28,7 +29,8 @@ RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
     "updates": (stalled_updates, frozen_layers),
     "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, output_scale, nonfinite_values),
-    "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, oscillating_loss),
+    "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, short_run_at_chance,
+               oscillating_loss),
     "depth": (compare_depths,),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
@@ -154,13 +156,17 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
     if c.train_loss and c.val_loss:
         found += overfitting(c.train_loss, c.val_loss) or memorising(c.train_loss, c.val_loss, c.baseline)
     if c.train_loss:
-        found += not_converged(c.train_loss, c.step_loss, c.steps)
         updates = len(c.step_loss) if c.step_loss else None
         per_epoch = updates / context.epochs if updates and context.epochs else None
-        found += [underfitting_cause(f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck,
-                                     context.frozen, usual=usual_lr(context.optimizer, context.momentum),
-                                     updates=(c.steps[-1] if c.steps else updates, per_epoch))
-                  for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
+        cause = lambda f: underfitting_cause(  # noqa: E731
+            f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck, context.frozen,
+            usual=usual_lr(context.optimizer, context.momentum),
+            updates=(c.steps[-1] if c.steps else updates, per_epoch), batch_size=context.batch_size)
+        # one underfitting finding per run: the first rule that speaks, from the level of a run of >= 3
+        # epochs, to a run stopped while still falling, to the level of a short run
+        found += ([cause(f) for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
+                  or not_converged(c.train_loss, c.step_loss, c.steps)
+                  or [cause(f) for f in short_run_at_chance(c.train_loss, c.step_loss, c.baseline, c.steps)])
     if not any(f.code == "underfitting" for f in found):
         if context.dropout < DROPOUT_DEPRESSES:  # train-mode dropout lowers the training accuracy by design
             found += labels_disagree(c.train_acc, c.val_acc)
