@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .findings import Finding, severity_rank
 from .jsonsafe import json_safe
+from .measure.affine import affine_links
 from .measure.coverage import coverage
 from .measure.io import (IOProbe, call_model, function_output_facts, input_facts, loss_kind, nonfinite_facts,
                          output_facts)
@@ -213,6 +214,8 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             nonfinite = nonfinite_facts(inputs, targets, model, out, None if surrogate else loss.detach())
             cover, param_rows = coverage(model, rec.sites, set(meas))
             rows += param_rows
+            rec.detach()  # the affinity passes below are not the user's pass
+            affine = affine_links(model, inputs) if not nonfinite.sources() else None
     finally:
         rec.detach()
         probe.remove()
@@ -226,7 +229,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             m.training = t
     first = next((r for r in rows if r.kind == "weight"), None)  # the layer the inputs feed
     inputs = input_facts(seen.get("input"), first.name if first else None, first.act_std if first else None)
-    findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite)
+    findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite, affine=affine)
     frame = _pd().DataFrame([r.to_dict() for r in rows])
     return Checkup(findings, frame, rows, loss_value, surrogate, cover)
 

@@ -112,6 +112,16 @@ def module_kind(m: nn.Module) -> str | None:
     return None
 
 
+def is_activation(m: nn.Module) -> bool:
+    """A hidden-layer activation module: torch's (ReLU, Tanh, GELU, ... and their subclasses; not
+    nn.Identity) or transformers' (GELUActivation, NewGELUActivation, ...; not its identity
+    ``LinearActivation``)."""
+    if isinstance(m, tuple(t for t, fam in ACTIVATION_FAMILIES.items() if fam is not None)):
+        return True
+    cls = type(m)
+    return cls.__module__.startswith("transformers.activations") and cls.__name__ != "LinearActivation"
+
+
 def matrix_params(m: nn.Module, kind: str) -> list[Tensor]:
     """The ≥ 2-D parameters a site's weight statistics cover: the weight of a weight/embedding site,
     every ≥ 2-D parameter of a recurrent or attention module (its gates; in_proj and out_proj)."""
