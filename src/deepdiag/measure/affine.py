@@ -8,28 +8,33 @@ made only of such links has the capacity of one linear model, whatever its depth
 This is measured, not read from module types (an activation may be a function call, a custom module,
 or an identity standing where one was meant). Three forward passes in eval mode (dropout off, BatchNorm
 on its running statistics: the function the model computes at test time), on at most ``ROWS`` rows of
-the batch:
+the batch x₁, with every weight layer's (and embedding's) output replaced by a test point:
 
-1. x₁: the rows;
-2. x₂: the rows rolled by one along the first dimension (so row i is paired with row i + 1);
-3. x_m = a·x₁ + (1 − a)·x₂ with a = ``MIX``, and *every* weight layer's (and embedding's) output
-   replaced by the same mixture of its outputs in passes 1 and 2: z_m = a·z₁ + (1 − a)·z₂.
+1. inputs x₁; each weight layer's output z replaced by p = z / RMS(z) (unit scale);
+2. inputs x₂ = x₁ rolled by one row; each output replaced by q = p rolled by one row;
+3. inputs a·x₁ + (1 − a)·x₂ with a = ``MIX``; each output replaced by a·p + (1 − a)·q.
 
-In pass 3 the input u of each weight layer B is then F_B(mixed values of whatever feeds it directly):
-the outputs of the weight layers just upstream and the model's input. F_B is affine exactly when
-u₃ = a·u₁ + (1 − a)·u₂ (for one a ∉ {0, 1} a nonlinear map misses this identity generically: relu
-where the paired samples' signs differ, tanh/sigmoid by their curvature, LayerNorm by its division by
-the per-sample std — LayerNorm counts as nonlinear, because it is). Deviation and spread are taken
-relative to s = max(‖u₁‖, ‖u₂‖) over the rows:
+The input u of each weight layer B is then F_B(test points of whatever feeds it directly: the weight
+layers just upstream, the model's input), evaluated at p, at q and at their mixture; F_B is affine
+exactly when u₃ = a·u₁ + (1 − a)·u₂ (the identity holds for any two points, natural or not). For one
+a ∉ {0, 1} a nonlinear map misses it generically: relu where the two points' signs differ, tanh/sigmoid
+by their curvature, LayerNorm by its division by the per-sample std (LayerNorm counts as nonlinear,
+because it is). The unit scale is what makes a smooth activation show: at the natural scale of a deep
+tanh net with small weights (pre-activations ~10⁻³) tanh is affine to 10⁻⁶, below float32 round-off;
+at unit scale its curvature is plain. Deviation and spread are taken relative to
+s = max(‖u₁‖, ‖u₂‖) over the rows:
 
     deviation = ‖u₃ − (a·u₁ + (1 − a)·u₂)‖ / s        spread = ‖u₁ − u₂‖ / s
 
 Which weight layers feed B directly is read from pass 1's autograd graph, walked back from B's input
 until the output of a weight layer or embedding (dataflow: parallel q/k/v projections, which read the
-same tensor, do not feed each other).
+same tensor, do not feed each other). A link A → B is reported only when every consumer of A's output
+takes it affinely: in a pre-activation residual net each block's last layer reaches the head through
+the residual stream with nothing nonlinear between, but it also feeds the next blocks through their
+activations, so it is not a layer that one matrix product could absorb.
 
 Token inputs (integer tensors) cannot be mixed: they are kept as x₁ in pass 3 and the embeddings'
-outputs are mixed instead, so every chain after the embeddings is still judged (``tokens``); the
+outputs are replaced and mixed like the weight layers' , so every chain after the embeddings is still judged (``tokens``); the
 whole-model test is then on the map from the embedding vectors to the output.
 
 Cost: three forward passes on ≤ 64 rows, no backward. Half-precision models (float16/bfloat16) are not
@@ -53,8 +58,8 @@ ROWS = 64  # pairs of rows: enough for a sign change of a relu between paired sa
 # between two weight layers is elementwise ops (round-off ~ε), sums over P positions (average pooling,
 # a residual stream; torch sums pairwise, error ~ε·log₂P, and ≤ ε·√P for a random walk: √P ≤ 100 up to
 # 10⁴ positions) and the mixture itself (2ε). A nonlinearity deviates far more: relu by ~a(1−a)·|z₁ − z₂|
-# on the units whose sign differs (10⁻² to 10⁻¹), tanh at pre-activations of size z by ~z² (10⁻⁴ already at
-# |z| = 0.01).
+# on the units whose sign differs (10⁻² to 10⁻¹), tanh at the unit-scale test points by ~10⁻¹ (its z³/3
+# term), and still by ~z² = 10⁻⁴ where a normalisation in the chain shrinks them to |z| = 0.01.
 ROUNDOFF = 100
 # Spread: an input that barely varies between the paired rows (‖u₁ − u₂‖ < 1 % of ‖u‖) tests F_B only on a
 # tiny neighbourhood, where any smooth map is affine to second order (deviation ~ spread²): not judged.
@@ -95,8 +100,9 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
     try:
         model.eval()
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            x1 = _watched(x1)  # floating inputs as leaves of the graph: the wiring sees them
             out1 = passes.run(model, x1, "first")
-            feeds = passes.wiring(out1)
+            feeds = passes.wiring(out1, {id(t) for t in _tensors(x1) if t.requires_grad})
             out1 = out1.detach()
             out2 = passes.run(model, x2, "second").detach()
             out3 = passes.run(model, _blend(x1, x2), "mixed").detach()
@@ -112,15 +118,15 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
 
 
 class _Passes:
-    """Hooks on every weight layer and embedding that record, per call, the input and output of passes 1
-    and 2, the input of pass 3, and in pass 3 return the mixture of the recorded outputs."""
+    """Hooks on every weight layer and embedding that record, per call, its input in every pass, and
+    replace its output by the pass's test point (see the module doc)."""
 
     def __init__(self, sites: list[tuple[str, nn.Module]], others: list[tuple[str, nn.Module]]):
         self.names = {m: n for n, m in sites}
         self.modules: dict[str, nn.Module] = {}  # key (name, "name#k" for the k-th extra call) -> module
         self.kinds = {m: module_kind(m) for _, m in sites}
         self.hooks = Hooks()
-        self.seen: dict[str, dict] = {}  # pass -> {key: {"u": input, "z": output}}
+        self.seen: dict[str, dict] = {}  # pass -> {key: {"u": input, "p": test point (pass 1)}}
         self.nodes: dict[str, tuple] = {}  # key -> (grad_fn of the input, grad_fn of the output), pass 1
         self.mode, self.calls = "first", {}
         self.order: list[str] = []  # pass 1: weight-layer keys and Identity names, in the order they finish
@@ -159,18 +165,20 @@ class _Passes:
     def _post(self, m: nn.Module, args, out):
         key = self.key(m)
         self.calls[m] = self.calls.get(m, 0) + 1
-        if not isinstance(out, Tensor):
+        if not isinstance(out, Tensor) or not out.is_floating_point():
             raise _Unmeasurable(f"{key} returned {type(out).__name__}")
         if self.mode == "first":
-            self.nodes[key] = (self.nodes.get(key, (None, None))[0], out.grad_fn)
+            rms = out.detach().pow(2).mean().sqrt()
+            p = out / torch.where(rms > 0, rms, torch.ones_like(rms))  # unit RMS, still on the graph
+            self.nodes[key] = (self.nodes.get(key, (None, None))[0], p.grad_fn)
             self.order.append(key)
-        if self.mode != "mixed":
-            self.seen[self.mode][key]["z"] = out.detach().clone()
-            return None
-        z1, z2 = self.seen["first"][key]["z"], self.seen["second"][key]["z"]
-        if z1.shape != out.shape or z2.shape != out.shape:
+            self.seen["first"][key]["p"] = p.detach().clone()
+            return p
+        p = self.seen["first"][key]["p"]
+        if p.shape != out.shape:
             raise _Unmeasurable(f"{key} changed shape between passes")
-        return MIX * z1 + (1 - MIX) * z2
+        q = p.roll(-1, 0)  # row i + 1, as the inputs of the second pass
+        return q if self.mode == "second" else MIX * p + (1 - MIX) * q
 
     def _other(self, name: str, m: nn.Module) -> None:
         if self.mode == "first":
@@ -184,9 +192,10 @@ class _Passes:
         i, j = self.order.index(source), self.order.index(target)
         return next((k.split(":", 1)[1] for k in self.order[i + 1:j] if k.startswith("identity:")), None)
 
-    def wiring(self, out: Tensor) -> dict[str, set[str]] | None:
-        """{weight layer (and "output"): the weight layers and embeddings whose outputs feed it directly},
-        from pass 1's autograd graph; None when the graph is too large to walk."""
+    def wiring(self, out: Tensor, leaves: set[int]) -> dict[str, set[str]] | None:
+        """{weight layer (and "output"): the weight layers and embeddings whose outputs feed it directly,
+        and "input" when the model's floating input (the tensors with ids `leaves`) does}, from pass 1's
+        autograd graph; None when the graph is too large to walk."""
         stops = {z: key for key, (_, z) in self.nodes.items() if z is not None}
         starts = {key: u for key, (u, _) in self.nodes.items()
                   if self.kinds[self.modules[key]] == "weight"}
@@ -202,6 +211,8 @@ class _Passes:
                 if n in stops:
                     found.add(stops[n])
                     continue
+                if id(getattr(n, "variable", None)) in leaves:  # AccumulateGrad of an input tensor
+                    found.add("input")
                 stack.extend(f for f, _ in n.next_functions)
             budget -= len(seen)
             if budget < 0:
@@ -214,7 +225,8 @@ class _Passes:
 
 def _facts(passes: _Passes, feeds: dict, outs: tuple, dtype: torch.dtype, rows: int, tokens: bool) -> AffineFacts:
     """Deviation and spread of every weight layer's input and of the output (one host sync), and the
-    links: each weight layer whose input is judged affine, paired with each weight layer feeding it."""
+    links: each weight layer whose input is judged affine, paired with each weight layer feeding it
+    whose every consumer (weight layer or the output) takes it affinely."""
     first, second, mixed = (passes.seen[p] for p in ("first", "second", "mixed"))
     keys = [k for k in feeds if k != "output" and "u" in first.get(k, {}) and "u" in mixed.get(k, {})]
     triples = [(first[k]["u"], second[k]["u"], mixed[k]["u"]) for k in keys] + [outs]
@@ -223,16 +235,23 @@ def _facts(passes: _Passes, feeds: dict, outs: tuple, dtype: torch.dtype, rows: 
     judged = {k: (dev, spread) for k, (dev, spread) in zip(keys + ["output"], stats)
               if math.isfinite(dev) and math.isfinite(spread) and spread >= MIN_SPREAD}
     affine = {k for k, (dev, _) in judged.items() if dev <= tol}
+    consumers: dict[str, set[str]] = {}
+    for key, sources in feeds.items():
+        for src in sources:
+            consumers.setdefault(src, set()).add(key)
     links = []
     for key in keys:
         if key not in affine:
             continue
         dev, spread = judged[key]
         target = passes.modules[key]
-        for src in sorted(feeds[key]):
+        for src in sorted(feeds[key] - {"input"}):
             source = passes.modules[src]
-            if passes.kinds[source] == "weight":
-                links.append(_link(src, source, key, target, dev, spread, passes.placeholder(src, key)))
+            # a layer that also feeds a nonlinear chain (a residual stream read by the next block's
+            # activation and by the head) is not collapsible: only its affine path would merge
+            if passes.kinds[source] == "weight" and consumers[src] <= affine:
+                pure = feeds[key] == {src} and consumers[src] == {key}
+                links.append(_link(src, source, key, target, dev, spread, passes.placeholder(src, key), pure))
     whole = "output" in affine and all(k in affine for k in keys)
     return AffineFacts(tuple(links), whole, tol, MIX, rows, len([k for k in keys if k in judged]), tokens,
                        passes.activations)
@@ -260,11 +279,12 @@ def _shape(m: nn.Module) -> tuple[int, int, int]:
 
 
 def _link(src: str, source: nn.Module, key: str, target: nn.Module, dev: float, spread: float,
-          placeholder: str | None) -> AffineLink:
+          placeholder: str | None, pure: bool) -> AffineLink:
     fan_in, inner, kernel = _shape(source)
     fan_out = _shape(target)[1]
     params = weight_matrix(source).numel() + weight_matrix(target).numel()
-    return AffineLink(src, key, dev, spread, fan_in, inner, fan_out, params, fan_in * fan_out * kernel, placeholder)
+    return AffineLink(src, key, dev, spread, fan_in, inner, fan_out, params, fan_in * fan_out * kernel, placeholder,
+                      pure)
 
 
 def _tensors(value) -> list[Tensor]:
@@ -275,6 +295,17 @@ def _tensors(value) -> list[Tensor]:
     if isinstance(value, dict):
         return [t for v in value.values() for t in _tensors(v)]
     return []
+
+
+def _watched(value):
+    """`value` with each floating tensor detached and requiring grad (a leaf the graph records)."""
+    if isinstance(value, Tensor):
+        return value.detach().requires_grad_(True) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_watched(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _watched(v) for k, v in value.items()}
+    return value
 
 
 def _take(value, batch: int, index: Tensor):

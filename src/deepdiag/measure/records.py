@@ -244,7 +244,8 @@ class AffineLink:
     units), ``fan_out`` (output units of ``to``); ``params`` (entries of both weights) and
     ``single_params`` (entries of the one layer from ``source``'s input to ``to``'s output, with
     ``source``'s kernel). ``placeholder``: an ``nn.Identity`` module called between the two (an activation
-slot left empty), or None. ``compression``: the pair is a deliberate factorisation (a rank bottleneck,
+slot left empty), or None. ``pure``: ``source`` feeds only ``to`` and ``to`` reads only ``source`` (a plain
+chain, not one term of a sum such as a residual stream). ``compression``: the pair is a deliberate factorisation (a rank bottleneck,
     inner < min(fan_in, fan_out), or fewer parameters than the single layer)."""
 
     source: str
@@ -257,6 +258,7 @@ slot left empty), or None. ``compression``: the pair is a deliberate factorisati
     params: int
     single_params: int
     placeholder: str | None = None
+    pure: bool = True
 
     @property
     def compression(self) -> bool:

@@ -64,7 +64,8 @@ def linear_network(facts: AffineFacts | None, step: int | None = None) -> list[F
     """underfitting (cause ``linear_network``): two or more weight layers with nothing nonlinear between
     them (``deepdiag.measure.affine``: the input of the later layer is, to float round-off, an affine
     function of the earlier layer's output) → warning when at least one such pair is no deliberate
-    factorisation; info when every pair is one.
+    factorisation and either the whole model is affine or the pair is a plain chain (the earlier layer
+    feeds only the later one, which reads only it); info otherwise.
 
     Why: a composition of affine maps is affine, W₂(A(W₁x + b₁)) + b₂ = W'x + b', so such a pair computes
     what one layer computes. A network made only of such links (``whole_model``) has the capacity of a
@@ -74,7 +75,10 @@ def linear_network(facts: AffineFacts | None, step: int | None = None) -> list[F
     transformer that block is the only position-wise nonlinearity. Why not always: a factorisation is a
     design when it constrains the map — a rank bottleneck (inner width < min(fan_in, fan_out): low-rank
     adapters, the linear bottlenecks of MobileNetV2) or fewer parameters than the one layer it equals
-    (depthwise-separable convolutions) — so those pairs are info only. The tolerance is round-off
+    (depthwise-separable convolutions) — so those pairs are info only. So is a pair that is one term of a
+    sum inside a nonlinear model (the last block of a pre-activation residual net reaching the head
+    through the residual stream): merging it saves one matrix of one branch, while every other path
+    through the model keeps its nonlinearities; a practitioner calls that a design, not a fault. The tolerance is round-off
     (100 ε of the dtype; see ``deepdiag.measure.affine``), so a weak nonlinearity never passes as none.
     A single weight layer (logistic or linear regression) has no pair and is never flagged.
 
@@ -84,7 +88,7 @@ def linear_network(facts: AffineFacts | None, step: int | None = None) -> list[F
     """
     if facts is None or not facts.links:
         return []
-    wasted = [link for link in facts.links if not link.compression]
+    wasted = [link for link in facts.links if not link.compression and (link.pure or facts.whole_model)]
     shown = wasted or list(facts.links)
     pairs = ", ".join(f"{link.source} → {link.to}" for link in shown[:LINKS_SHOWN])
     more = f" and {len(shown) - LINKS_SHOWN} more" if len(shown) > LINKS_SHOWN else ""
@@ -102,7 +106,8 @@ def linear_network(facts: AffineFacts | None, step: int | None = None) -> list[F
                 "computes what one layer computes, wasting its depth and parameters.")
     else:
         what = (f"Weight layers {pairs}{more} compose into one linear map ({measured}); each pair is a "
-                "factorisation (a rank bottleneck or fewer parameters than one layer), a common design.")
+                "factorisation (a rank bottleneck or fewer parameters than one layer) or one term of a sum "
+                "(a residual stream) in an otherwise nonlinear model, a common design.")
     remedy = ("Put a nonlinearity (ReLU, GELU, tanh) between the layers: an activation module where the "
               "nn.Identity (or nothing) stands now, or F.relu in the forward." if wasted else
               "Nothing to fix if the factorisation is deliberate; otherwise put a nonlinearity between them.")
