@@ -171,3 +171,12 @@ def test_affinity_passes_leave_the_model_as_it_was():
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_activation_fix_keeps_an_identity_where_the_model_has_activations():
+    """Only a model built without any activation gets its nn.Identity slots filled: elsewhere an Identity
+    may be a deliberate linear bottleneck."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.Identity(), nn.Linear(32, 3))
+    fixed, _ = dd.apply_fix(model, {"activation": "gelu"})
+    assert [type(m) for m in fixed] == [nn.Linear, nn.GELU, nn.Linear, nn.Identity, nn.Linear]
