@@ -9,14 +9,6 @@ import deepdiag as dd
 from deepdiag.measure.affine import affine_links
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mlp(act=nn.Identity):
     return nn.Sequential(nn.Linear(12, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, 3))
 

@@ -31,7 +31,6 @@ from ._validate import check_choice
 from .init import NORM_LAYERS, he_, lecun_, orthogonal_, scheme_std, xavier_
 from .measure.io import call_model
 from .measure.sites import (
-    ACTIVATION_FAMILIES,
     ATTENTION,
     EMBEDDINGS,
     RECURRENT,

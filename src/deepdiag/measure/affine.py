@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from .hooks import Hooks
 from .io import call_model
 from .records import AffineFacts, AffineLink
-from .sites import first_tensor, is_activation, module_kind, weight_matrix
+from .sites import first_tensor, is_activation, module_kind, tensors, weight_matrix
 
 MIX = 0.3  # one mixture weight away from 1/2, so no symmetric nonlinearity can pass by symmetry
 ROWS = 64  # pairs of rows: enough for a sign change of a relu between paired samples in any live unit
@@ -91,7 +91,7 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
     batch = int(first.shape[0])
     x1 = _take(inputs, batch, torch.arange(rows, device=first.device))
     x2 = _take(inputs, batch, torch.arange(rows, device=first.device).roll(-1))
-    tokens = any(not t.is_floating_point() for t in _tensors(x1))
+    tokens = any(not t.is_floating_point() for t in tensors(x1))
     modes = [(m, m.training) for m in model.modules()]
     devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"
                       and p.device.index is not None})
@@ -102,7 +102,7 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             x1 = _watched(x1)  # floating inputs as leaves of the graph: the wiring sees them
             out1 = passes.run(model, x1, "first")
-            feeds = passes.wiring(out1, {id(t) for t in _tensors(x1) if t.requires_grad})
+            feeds = passes.wiring(out1, {id(t) for t in tensors(x1) if t.requires_grad})
             out1 = out1.detach()
             out2 = passes.run(model, x2, "second").detach()
             out3 = passes.run(model, _blend(x1, x2), "mixed").detach()
@@ -262,7 +262,7 @@ def _deviation(u1: Tensor, u2: Tensor, u3: Tensor) -> Tensor:
     differ or the input is zero."""
     if not (u1.shape == u2.shape == u3.shape):
         return torch.full((2,), math.nan, dtype=torch.float64, device=u1.device)
-    norm = lambda t: torch.linalg.vector_norm(t, dtype=torch.float64)  # noqa: E731
+    norm = lambda t: torch.linalg.vector_norm(t, dtype=torch.float64)
     scale = torch.maximum(norm(u1), norm(u2))
     dev = norm(u3 - (MIX * u1 + (1 - MIX) * u2))
     return torch.stack([dev, norm(u1 - u2)]) / scale
@@ -285,16 +285,6 @@ def _link(src: str, source: nn.Module, key: str, target: nn.Module, dev: float, 
     params = weight_matrix(source).numel() + weight_matrix(target).numel()
     return AffineLink(src, key, dev, spread, fan_in, inner, fan_out, params, fan_in * fan_out * kernel, placeholder,
                       pure)
-
-
-def _tensors(value) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 def _watched(value):

@@ -149,6 +149,17 @@ def first_tensor(obj) -> Tensor | None:
     return None
 
 
+def tensors(value) -> list[Tensor]:
+    """Every tensor in `value` (a tensor, or a tuple/list/dict of them, nested), in order."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors(v)]
+    return []
+
+
 def ptr(t: Tensor | None) -> int | None:
     return t.data_ptr() if isinstance(t, Tensor) else None
 
