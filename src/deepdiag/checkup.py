@@ -5,6 +5,9 @@ flag of every submodule, ``requires_grad`` flags, buffers (BatchNorm running sta
 RNG (dropout masks are drawn from a forked RNG) and its hooks (every hook checkup adds is removed).
 
 The pass runs in the model's current mode (train or eval): that is the mode the user is asking about.
+Three more forward passes in eval mode on at most 64 rows, no backward (``deepdiag.measure.affine``), test
+whether stacked weight layers collapse into one linear map (nothing nonlinear between them); a user's
+own hooks run on those passes too.
 In train mode BatchNorm uses batch statistics and updates its running statistics; those buffers are
 snapshotted and restored.
 
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from .findings import Finding, severity_rank
 from .jsonsafe import json_safe
+from .measure.affine import affine_links
 from .measure.coverage import coverage
 from .measure.io import (IOProbe, call_model, function_output_facts, input_facts, loss_kind, nonfinite_facts,
                          output_facts)
@@ -40,7 +44,7 @@ from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import Coverage, LayerStats, OutputFacts
 from .measure.recurrent import recurrent_facts
-from .measure.sites import matrix_params, safe_norm
+from .measure.sites import matrix_params, safe_norm, tensors
 from .rules import judge
 from .rules.io import output_loss_mismatch
 from .train import default_loss
@@ -213,6 +217,8 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             nonfinite = nonfinite_facts(inputs, targets, model, out, None if surrogate else loss.detach())
             cover, param_rows = coverage(model, rec.sites, set(meas))
             rows += param_rows
+            rec.detach()  # the affinity passes below are not the user's pass
+            affine = affine_links(model, inputs) if not nonfinite.sources() else None
     finally:
         rec.detach()
         probe.remove()
@@ -226,19 +232,9 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
             m.training = t
     first = next((r for r in rows if r.kind == "weight"), None)  # the layer the inputs feed
     inputs = input_facts(seen.get("input"), first.name if first else None, first.act_std if first else None)
-    findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite)
+    findings = judge(rows, output=output, inputs=inputs, nonfinite=nonfinite, affine=affine)
     frame = _pd().DataFrame([r.to_dict() for r in rows])
     return Checkup(findings, frame, rows, loss_value, surrogate, cover)
-
-
-def _tensors(value) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 def _cast(value, dtype: torch.dtype):
@@ -261,18 +257,18 @@ def _check_batch(model: nn.Module, params: list[Tensor], inputs, targets):
     if any(p.device.type == "meta" for p in params) or any(b.device.type == "meta" for b in model.buffers()):
         raise ValueError("model has parameters on the meta device (shapes without data): materialise it "
                          "first, e.g. model.to_empty(device='cpu') and initialise it, or load its weights")
-    tensors = _tensors(inputs)
-    if not tensors:
+    given = tensors(inputs)
+    if not given:
         raise TypeError(f"inputs must be a torch.Tensor, or a tuple/list/dict of tensors, got "
                         f"{type(inputs).__name__}")
-    first = tensors[0]
+    first = given[0]
     if first.dim() == 0 or first.shape[0] == 0:
         raise ValueError(f"inputs is an empty batch (shape {tuple(first.shape)}): give at least one sample "
                          "along the first dimension (32 or more to judge dead units)")
     dtypes = {p.dtype for p in params if p.is_floating_point()}
     if len(dtypes) == 1:
         dtype = dtypes.pop()
-        found = sorted({str(t.dtype) for t in tensors if t.is_floating_point() and t.dtype != dtype})
+        found = sorted({str(t.dtype) for t in given if t.is_floating_point() and t.dtype != dtype})
         if found:
             warnings.warn(f"checkup: inputs are {', '.join(found)} but the model's parameters are {dtype}; "
                           f"the inputs were cast to {dtype} (do the same in training: x.to({dtype}))",

@@ -44,7 +44,8 @@ FIX_KEYS = {
     "activation": ("str: 'relu' | 'leaky_relu' | 'gelu' | 'tanh' | 'sigmoid' | 'selu' | 'elu' | 'silu'",
                    "replace every activation module (torch.nn, transformers.activations, "
                    "nn.TransformerEncoderLayer.activation) by this one, except one right after the output "
-                   "layer; activations called as functions in a forward cannot be reached"),
+                   "layer; in a model with no activation at all, the nn.Identity modules between two weight "
+                   "layers instead; activations called as functions in a forward cannot be reached"),
     "norm": ("str: 'batch' | 'layer'",
              "insert BatchNorm1d/2d (or LayerNorm; GroupNorm(1, C) after a convolution) on the output "
              "channels of every hidden weight layer (every Linear/ConvNd but the output layer)"),

@@ -32,10 +32,10 @@ from ._validate import check_choice
 from .init import NORM_LAYERS, he_, lecun_, orthogonal_, scheme_std, xavier_
 from .measure.io import call_model
 from .measure.sites import (
-    ACTIVATION_FAMILIES,
     ATTENTION,
     EMBEDDINGS,
     RECURRENT,
+    is_activation,
     is_transposed_linear,
     module_kind,
     weight_matrix,
@@ -59,15 +59,6 @@ FUNCTIONAL = re.compile(r"\b(?:F|functional|torch)\.(relu|relu_|leaky_relu|gelu|
 
 
 # ---- what a module is ---------------------------------------------------------------------------------
-
-def is_activation(m: nn.Module) -> bool:
-    """A hidden-layer activation module: torch's (ReLU, Tanh, GELU, ...) or transformers' (GELUActivation,
-    NewGELUActivation, ...; not its identity ``LinearActivation``)."""
-    if ACTIVATION_FAMILIES.get(type(m)) is not None or isinstance(m, tuple(ACTIVATIONS.values())):
-        return not isinstance(m, nn.Identity)
-    cls = type(m)
-    return cls.__module__.startswith("transformers.activations") and cls.__name__ != "LinearActivation"
-
 
 def is_weight_layer(m: nn.Module) -> bool:
     """Linear, Bilinear, ConvNd (and transposed) or transformers' Conv1D."""
@@ -247,11 +238,26 @@ def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, lis
     relu/gelu, is not taken), and, given `inputs`, the model's own activation modules (``custom_activations``:
     measured nonlinear elementwise maps, e.g. a custom ``Exp``). Modules already of the target type stay.
     Unreached: activations called as functions in a forward, and the gate nonlinearities of RNN/LSTM/GRU
-    (inside the fused kernel)."""
+    (inside the fused kernel).
+
+    A model with no activation at all (neither module, nor its own measured one, nor a transformer layer's
+    function) was built linear — ``activation=nn.Identity`` or "linear" in a builder: its ``identity_slots``
+    (the nn.Identity modules between two weight layers) get the activation instead. In a model that has
+    activations an nn.Identity is left alone: there it may be a deliberate linear bottleneck or an unused
+    option."""
     cls = type(make_activation(name))
     keep = output_activation(model, inputs)
     custom = set(custom_activations(model, inputs))
     swapped, unreached = 0, []
+    linear = not custom and not any(is_activation(m) or (hasattr(m, "activation_relu_or_gelu")
+                                          and not isinstance(getattr(m, "activation", None), nn.Module))
+                     for m in model.modules())
+    for n in identity_slots(model, inputs) if linear else []:
+        _replace(model, n, make_activation(name))
+        parent, _ = _parent(model, n)
+        if hasattr(parent, "activation_relu_or_gelu"):
+            parent.activation_relu_or_gelu = 0
+        swapped += 1
     for n, m in list(model.named_modules()):
         if isinstance(m, RECURRENT):
             unreached.append(f"{n} ({type(m).__name__}): its gate nonlinearities are fixed inside the module")
@@ -268,6 +274,17 @@ def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, lis
             parent.activation_relu_or_gelu = 0
         swapped += 1
     return swapped, unreached + _functional_calls(model)
+
+
+def identity_slots(model: nn.Module, inputs=None) -> list[str]:
+    """Names of the nn.Identity modules that `order` places after one weight layer and before another:
+    the places of a hidden activation."""
+    names = order(model, inputs)
+    weights = [i for i, n in enumerate(names) if is_weight_layer(model.get_submodule(n))]
+    if len(weights) < 2:
+        return []
+    return [n for i, n in enumerate(names[weights[0] + 1:weights[-1]], weights[0] + 1)
+            if type(model.get_submodule(n)) is nn.Identity]
 
 
 def drop_output_activation(model: nn.Module, inputs=None) -> tuple[list[str], list[str]]:

@@ -230,3 +230,55 @@ class Coverage:
         if self.not_measured:
             s += f"; not measured: {', '.join(self.not_measured[:8])}{' ...' if len(self.not_measured) > 8 else ''}"
         return s
+
+
+@dataclass(frozen=True)
+class AffineLink:
+    """Two weight layers with nothing nonlinear between them: the input of layer ``to`` was measured to
+    be an affine function of the output of layer ``source`` (and of whatever else feeds it directly),
+    so W_to·(affine map)·W_source is one linear map.
+
+    ``deviation``: ‖u(a·z₁ + (1−a)·z₂) − (a·u(z₁) + (1−a)·u(z₂))‖ / max(‖u(z₁)‖, ‖u(z₂)‖) over the
+    pairs; ``spread``: ‖u(z₁) − u(z₂)‖ / max(‖u(z₁)‖, ‖u(z₂)‖) (how much the input varied between the
+    paired samples). Shapes: ``fan_in`` (input features/channels of ``source``), ``inner`` (its output
+    units), ``fan_out`` (output units of ``to``); ``params`` (entries of both weights) and
+    ``single_params`` (entries of the one layer from ``source``'s input to ``to``'s output, with
+    ``source``'s kernel). ``placeholder``: an ``nn.Identity`` module called between the two (an activation
+slot left empty), or None. ``pure``: ``source`` feeds only ``to`` and ``to`` reads only ``source`` (a plain
+chain, not one term of a sum such as a residual stream). ``compression``: the pair is a deliberate factorisation (a rank bottleneck,
+    inner < min(fan_in, fan_out), or fewer parameters than the single layer)."""
+
+    source: str
+    to: str
+    deviation: float
+    spread: float
+    fan_in: int
+    inner: int
+    fan_out: int
+    params: int
+    single_params: int
+    placeholder: str | None = None
+    pure: bool = True
+
+    @property
+    def compression(self) -> bool:
+        return self.inner < min(self.fan_in, self.fan_out) or self.params < self.single_params
+
+
+@dataclass(frozen=True)
+class AffineFacts:
+    """What the affinity test measured (``deepdiag.measure.affine``): the ``links`` found affine, whether
+    the ``whole_model`` (output as a function of the input, or of the embeddings' outputs when the input
+    is token ids) is affine, the ``tolerance`` the deviations were held to, the mixture weight ``mix``,
+    the number of sample ``pairs``, how many weight-layer inputs were ``judged`` and whether the inputs
+    were ``tokens`` (integer ids: mixed after the embeddings); ``activation_modules``: activation modules
+(ReLU, Tanh, ...; not nn.Identity) called in the forward pass."""
+
+    links: tuple[AffineLink, ...]
+    whole_model: bool
+    tolerance: float
+    mix: float
+    pairs: int
+    judged: int
+    tokens: bool = False
+    activation_modules: int = 0

@@ -112,6 +112,16 @@ def module_kind(m: nn.Module) -> str | None:
     return None
 
 
+def is_activation(m: nn.Module) -> bool:
+    """A hidden-layer activation module: torch's (ReLU, Tanh, GELU, ... and their subclasses; not
+    nn.Identity) or transformers' (GELUActivation, NewGELUActivation, ...; not its identity
+    ``LinearActivation``)."""
+    if isinstance(m, tuple(t for t, fam in ACTIVATION_FAMILIES.items() if fam is not None)):
+        return True
+    cls = type(m)
+    return cls.__module__.startswith("transformers.activations") and cls.__name__ != "LinearActivation"
+
+
 def matrix_params(m: nn.Module, kind: str) -> list[Tensor]:
     """The ≥ 2-D parameters a site's weight statistics cover: the weight of a weight/embedding site,
     every ≥ 2-D parameter of a recurrent or attention module (its gates; in_proj and out_proj)."""
@@ -137,6 +147,17 @@ def first_tensor(obj) -> Tensor | None:
             if t is not None:
                 return t
     return None
+
+
+def tensors(value) -> list[Tensor]:
+    """Every tensor in `value` (a tensor, or a tuple/list/dict of them, nested), in order."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors(v)]
+    return []
 
 
 def ptr(t: Tensor | None) -> int | None:

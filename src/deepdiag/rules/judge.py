@@ -2,8 +2,9 @@
 call it with what they measured; it returns the findings, most severe first.
 
 Order (stable within a severity): layer rules (``RULES["layers"]``), stalled updates, output/loss
-mismatch, unscaled inputs, curve rules (divergence; else overfitting and underfitting — one underfitting
-finding per run — and labels that disagree), oscillation.
+mismatch, unscaled inputs, a linear network (weight layers with nothing nonlinear between), curve rules
+(divergence; else overfitting and underfitting — one underfitting finding per run — and labels that
+disagree), oscillation.
 A diverged run is not also judged for over/underfitting or oscillation.
 
 What the run knows beyond the measurements (``Context``) turns generic remedies into specific ones:
@@ -16,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
-from ..measure.records import InputFacts, LayerStats, NonFiniteFacts, OutputFacts
+from ..measure.records import AffineFacts, InputFacts, LayerStats, NonFiniteFacts, OutputFacts
 from .curves import (divergence, labels_disagree, loss_left, memorising, not_converged, oscillating_loss, overfitting,
                      short_run_at_chance, underfitting, underfitting_cause)
-from .depth import compare_depths
+from .depth import compare_depths, linear_network
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, output_scale, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training, usual_lr
@@ -31,7 +32,7 @@ RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, output_scale, nonfinite_values),
     "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, short_run_at_chance,
                oscillating_loss),
-    "depth": (compare_depths,),
+    "depth": (compare_depths, linear_network),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
 
@@ -112,14 +113,15 @@ def judge_layers(layers: Sequence[LayerStats], step: int | None = None) -> list[
 def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = None,
           inputs: InputFacts | None = None, curves: Curves | None = None, context: Context = Context(),
           step: int | None = None, io_step: int | None = None,
-          nonfinite: NonFiniteFacts | None = None) -> list[Finding]:
+          nonfinite: NonFiniteFacts | None = None, affine: AffineFacts | None = None) -> list[Finding]:
     """Every rule that has something to judge, most severe first (see the module docstring).
 
     `layers`: per-layer records; `output` / `inputs`: the output and input facts; `curves`; `context`.
     `step`: the step the layer and update findings are stamped with; `io_step`: that of the output and
     input findings (default `step`: a Monitor measures them on its first training step only).
     `nonfinite`: NaN/Inf counts; NaN/Inf in the inputs, targets or weights is reported alone
-    (``nonfinite_values``: every other measurement is computed from them).
+    (``nonfinite_values``: every other measurement is computed from them). `affine`: the weight-layer
+    pairs measured to compose affinely (``linear_network``).
     """
     io_step = step if io_step is None else io_step
     poisoned = nonfinite_values(nonfinite, io_step)
@@ -142,6 +144,7 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     found += mismatch + unscaled + unscaled_targets(output, io_step)
     if not unscaled and not any(f.rank >= 1 for f in mismatch):  # the output's scale follows from those
         found += output_scale(output, layers, io_step)
+    found += linear_network(affine, io_step)
     if curves is not None:
         found += judge_curves(curves, context)
     return sort_findings(found)
