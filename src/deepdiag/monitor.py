@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from ._validate import check_number
 from .findings import Finding
+from .measure.carryover import CarryProbe
 from .measure.history import StepBuffer, UnitWindows
 from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
@@ -72,10 +73,11 @@ UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-w
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
 
 
-def _release(rec: Recorder, probe: IOProbe) -> None:
+def _release(rec: Recorder, probe: IOProbe, carry: CarryProbe) -> None:
     """Remove a Monitor's hooks; run by ``close()`` or, for one never closed, when it is collected."""
     rec.detach()
     probe.remove()
+    carry.remove()
 
 
 def _weight_norm(rows: list[LayerStats]) -> float:
@@ -144,7 +146,9 @@ class Monitor:
         if batch_size is not None:
             check_number("batch_size", batch_size, low=1, integer=True)
         self.loss_fn, self.on_finding, self.check_every = loss_fn, on_finding, check_every
-        self.optimizer, self._lr_hint, self._bs_hint = optimizer, lr, batch_size
+        self._lr_hint, self._bs_hint = lr, batch_size
+        self._carry = CarryProbe(model, every)  # was .grad reset between optimizer steps?
+        self.optimizer = optimizer  # (the property: optimizer steps are also taken from its post-step hook)
         self.callback_errors: list[BaseException] = []
         self._first_seen: dict[tuple, int] = {}  # (code, layers, severity) -> step first seen
         self._notified: set[tuple] = set()
@@ -178,7 +182,7 @@ class Monitor:
         _OPEN.setdefault(model, weakref.WeakSet()).add(self)
         # a Monitor never closed releases its hooks when it is garbage-collected (the hooks hold only the
         # recorder and the probe, never the Monitor, so an unreferenced Monitor is collectable)
-        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe)
+        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe, self._carry)
         self.rec.attach()
 
     def _warn_once(self, key: str, message: str, error: BaseException | None = None) -> None:
@@ -221,6 +225,8 @@ class Monitor:
 
     def _step(self, loss) -> None:
         s = self.steps
+        if not self._carry.by_optimizer:
+            self._carry.stepped()
         if self._io is None and self.probe.results:
             self._judge_io(s, loss)
         if s % self.every == 0:
@@ -253,6 +259,18 @@ class Monitor:
         self._start = frozenset(start_key(f) for f in judge_layers(rows) if f.rank >= 1)
         self._start_step = s
         self._start_weight = _weight_norm(rows)
+
+    @property
+    def optimizer(self):
+        """The optimizer given (or handed over later, as ``dd.fit`` does): remedy hints, and its steps
+        (``register_step_post_hook``) are the optimizer steps the gradient-reset check counts; without it
+        ``step()`` calls count them."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer) -> None:
+        self._optimizer = optimizer
+        self._carry.watch(optimizer)
 
     @property
     def lr(self) -> float | None:
@@ -570,7 +588,8 @@ class Monitor:
                           frozen=frozen, frozen_share=share)
         output, inputs, io_step = self._io or (None, None, None)
         return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
-                     step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)
+                     step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite,
+                     carry=self._carry.facts())
 
     # -- cleanup --
     def to_tensorboard(self, log_dir):
@@ -633,4 +652,4 @@ class Monitor:
     @property
     def n_hooks(self) -> int:
         """Hooks currently registered by this monitor."""
-        return len(self.rec.hooks) + len(self.rec._discovery_hooks) + len(self.probe.hooks)
+        return len(self.rec.hooks) + len(self.rec._discovery_hooks) + len(self.probe.hooks) + self._carry.n_hooks
