@@ -160,14 +160,6 @@ def test_close_removes_the_hooks_on_parameters_and_optimizer():
     mon.close()  # safe twice
 
 
-def test_a_model_saved_while_the_probe_is_armed_saves_without_warning(tmp_path, recwarn):
-    model = mlp()
-    mon = Monitor(model)
-    torch.save(model, tmp_path / "m.pt")
-    mon.close()
-    assert not [w for w in recwarn if "backward hook" in str(w.message)]
-
-
 @pytest.mark.parametrize("run,fires", [(CARRY_RUN - 1, False), (CARRY_RUN, True)])
 def test_the_rule_needs_carry_run_consecutive_checks(run, fires):
     facts = CarryFacts(checks=20, carried=run, longest=run, first_step=3, last_step=3 + run - 1, held_first=1.0,

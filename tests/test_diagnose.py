@@ -132,7 +132,7 @@ def test_the_registry_holds_every_rule():
               if inspect.isfunction(f) and f.__module__ == m.__name__ and not n.startswith("_")
               and inspect.signature(f).return_annotation == "list[Finding]"}
     assert public == set(ALL_RULES)
-    assert len(ALL_RULES) == 23  # 8 layer, 2 update, 5 input/output, 7 curve, 1 depth rules
+    assert len(ALL_RULES) == 24  # 8 layer, 3 update, 5 input/output, 7 curve, 1 depth rules
 
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.__name__)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import unserializable_hook
 
 from .hooks import Hooks
 from .records import CarryFacts
@@ -107,7 +106,6 @@ class CarryProbe:
         return [named[0], named[-1]] if len(named) > 1 else named
 
     def _hook(self, i: int, p: Tensor):
-        @unserializable_hook  # a model saved while armed: nothing to serialise, no warning
         def hook(g: Tensor):
             if self._armed is not None and i not in self._seen:  # the first backward pass after the step
                 held = p.grad  # before autograd adds g into it
