@@ -19,8 +19,8 @@ Probes: the first and the last trainable parameter (among the optimizer's, when 
 counts as carried only when every probe that received a gradient held one, so a loop that keeps some
 gradients on purpose (a parameter left out of the optimizer) is not taken for one that never zeroes.
 
-Cost: the hooks are registered only for every `every`-th optimizer step (a Monitor's recorded steps) and
-removed at the next step; a probe whose ``.grad`` is None (zeroed, the default) costs no kernel, otherwise
+Cost: the hooks are registered only while every `every`-th optimizer step (a Monitor's recorded steps)
+runs, and return at once after its first backward pass; a probe whose ``.grad`` is None (reset, the default) costs no kernel, otherwise
 two norms on the device. The readings stay on the device until ``facts()`` (or, to bound memory, every
 ``FOLD`` checks) reads them in one stacked copy to the host (host sync).
 """
@@ -84,7 +84,9 @@ class CarryProbe:
         self._file()
         self.steps += 1
         if self.steps % self.every == 0:
-            self._arm(self.steps)
+            self._arm(self.steps)  # (the hooks stay registered from one checked step to the next)
+        else:
+            self._hooks.remove()
 
     def _arm(self, step: int) -> None:
         if self._closed:
@@ -108,8 +110,8 @@ class CarryProbe:
     def _hook(self, i: int, p: Tensor):
         def hook(g: Tensor):
             if self._armed is not None and i not in self._seen:  # the first backward pass after the step
-                held = p.grad  # before autograd adds g into it
-                self._seen[i] = (None if held is None else _norm(held), _norm(g))
+                held = p.grad  # before autograd adds g into it; None: reset, nothing to measure
+                self._seen[i] = (None, None) if held is None else (_norm(held), _norm(g))
         return hook
 
     def _file(self) -> None:
@@ -119,18 +121,16 @@ class CarryProbe:
             if len(self._pending) >= FOLD:
                 self._fold()
         self._armed, self._seen = None, {}
-        self._hooks.remove()
 
     # -- reading --
     def _fold(self) -> None:
         """Read the pending checks on the host (one stacked copy) into the run counts."""
         if not self._pending:
             return
-        flat = [t for _, rs in self._pending for h, f in rs for t in (h, f) if t is not None]
-        dev = flat[0].device
-        host = iter(torch.stack([t.to(dev) for t in flat]).tolist())  # host sync
+        flat = [t for _, rs in self._pending for h, f in rs if h is not None for t in (h, f)]
+        host = iter(torch.stack([t.to(flat[0].device) for t in flat]).tolist() if flat else [])  # host sync
         for step, readings in self._pending:
-            vals = [(next(host) if h is not None else None, next(host)) for h, _ in readings]
+            vals = [(next(host), next(host)) if h is not None else (None, None) for h, _ in readings]
             self._checks += 1
             if not all(h is not None and h != 0 for h, _ in vals):  # NaN != 0: a NaN gradient is held too
                 self._run = 0
