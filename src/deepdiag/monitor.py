@@ -68,6 +68,9 @@ from .rules.layers import MIN_POSITIONS
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "unit_frac",
          "path_norm")
 UNIT_FRAC, PATH_NORM = STATS.index("unit_frac"), STATS.index("path_norm")  # columns read by name below
+GRAD_NORM = STATS.index("grad_norm")  # then weight_norm, update_norm
+MEASURED = (("act_norm", 0, "numel"), ("in_norm", 1, "in_numel"), ("signal_norm", 2, "signal_numel"),
+            ("path_norm", PATH_NORM, "path_numel"))  # a recorder entry, its column, the count it is divided by
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
@@ -389,11 +392,13 @@ class Monitor:
             torch._foreach_copy_(self._prev, ws)
             self._prev_step = s
         upd = self._upd if self._upd is not None else [nan] * len(ws)
-        for site in sites:  # per-unit evidence: every recorded step
+        unit_steps = []  # per-unit evidence: every recorded step
+        for site in sites:
             d = latest.get(site.index)
             if d is not None and "positions" in d:
                 self._fit_units(site, d)
-                self._units.add(site.index, d)
+                unit_steps.append((site.index, d))
+        self._units.add_all(unit_steps)
         self._units.tick()
         if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
@@ -403,21 +408,36 @@ class Monitor:
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]
         wmap = {i: (wn[k], gn[k], upd[k]) for k, (i, _) in enumerate(self._weights)}
-        vals, scale = [], []  # 0-d tensors, and the constant each is divided by (norm -> RMS / per sample)
+        # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
+        # constant each is divided by (norm -> RMS / per sample); entries not measured stay NaN
+        vals, cols, scale = [], [], []
+        bad = self._units.bad_fractions()  # dead / saturated share of each unit layer's units (history only)
+        n_stats = len(STATS)
         for site in sites:
-            d = latest.get(site.index, {})
-            w = wmap.get(site.index, (nan, nan, nan))
-            u = self._units.units.get(site.index)  # dead / saturated share of its units (history only)
-            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2],
-                     u.bad_fraction() if u is not None else nan, d.get("path_norm", nan)]
-            scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
-                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0, 1.0,
-                      math.sqrt(max(1, d.get("path_numel", 1)))]
-        key = tuple(scale)
-        if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
-            self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.rows.device))
-        row = torch.stack(vals) / self._scale[1]  # one kernel each: stack, divide
-        self._buf.append(s, row.view(len(sites), len(STATS)), loss)
+            base, d = site.index * n_stats, latest.get(site.index)
+            if d:
+                for key, col, numel in MEASURED:
+                    v = d.get(key)
+                    if v is not None:
+                        vals.append(v)
+                        cols.append(base + col)
+                        scale.append(math.sqrt(max(1, d.get(numel, 1))))
+            w = wmap.get(site.index)
+            if w is not None:
+                vals += [w[1], w[0], w[2]]
+                cols += [base + GRAD_NORM, base + GRAD_NORM + 1, base + GRAD_NORM + 2]
+                scale += [1.0, 1.0, 1.0]
+            b = bad.get(site.index)
+            if b is not None:
+                vals.append(b)
+                cols.append(base + UNIT_FRAC)
+                scale.append(1.0)
+        key = (tuple(cols), tuple(scale))
+        if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
+            dev = self._buf.rows.device
+            self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
+        row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
+        self._buf.append(s, row, loss, self._scale[1])
         self._done()
 
     def _fit_units(self, site, d: dict) -> None:
