@@ -72,6 +72,7 @@ GRAD_NORM = STATS.index("grad_norm")  # then weight_norm, update_norm
 MEASURED = (("act_norm", 0, "numel"), ("in_norm", 1, "in_numel"), ("signal_norm", 2, "signal_numel"),
             ("path_norm", PATH_NORM, "path_numel"))  # a recorder entry, its column, the count it is divided by
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
+LOSS_FOLD = 256  # step losses kept before they are searched for a non-finite one (bounds their memory)
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
 
@@ -166,6 +167,7 @@ class Monitor:
         self.closed = False
         self._buf: StepBuffer | None = None  # (capacity, n_sites, len(STATS)) statistics, created on the first row
         self._bad_step: Tensor | None = None  # first step with a non-finite loss or gradient, -1 if none
+        self._tracked: list[tuple[int, object]] = []  # (step, loss) not yet folded into _bad_step
         self._units = UnitWindows(window)
         self._epochs: list[dict] = []
         self._weights: list[tuple[int, Tensor]] = []
@@ -352,13 +354,30 @@ class Monitor:
         self._epochs.append({"epoch": len(self._epochs) + 1, "step": self.steps, "train_loss": train_loss,
                              "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc})
 
-    @torch.no_grad()
     def _track_loss(self, s: int, loss) -> None:
-        t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        """Keep step s's loss for the first-non-finite-step search (no kernel: ``_fold_losses`` runs it)."""
+        self._tracked.append((s, loss.detach() if isinstance(loss, Tensor) else float(loss)))
+        if len(self._tracked) >= LOSS_FOLD:
+            self._fold_losses()
+
+    @torch.no_grad()
+    def _fold_losses(self) -> None:
+        """Fold the kept losses into ``_bad_step`` (the first tracked step whose loss is NaN or ±Inf, -1 if
+        none) on the device, a few kernels for all of them, no host sync."""
+        if not self._tracked:
+            return
         if self._bad_step is None:
-            self._bad_step = torch.full((), -1, dtype=torch.long, device=t.device)
-        bad = ~torch.isfinite(t if t.dim() == 0 else t.reshape(-1)[0])
-        self._bad_step = torch.where(bad & (self._bad_step < 0), s, self._bad_step)
+            dev = next((t.device for _, t in self._tracked if isinstance(t, Tensor)), torch.device("cpu"))
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=dev)
+        dev = self._bad_step.device
+        losses = torch.stack([(t.reshape(-1)[0] if t.dim() else t).to(dev, torch.float64) if isinstance(t, Tensor)
+                              else torch.tensor(t).to(dev, torch.float64) for _, t in self._tracked])  # (a number: as
+        # the default float dtype holds it, so 1e39 overflows to Inf in float32 as a tensor loss would)
+        steps = torch.tensor([s for s, _ in self._tracked], dtype=torch.long, device=dev)
+        never = torch.iinfo(torch.long).max
+        first = torch.where(torch.isfinite(losses), never, steps).amin()
+        self._bad_step = torch.where((self._bad_step < 0) & (first < never), first, self._bad_step)
+        self._tracked = []
 
     def _setup(self) -> None:
         self.rec.finish_discovery()
@@ -587,6 +606,7 @@ class Monitor:
         base = baseline or self.baseline or (math.log(n_classes) if n_classes else None)
         rows = self.rows() if steps else []
         ep = self._epoch_rows()
+        self._fold_losses()
         bad = int(self._bad_step) if self._bad_step is not None else -1  # host sync
         curve = lambda k: [r[k] for r in ep if r[k] is not None] if ep else None  # noqa: E731
         step_loss = losses.double().tolist() if losses is not None and len(steps) else None
