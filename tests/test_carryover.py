@@ -141,7 +141,7 @@ def test_dd_fit_loop_with_a_monitor_is_silent():
     model = dd.mlp(64, 10, width=32, depth=2, seed=0)
     with Monitor(model) as mon:
         dd.fit(model, ds, lr=0.05, epochs=1, batch_size=64, seed=0, monitor=mon)
-        assert mon._carry.by_optimizer  # fit handed its optimizer over: its steps are the ones counted
+        assert mon._carry.optimizer_seen  # fit handed its optimizer over: its steps are the ones counted
         facts = mon._carry.facts()
         findings = mon.diagnose()
     assert facts.checks >= CARRY_RUN + 1 and facts.carried == 0
@@ -168,3 +168,36 @@ def test_the_rule_needs_carry_run_consecutive_checks(run, fires):
     assert bool(found) == fires
     if fires:
         assert found[0].evidence["carried_steps"] == run and found[0].evidence["applied_over_batch"] == run
+
+
+class Wrapper(torch.optim.Optimizer):
+    """An optimizer wrapper that skips Optimizer.__init__ (as accelerate's does): no post-step hooks."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def step(self, closure=None):
+        return self.inner.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.inner.zero_grad(set_to_none)
+
+
+@pytest.mark.parametrize("zero", [False, True], ids=["no_zero_grad", "zero_grad"])
+def test_an_optimizer_without_hooks_leaves_the_count_to_monitor_step(zero):
+    model = mlp()
+    opt = Wrapper(torch.optim.SGD(model.parameters(), lr=1e-3))
+    with Monitor(model, optimizer=opt) as mon:
+        for _ in range(STEPS):
+            loss = nn.functional.cross_entropy(model(torch.randn(8, 8)), torch.randint(0, 3, (8,)))
+            if zero:
+                opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+        assert not mon._carry.optimizer_seen
+        assert bool(carried(mon.diagnose())) != zero

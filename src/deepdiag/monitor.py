@@ -31,6 +31,13 @@ Update sizes. At every recorded step the weights are compared with a copy taken 
 recorded step (one fused subtract/norm/copy into preallocated buffers, on the device): ‖Δw‖/‖w‖ per
 step for the stalled-updates rule; weights bit-identical across checks are "frozen".
 
+Gradients carried over (``deepdiag.measure.carryover``). At the first backward pass after every
+`every`-th optimizer step, a tensor hook on the first and last trainable parameter reads whether
+``.grad`` was reset before the fresh gradient is added (``optimizer.zero_grad()`` called): when it still
+holds the previous steps' sum over consecutive checks, ``diagnose()`` reports exploding_gradients as an
+error, first. Optimizer steps are the given optimizer's (its post-step hook), else ``step()`` calls, so
+gradient accumulation over micro-batches is never mistaken for it.
+
 Early warning. ``check()`` may be called at any time and returns the findings so far; with
 ``on_finding`` the monitor checks by itself every `check_every` optimizer steps (one host sync each)
 and calls ``on_finding(finding)`` once per new finding (new = a (code, layers, severity) not reported
@@ -120,7 +127,8 @@ class Monitor:
     loss_fn: the loss (module or function) the loop uses: its first call is checked against the
     model's output (output_loss_mismatch). on_finding: called once per new finding (early warning);
     check_every: optimizer steps between its automatic checks. optimizer / lr / batch_size: hints for
-    the oscillation and stalled-update remedies (the lr is read from ``optimizer.param_groups[0]``).
+    the oscillation and stalled-update remedies (the lr is read from ``optimizer.param_groups[0]``); the
+    optimizer's steps are also the ones the gradient-reset check counts.
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, capacity: int = 256, window: int = 50,
@@ -230,8 +238,7 @@ class Monitor:
 
     def _step(self, loss) -> None:
         s = self.steps
-        if not self._carry.by_optimizer:
-            self._carry.stepped()
+        self._carry.stepped()  # (ignored once the optimizer's own post-step hook has counted its steps)
         if self._io is None and self.probe.results:
             self._judge_io(s, loss)
         if s % self.every == 0:

@@ -11,9 +11,10 @@ is then None or all zeros when the loop zeroes it, and G_{t−1} ≠ 0 when it d
 
 Only the first backward pass after an optimizer step is read: later passes before the next step are
 gradient accumulation (several micro-batches per step), which adds into ``.grad`` on purpose. Optimizer
-steps are seen through ``optimizer.register_step_post_hook`` when the optimizer is known (``watch``),
-else through the caller (``Monitor.step``) calling ``stepped()``. Forward passes without a backward pass
-(evaluation) never run the hook.
+steps are seen through ``optimizer.register_step_post_hook`` when the optimizer is known (``watch``; a
+wrapper's inner ``.optimizer`` is hooked, e.g. accelerate's), and through the caller (``Monitor.step``,
+once per optimizer step) until that hook has fired once: a wrapper whose steps never reach the hook
+leaves the caller's count. Forward passes without a backward pass (evaluation) never run the hook.
 
 Probes: the first and the last trainable parameter (among the optimizer's, when it is known); a check
 counts as carried only when every probe that received a gradient held one, so a loop that keeps some
@@ -48,7 +49,7 @@ class CarryProbe:
     def __init__(self, model: nn.Module, every: int = 1):
         self.model, self.every = model, every
         self.steps = 0  # optimizer steps seen
-        self.by_optimizer = False  # steps come from the optimizer's post-step hook (else from stepped())
+        self.optimizer_seen = False  # the optimizer's post-step hook fired: it alone counts steps from then on
         self._optimizer = None
         self._step_hook = None
         self._probes: list[tuple[str, Tensor]] | None = None  # (name, parameter), chosen at the first arming
@@ -64,23 +65,31 @@ class CarryProbe:
 
     # -- optimizer steps --
     def watch(self, optimizer) -> None:
-        """Take optimizer steps from `optimizer`'s post-step hook (torch >= 2.0), and probe its parameters;
-        None or an optimizer without the hook: steps come from ``stepped()``."""
+        """Take optimizer steps from `optimizer`'s post-step hook (torch >= 2.0) once it fires, and probe its
+        parameters; None or an optimizer without the hook: steps come from ``stepped()``."""
         if self._step_hook is not None:
             self._step_hook.remove()
             self._step_hook = None
-        self._optimizer = optimizer
-        register = getattr(optimizer, "register_step_post_hook", None)
-        self.by_optimizer = callable(register) and not self._closed
-        if self.by_optimizer:
-            self._step_hook = register(lambda opt, args, kwargs: self.stepped())
+        self._optimizer, self.optimizer_seen = optimizer, False
+        inner = getattr(optimizer, "optimizer", None)  # a wrapper (accelerate, Lightning) steps its inner one
+        target = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+        if not self._closed and isinstance(target, torch.optim.Optimizer):
+            try:
+                self._step_hook = target.register_step_post_hook(lambda opt, args, kwargs: self.stepped(True))
+            except (AttributeError, RuntimeError):  # an Optimizer subclass that skipped Optimizer.__init__
+                self._step_hook = None
         if self._armed is not None:  # probe the optimizer's own parameters from now on
             self._probes = None
             self._hooks.remove()
             self._arm(self._armed)
 
-    def stepped(self) -> None:
-        """One optimizer step happened: file the reading of the step just taken, arm the next if checked."""
+    def stepped(self, by_optimizer: bool = False) -> None:
+        """One optimizer step happened (`by_optimizer`: said by the optimizer's hook, else by the loop, which
+        is ignored once the optimizer has spoken): file the step's reading, arm the next if checked."""
+        if by_optimizer:
+            self.optimizer_seen = True
+        elif self.optimizer_seen:
+            return
         self._file()
         self.steps += 1
         if self.steps % self.every == 0:
