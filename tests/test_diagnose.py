@@ -126,13 +126,13 @@ def test_compare_depths_controls_and_errors():
 def test_the_registry_holds_every_rule():
     """A rule module's public functions that return findings are all in the registry (a new rule that
     is not registered is never run by judge and escapes the checks below)."""
-    from deepdiag.rules import curves, depth, io, layers, updates
+    from deepdiag.rules import batches, curves, depth, io, layers, updates
 
-    public = {f for m in (curves, depth, io, layers, updates) for n, f in vars(m).items()
+    public = {f for m in (batches, curves, depth, io, layers, updates) for n, f in vars(m).items()
               if inspect.isfunction(f) and f.__module__ == m.__name__ and not n.startswith("_")
               and inspect.signature(f).return_annotation == "list[Finding]"}
     assert public == set(ALL_RULES)
-    assert len(ALL_RULES) == 25  # 8 layer, 2 update, 5 input/output, 8 curve, 2 depth rules
+    assert len(ALL_RULES) == 27  # 8 layer, 3 update, 5 input/output, 8 curve, 2 depth, 1 batch-order rules
 
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.__name__)

@@ -33,8 +33,10 @@ def seq(seed=0, out=3):
 
 
 def hooks_on(m: nn.Module) -> int:
+    """Hooks on the modules and on the parameters (tensor hooks)."""
     return sum(len(s._forward_hooks) + len(s._forward_pre_hooks) + len(s._backward_hooks)
-               + len(s._backward_pre_hooks) for s in m.modules())
+               + len(s._backward_pre_hooks) for s in m.modules()) + sum(len(p._backward_hooks or ())
+                                                                        for p in m.parameters())
 
 
 # ------------------------------------------------------------------------------------ NaN and Inf

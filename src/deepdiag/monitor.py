@@ -31,6 +31,13 @@ Update sizes. At every recorded step the weights are compared with a copy taken 
 recorded step (one fused subtract/norm/copy into preallocated buffers, on the device): ‖Δw‖/‖w‖ per
 step for the stalled-updates rule; weights bit-identical across checks are "frozen".
 
+Gradients carried over (``deepdiag.measure.carryover``). At the first backward pass after every
+`every`-th optimizer step, a tensor hook on the first and last trainable parameter reads whether
+``.grad`` was reset before the fresh gradient is added (``optimizer.zero_grad()`` called): when it still
+holds the previous steps' sum over consecutive checks, ``diagnose()`` reports exploding_gradients as an
+error, first. Optimizer steps are the given optimizer's (its post-step hook), else ``step()`` calls, so
+gradient accumulation over micro-batches is never mistaken for it.
+
 Early warning. ``check()`` may be called at any time and returns the findings so far; with
 ``on_finding`` the monitor checks by itself every `check_every` optimizer steps (one host sync each)
 and calls ``on_finding(finding)`` once per new finding (new = a (code, layers, severity) not reported
@@ -52,8 +59,9 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_number
-from .findings import Finding, sort_findings
+from .findings import Finding
 from .measure.batches import BatchClasses
+from .measure.carryover import CarryProbe
 from .measure.history import StepBuffer, UnitWindows
 from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, nonfinite_facts, output_facts
 from .measure.layer_stats import build_layer_stats
@@ -62,23 +70,27 @@ from .measure.coverage import coverage
 from .measure.records import Coverage, LayerStats
 from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
-from .rules.batches import unshuffled_batches
 from .rules.judge import bottleneck
 from .rules.layers import MIN_POSITIONS
 
 STATS = ("act_rms", "in_rms", "signal_norm", "grad_norm", "weight_norm", "update_norm", "unit_frac",
          "path_norm")
 UNIT_FRAC, PATH_NORM = STATS.index("unit_frac"), STATS.index("path_norm")  # columns read by name below
+GRAD_NORM = STATS.index("grad_norm")  # then weight_norm, update_norm
+MEASURED = (("act_norm", 0, "numel"), ("in_norm", 1, "in_numel"), ("signal_norm", 2, "signal_numel"),
+            ("path_norm", PATH_NORM, "path_numel"))  # a recorder entry, its column, the count it is divided by
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
+LOSS_FOLD = 256  # step losses kept before they are searched for a non-finite one (bounds their memory)
 UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
 
 
-def _release(rec: Recorder, probe: IOProbe, classes: BatchClasses) -> None:
+def _release(rec: Recorder, probe: IOProbe, classes: BatchClasses, carry: CarryProbe) -> None:
     """Remove a Monitor's hooks; run by ``close()`` or, for one never closed, when it is collected."""
     rec.detach()
     probe.remove()
     classes.remove()
+    carry.remove()
 
 
 def _weight_norm(rows: list[LayerStats]) -> float:
@@ -117,7 +129,8 @@ class Monitor:
     loss_fn: the loss (module or function) the loop uses: its first call is checked against the
     model's output (output_loss_mismatch). on_finding: called once per new finding (early warning);
     check_every: optimizer steps between its automatic checks. optimizer / lr / batch_size: hints for
-    the oscillation and stalled-update remedies (the lr is read from ``optimizer.param_groups[0]``).
+    the oscillation and stalled-update remedies (the lr is read from ``optimizer.param_groups[0]``); the
+    optimizer's steps are also the ones the gradient-reset check counts.
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, capacity: int = 256, window: int = 50,
@@ -147,7 +160,9 @@ class Monitor:
         if batch_size is not None:
             check_number("batch_size", batch_size, low=1, integer=True)
         self.loss_fn, self.on_finding, self.check_every = loss_fn, on_finding, check_every
-        self.optimizer, self._lr_hint, self._bs_hint = optimizer, lr, batch_size
+        self._lr_hint, self._bs_hint = lr, batch_size
+        self._carry = CarryProbe(model, every)  # was .grad reset between optimizer steps?
+        self.optimizer = optimizer  # (the property: optimizer steps are also taken from its post-step hook)
         self.callback_errors: list[BaseException] = []
         self._first_seen: dict[tuple, int] = {}  # (code, layers, severity) -> step first seen
         self._notified: set[tuple] = set()
@@ -163,6 +178,7 @@ class Monitor:
         self.closed = False
         self._buf: StepBuffer | None = None  # (capacity, n_sites, len(STATS)) statistics, created on the first row
         self._bad_step: Tensor | None = None  # first step with a non-finite loss or gradient, -1 if none
+        self._tracked: list[tuple[int, object]] = []  # (step, loss) not yet folded into _bad_step
         self._units = UnitWindows(window)
         self._epochs: list[dict] = []
         self._weights: list[tuple[int, Tensor]] = []
@@ -182,7 +198,7 @@ class Monitor:
         _OPEN.setdefault(model, weakref.WeakSet()).add(self)
         # a Monitor never closed releases its hooks when it is garbage-collected (the hooks hold only the
         # recorder and the probe, never the Monitor, so an unreferenced Monitor is collectable)
-        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe, self._classes)
+        self._finalizer = weakref.finalize(self, _release, self.rec, self.probe, self._classes, self._carry)
         self.rec.attach()
 
     def _warn_once(self, key: str, message: str, error: BaseException | None = None) -> None:
@@ -225,6 +241,7 @@ class Monitor:
 
     def _step(self, loss) -> None:
         s = self.steps
+        self._carry.stepped()  # (ignored once the optimizer's own post-step hook has counted its steps)
         if self._io is None and self.probe.results:
             self._judge_io(s, loss)
         if s % self.every == 0:
@@ -257,6 +274,18 @@ class Monitor:
         self._start = frozenset(start_key(f) for f in judge_layers(rows) if f.rank >= 1)
         self._start_step = s
         self._start_weight = _weight_norm(rows)
+
+    @property
+    def optimizer(self):
+        """The optimizer given (or handed over later, as ``dd.fit`` does): remedy hints, and its steps
+        (``register_step_post_hook``) are the optimizer steps the gradient-reset check counts; without it
+        ``step()`` calls count them."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer) -> None:
+        self._optimizer = optimizer
+        self._carry.watch(optimizer)
 
     @property
     def lr(self) -> float | None:
@@ -336,13 +365,30 @@ class Monitor:
                              "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc})
         self._classes.epoch_end()
 
-    @torch.no_grad()
     def _track_loss(self, s: int, loss) -> None:
-        t = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        """Keep step s's loss for the first-non-finite-step search (no kernel: ``_fold_losses`` runs it)."""
+        self._tracked.append((s, loss.detach() if isinstance(loss, Tensor) else float(loss)))
+        if len(self._tracked) >= LOSS_FOLD:
+            self._fold_losses()
+
+    @torch.no_grad()
+    def _fold_losses(self) -> None:
+        """Fold the kept losses into ``_bad_step`` (the first tracked step whose loss is NaN or ±Inf, -1 if
+        none) on the device, a few kernels for all of them, no host sync."""
+        if not self._tracked:
+            return
         if self._bad_step is None:
-            self._bad_step = torch.full((), -1, dtype=torch.long, device=t.device)
-        bad = ~torch.isfinite(t if t.dim() == 0 else t.reshape(-1)[0])
-        self._bad_step = torch.where(bad & (self._bad_step < 0), s, self._bad_step)
+            dev = next((t.device for _, t in self._tracked if isinstance(t, Tensor)), torch.device("cpu"))
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=dev)
+        dev = self._bad_step.device
+        losses = torch.stack([(t.reshape(-1)[0] if t.dim() else t).to(dev, torch.float64) if isinstance(t, Tensor)
+                              else torch.tensor(t).to(dev, torch.float64) for _, t in self._tracked])  # (a number: as
+        # the default float dtype holds it, so 1e39 overflows to Inf in float32 as a tensor loss would)
+        steps = torch.tensor([s for s, _ in self._tracked], dtype=torch.long, device=dev)
+        never = torch.iinfo(torch.long).max
+        first = torch.where(torch.isfinite(losses), never, steps).amin()
+        self._bad_step = torch.where((self._bad_step < 0) & (first < never), first, self._bad_step)
+        self._tracked = []
 
     def _setup(self) -> None:
         self.rec.finish_discovery()
@@ -376,11 +422,13 @@ class Monitor:
             torch._foreach_copy_(self._prev, ws)
             self._prev_step = s
         upd = self._upd if self._upd is not None else [nan] * len(ws)
-        for site in sites:  # per-unit evidence: every recorded step
+        unit_steps = []  # per-unit evidence: every recorded step
+        for site in sites:
             d = latest.get(site.index)
             if d is not None and "positions" in d:
                 self._fit_units(site, d)
-                self._units.add(site.index, d)
+                unit_steps.append((site.index, d))
+        self._units.add_all(unit_steps)
         self._units.tick()
         if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
@@ -390,21 +438,36 @@ class Monitor:
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]
         wmap = {i: (wn[k], gn[k], upd[k]) for k, (i, _) in enumerate(self._weights)}
-        vals, scale = [], []  # 0-d tensors, and the constant each is divided by (norm -> RMS / per sample)
+        # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
+        # constant each is divided by (norm -> RMS / per sample); entries not measured stay NaN
+        vals, cols, scale = [], [], []
+        bad = self._units.bad_fractions()  # dead / saturated share of each unit layer's units (history only)
+        n_stats = len(STATS)
         for site in sites:
-            d = latest.get(site.index, {})
-            w = wmap.get(site.index, (nan, nan, nan))
-            u = self._units.units.get(site.index)  # dead / saturated share of its units (history only)
-            vals += [d.get("act_norm", nan), d.get("in_norm", nan), d.get("signal_norm", nan), w[1], w[0], w[2],
-                     u.bad_fraction() if u is not None else nan, d.get("path_norm", nan)]
-            scale += [math.sqrt(max(1, d.get("numel", 1))), math.sqrt(max(1, d.get("in_numel", 1))),
-                      math.sqrt(max(1, d.get("signal_numel", 1))), 1.0, 1.0, 1.0, 1.0,
-                      math.sqrt(max(1, d.get("path_numel", 1)))]
-        key = tuple(scale)
-        if self._scale is None or self._scale[0] != key:  # batch size changed: new divisors
-            self._scale = (key, torch.tensor(scale, dtype=torch.float32, device=self._buf.rows.device))
-        row = torch.stack(vals) / self._scale[1]  # one kernel each: stack, divide
-        self._buf.append(s, row.view(len(sites), len(STATS)), loss)
+            base, d = site.index * n_stats, latest.get(site.index)
+            if d:
+                for key, col, numel in MEASURED:
+                    v = d.get(key)
+                    if v is not None:
+                        vals.append(v)
+                        cols.append(base + col)
+                        scale.append(math.sqrt(max(1, d.get(numel, 1))))
+            w = wmap.get(site.index)
+            if w is not None:
+                vals += [w[1], w[0], w[2]]
+                cols += [base + GRAD_NORM, base + GRAD_NORM + 1, base + GRAD_NORM + 2]
+                scale += [1.0, 1.0, 1.0]
+            b = bad.get(site.index)
+            if b is not None:
+                vals.append(b)
+                cols.append(base + UNIT_FRAC)
+                scale.append(1.0)
+        key = (tuple(cols), tuple(scale))
+        if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
+            dev = self._buf.rows.device
+            self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
+        row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
+        self._buf.append(s, row, loss, self._scale[1])
         self._done()
 
     def _fit_units(self, site, d: dict) -> None:
@@ -554,6 +617,7 @@ class Monitor:
         base = baseline or self.baseline or (math.log(n_classes) if n_classes else None)
         rows = self.rows() if steps else []
         ep = self._epoch_rows()
+        self._fold_losses()
         bad = int(self._bad_step) if self._bad_step is not None else -1  # host sync
         curve = lambda k: [r[k] for r in ep if r[k] is not None] if ep else None  # noqa: E731
         step_loss = losses.double().tolist() if losses is not None and len(steps) else None
@@ -574,10 +638,9 @@ class Monitor:
                           else None, start=self._start, start_step=self._start_step, bottleneck=bottleneck(rows),
                           frozen=frozen, frozen_share=share)
         output, inputs, io_step = self._io or (None, None, None)
-        found = judge(rows, output=output, inputs=inputs, curves=curves, context=context,
-                      step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite)
-        order = unshuffled_batches(self._classes.counts(), step=1)
-        return sort_findings([*order, *(f for f in found if not (order and f.code == "oscillating_loss"))])
+        return judge(rows, output=output, inputs=inputs, curves=curves, context=context,
+                     step=steps[-1] if steps else None, io_step=io_step, nonfinite=self._nonfinite,
+                     carry=self._carry.facts(), batch_classes=self._classes.counts())
 
     # -- cleanup --
     def to_tensorboard(self, log_dir):
@@ -641,4 +704,4 @@ class Monitor:
     def n_hooks(self) -> int:
         """Hooks currently registered by this monitor."""
         return (len(self.rec.hooks) + len(self.rec._discovery_hooks) + len(self.probe.hooks)
-                + self._classes.n_hooks)
+                + self._classes.n_hooks + self._carry.n_hooks)

@@ -9,6 +9,7 @@
 ``io``           IOProbe, loss_kind, output_facts, input_facts: the model's input, output and loss
 ``records``      LayerStats, OutputFacts, InputFacts (no torch)
 ``history``      a Monitor's bounded per-step buffer and per-unit windows (device)
+``carryover``    CarryProbe: was ``.grad`` reset between optimizer steps (zero_grad forgotten)
 
 Nothing is imported here, so ``deepdiag.measure.records`` loads without torch.
 """

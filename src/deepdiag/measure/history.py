@@ -33,11 +33,15 @@ class StepBuffer:
         """Whether the `recorded`-th recorded step gets a row at the current stride."""
         return recorded % self.stride == 0
 
-    def append(self, step: int, row: Tensor, loss=None) -> None:
-        """Keep `row` (n_sites, n_stats) and the step's loss (a tensor or number; NaN when None)."""
+    def append(self, step: int, row: Tensor | None, loss=None, cols: Tensor | None = None) -> None:
+        """Keep `row` (n_sites, n_stats) and the step's loss (a tensor or number; NaN when None). With
+        `cols`, `row` holds only the entries at these places of the flattened row (the rest stays NaN)."""
         if self.n == self.capacity:
             self._decimate()
-        self.rows[self.n] = row
+        if cols is None:
+            self.rows[self.n] = row
+        elif row is not None:  # a kept row is all NaN until written (created so, and so after decimation)
+            self.rows[self.n].view(-1).index_copy_(0, cols, row.to(self.rows.dtype))
         if loss is not None:
             self.loss[self.n] = loss.detach().float() if isinstance(loss, Tensor) else float(loss)
         self.steps.append(step)
@@ -111,6 +115,7 @@ class UnitWindows:
     def __init__(self, window: int):
         self.window, self.in_window = window, 0
         self.units: dict[int, UnitWindow] = {}
+        self._segs: dict[tuple, tuple[Tensor, Tensor]] = {}  # (widths, device) -> (_segments)
 
     def add(self, index: int, d: dict) -> None:
         """Add one recorded step of site `index` (its ``unit_max`` or ``unit_count``, and ``positions``)."""
@@ -121,6 +126,60 @@ class UnitWindows:
             init = -math.inf if is_max else 0
             w = self.units[index] = UnitWindow(torch.full_like(u, init), 0, None, 0, init, is_max)
         w.add(u, d["positions"])
+
+    def add_all(self, items: list[tuple[int, dict]]) -> None:
+        """``add`` for several sites of one recorded step: the ReLU maxima in one fused kernel."""
+        fused_cur, fused_new = [], []
+        for index, d in items:
+            w = self.units.get(index)
+            if w is None or "unit_max" not in d or not w.is_max:
+                self.add(index, d)
+                continue
+            fused_cur.append(w.current)
+            fused_new.append(d["unit_max"])
+            w.positions += d["positions"]
+        if fused_cur:
+            torch._foreach_maximum_(fused_cur, fused_new)  # = UnitWindow.add, per window
+
+    def bad_fractions(self) -> dict[int, Tensor]:
+        """``UnitWindow.bad_fraction`` of every unit layer (0-d tensors on the device, no host sync), in a
+        fixed number of kernels whatever the number of layers: the windows' values are concatenated,
+        compared with their threshold (ReLU: fired iff maximum > 0; tanh/sigmoid: saturated iff count >
+        half the positions seen) and summed per layer (``index_add_``). The fractions are the same
+        float32 numbers: sums of 0/1 over n are exact, so (n − fired)/n equals the mean of the 0/1s."""
+        out: dict[int, Tensor] = {}
+        for is_max in (True, False):
+            ws = [(i, w) for i, w in self.units.items() if w.is_max == is_max]
+            if not ws:
+                continue
+            devices = {w.current.device for _, w in ws}
+            if len(ws) == 1 or len(devices) > 1:  # nothing to fuse (or layers on several devices)
+                out.update((i, w.bad_fraction()) for i, w in ws)
+                continue
+            cur = [w.current for _, w in ws]
+            sizes = tuple(c.numel() for c in cur)
+            seg, n = self._segments(sizes, cur[0].device)
+            if is_max:  # max(c, c) = c: a window without a previous one is its own
+                prev = [w.previous if w.previous is not None else w.current for _, w in ws]
+                flat = torch.cat([m.reshape(-1) for m in torch._foreach_maximum(cur, prev)])
+                hit = flat > 0  # fired
+            else:
+                prev = [w.previous if w.previous is not None else torch.zeros_like(w.current) for _, w in ws]
+                flat = torch.cat([c.reshape(-1) for c in torch._foreach_add(cur, prev)]).float()
+                thr = torch.tensor([0.5 * max(1, w.seen) for _, w in ws], dtype=torch.float32, device=flat.device)
+                hit = flat > thr.repeat_interleave(torch.tensor(sizes, device=flat.device))  # saturated
+            count = torch.zeros(len(ws), dtype=torch.float32, device=flat.device).index_add_(0, seg, hit.float())
+            frac = (n - count) / n if is_max else count / n
+            out.update(zip((i for i, _ in ws), frac.unbind()))
+        return out
+
+    def _segments(self, sizes: tuple, device) -> tuple[Tensor, Tensor]:
+        """(layer index of each concatenated unit, units per layer as float32), kept for the layer widths."""
+        key = (sizes, device)
+        if key not in self._segs:
+            seg = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+            self._segs[key] = (seg, torch.tensor(sizes, dtype=torch.float32, device=device))
+        return self._segs[key]
 
     def tick(self) -> None:
         self.in_window += 1

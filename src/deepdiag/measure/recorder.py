@@ -34,16 +34,25 @@ class Recorder:
         self._edges: set[int] = set()  # first and last weight sites: their input scale is always measured
         self.enabled = True
         self.hooks, self._discovery_hooks = Hooks(), Hooks()
+        self._targets: list[nn.Module] | None = None  # the sites' modules, once discovered (attach)
         self._by_key: dict[tuple[int, int], Site] = {}
         self._names = {id(m): n for n, m in model.named_modules()}
         self._reset_pass()
 
     # -- attaching --
     def attach(self) -> Recorder:
-        """Register the hooks (a no-op while they are registered)."""
+        """Register the hooks (a no-op while they are registered). Once the sites are found only their
+        modules are hooked (a module without a site returns at once from ``_forward``), from a list kept
+        since: a Monitor attaches before every recorded step, and walking the model costs more than that."""
         if len(self.hooks):
             return self
         self.hooks.add(self.model.register_forward_pre_hook(self._root_pre))
+        if self.discovered and not self.detail:
+            if self._targets is None:
+                self._targets = list({id(s.module): s.module for s in self.sites}.values())
+            for m in self._targets:
+                self.hooks.add(m.register_forward_hook(self._forward))
+            return self
         if not self.discovered:
             self._discovery_hooks.add(self.model.register_forward_hook(self._root_post))
         for name, m in self.model.named_modules():

@@ -282,3 +282,29 @@ class AffineFacts:
     judged: int
     tokens: bool = False
     activation_modules: int = 0
+
+
+@dataclass(frozen=True)
+class CarryFacts:
+    """Whether the gradient a parameter already held when backward brought its fresh one was zero, at
+    the first backward pass after each checked optimizer step (``deepdiag.measure.carryover``).
+
+    ``checks``: optimizer steps checked (every ``every``-th); ``carried``: of those, the ones where every
+    probed parameter that got a gradient already held a non-zero one (left over from earlier steps);
+    ``longest``: the longest run of consecutive checks that found it, from optimizer step ``first_step``
+    to ``last_step`` (0-based, as the optimizer steps were counted); ``held_first`` / ``held_last``:
+    ‖held gradient‖ of the last probe at the run's first and last check (what the optimizer applied at the
+    step before), ``fresh_last``: ‖fresh gradient‖ of one backward pass at the last check; ``probes``:
+    the probed parameters' names. None: not measured.
+    """
+
+    checks: int = 0
+    carried: int = 0
+    longest: int = 0
+    first_step: int | None = None
+    last_step: int | None = None
+    held_first: float | None = None
+    held_last: float | None = None
+    fresh_last: float | None = None
+    every: int = 1
+    probes: tuple = ()

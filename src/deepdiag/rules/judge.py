@@ -1,8 +1,10 @@
 """``judge``: the one place the rules are run. ``checkup``, ``Monitor`` and the engines' stop logic all
 call it with what they measured; it returns the findings, most severe first.
 
-Order (stable within a severity): layer rules (``RULES["layers"]``), stalled updates, output/loss
-mismatch, unscaled inputs, a linear network (weight layers with nothing nonlinear between), curve rules
+Order (stable within a severity): gradients carried over between optimizer steps (a loop fault that
+every other measurement follows from), layer rules (``RULES["layers"]``), stalled updates, output/loss
+mismatch, unscaled inputs, a linear network (weight layers with nothing nonlinear between), batches
+ordered by class (unshuffled data), curve rules
 (divergence; else overfitting and underfitting — one underfitting finding per run — and labels that
 disagree), oscillation.
 A diverged run is not also judged for over/underfitting or oscillation.
@@ -17,22 +19,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..findings import Finding, sort_findings
-from ..measure.records import AffineFacts, InputFacts, LayerStats, NonFiniteFacts, OutputFacts
+from ..measure.records import AffineFacts, CarryFacts, InputFacts, LayerStats, NonFiniteFacts, OutputFacts
 from .curves import (divergence, labels_disagree, loss_left, memorising, not_converged, oscillating_loss, overfitting,
                      short_run_at_chance, underfitting, underfitting_cause)
+from .batches import unshuffled_batches
 from .depth import compare_depths, linear_network
 from .io import UPSTREAM, nonfinite_values, output_loss_mismatch, output_scale, unscaled_inputs, unscaled_targets
 from .layers import LAYER_RULES
 from .remedies import appeared_in_training, usual_lr
-from .updates import frozen_layers, stalled_updates
+from .updates import carried_gradients, frozen_layers, stalled_updates
 
 RULES = {  # every rule, by family (the registry the shared checks iterate over)
     "layers": LAYER_RULES,
-    "updates": (stalled_updates, frozen_layers),
+    "updates": (carried_gradients, stalled_updates, frozen_layers),
     "io": (output_loss_mismatch, unscaled_inputs, unscaled_targets, output_scale, nonfinite_values),
     "curves": (divergence, overfitting, memorising, underfitting, labels_disagree, not_converged, short_run_at_chance,
                oscillating_loss),
     "depth": (compare_depths, linear_network),
+    "order": (unshuffled_batches,),
 }
 ALL_RULES = tuple(rule for family in RULES.values() for rule in family)
 
@@ -113,7 +117,8 @@ def judge_layers(layers: Sequence[LayerStats], step: int | None = None) -> list[
 def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = None,
           inputs: InputFacts | None = None, curves: Curves | None = None, context: Context = Context(),
           step: int | None = None, io_step: int | None = None,
-          nonfinite: NonFiniteFacts | None = None, affine: AffineFacts | None = None) -> list[Finding]:
+          nonfinite: NonFiniteFacts | None = None, affine: AffineFacts | None = None,
+          carry: CarryFacts | None = None, batch_classes: Sequence[Sequence[int]] | None = None) -> list[Finding]:
     """Every rule that has something to judge, most severe first (see the module docstring).
 
     `layers`: per-layer records; `output` / `inputs`: the output and input facts; `curves`; `context`.
@@ -121,13 +126,16 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     input findings (default `step`: a Monitor measures them on its first training step only).
     `nonfinite`: NaN/Inf counts; NaN/Inf in the inputs, targets or weights is reported alone
     (``nonfinite_values``: every other measurement is computed from them). `affine`: the weight-layer
-    pairs measured to compose affinely (``linear_network``).
+    pairs measured to compose affinely (``linear_network``). `carry`: whether ``.grad`` was reset between
+    optimizer steps (a Monitor's ``CarryProbe``). `batch_classes`: the class counts of the first epoch's
+    training batches (``unshuffled_batches``; when it fires, it is the oscillation's cause and the curve
+    rule's own ``oscillating_loss`` is left out).
     """
     io_step = step if io_step is None else io_step
     poisoned = nonfinite_values(nonfinite, io_step)
     if poisoned and poisoned[0].evidence["first_source"] in UPSTREAM:
         return poisoned
-    found = poisoned
+    found = carried_gradients(carry, step) + poisoned
     for f in (f for rule in LAYER_RULES for f in rule(layers, step)):
         if context.start is not None and start_key(f) not in context.start:
             f = appeared_in_training(f, context.start_step, context.base_lr, context.weight_decay,
@@ -145,8 +153,10 @@ def judge(layers: Sequence[LayerStats] = (), *, output: OutputFacts | None = Non
     if not unscaled and not any(f.rank >= 1 for f in mismatch):  # the output's scale follows from those
         found += output_scale(output, layers, io_step)
     found += linear_network(affine, io_step)
+    order = unshuffled_batches(batch_classes, io_step) if batch_classes else []
+    found += order
     if curves is not None:
-        found += judge_curves(curves, context)
+        found += [f for f in judge_curves(curves, context) if not (order and f.code == "oscillating_loss")]
     return sort_findings(found)
 
 

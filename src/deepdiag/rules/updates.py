@@ -1,11 +1,12 @@
-"""The update rule: how far each weight layer moves per optimizer step (a Monitor's ``update_rel``)."""
+"""The update rules: how far each weight layer moves per optimizer step (a Monitor's ``update_rel``), which
+layers are frozen, and whether the gradient each step applies is that step's own (``carried_gradients``)."""
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
 from ..findings import Finding
-from ..measure.records import LayerStats
+from ..measure.records import CarryFacts, LayerStats
 from .remedies import far_from_usual, fmt, lr_fix, median, sentence, weight_layers
 
 STALL = 1e-5  # update-to-weight ratio ‖Δw‖/‖w‖ per step below this: the layer barely moves
@@ -159,3 +160,49 @@ def frozen_layers(rows: Sequence[LayerStats], frozen: Sequence[str], frozen_shar
                                                   "on features no step will improve."), ev,
                     f"Unfreeze them (requires_grad=True, and give them to the optimizer); leave them frozen only "
                     f"if they are pretrained and meant to stay so.", names, step, fix={"unfreeze": names})]
+
+
+CARRY_RUN = 9  # consecutive checked optimizer steps whose backward pass found .grad still holding a gradient
+
+
+def carried_gradients(facts: CarryFacts | None, step: int | None = None) -> list[Finding]:
+    """exploding_gradients (error) when the gradients are not reset between optimizer steps
+    (``optimizer.zero_grad()`` forgotten), read from the mechanism (``deepdiag.measure.carryover``).
+
+    Autograd adds each backward pass's gradient g_s into ``.grad``; without a reset the optimizer applies
+    G_t = Σ_{s≤t} g_s at step t instead of g_t. For batch gradients of a consistent direction
+    ‖G_t‖ = t·‖g‖ (linear growth; √t for independent ones): the effective gradient, and with plain SGD the
+    step, explodes whatever the learning rate, and Adam's normalised step keeps following the stale sum.
+    The probe reads, at the first backward pass after each checked optimizer step, whether ``.grad``
+    already held a non-zero gradient (accumulation within one optimizer step is never read).
+
+    * At ≥ CARRY_RUN = 9 consecutive checks → error, evidence: the checks, the optimizer steps they span,
+      ‖G‖ the optimizer applied at the run's first and last check and one batch's ‖g‖ at the last.
+    Why 9: after k consecutive carried steps the applied gradient sums k + 1 batch gradients, 10× a
+    batch's norm at k = 9 for a consistent direction: an order of magnitude, the explosion under way. And
+    no deliberate pattern repeats 9 times: one backward pass outside the loop (a gradient probe, a
+    saliency map) carries over once; gradient accumulation over m micro-batches, when the monitor counts
+    each micro-batch as a step (``Monitor.step`` per micro-batch and no optimizer given), shows runs of
+    m − 1 ≤ 7 for the usual m ≤ 8, then a reset. With ``every`` > 1 the checks are every `every`-th step.
+    """
+    if facts is None or facts.longest < CARRY_RUN:
+        return []
+    span = facts.last_step - facts.first_step + 1
+    growth = facts.held_last / facts.fresh_last if facts.held_last is not None and facts.fresh_last else None
+    seen = (f"; the gradient the optimizer applied grew from {fmt(facts.held_first)} to {fmt(facts.held_last)} "
+            f"(‖·‖), {fmt(growth)}× one batch's gradient" if growth is not None else "")
+    every = f", every {facts.every}th" if facts.every > 1 else ""
+    return [Finding("exploding_gradients", "error",
+                    f"The gradients are not reset between optimizer steps (optimizer.zero_grad() is missing): at "
+                    f"each of {facts.longest} consecutive checked optimizer steps ({facts.first_step}–"
+                    f"{facts.last_step}{every}) backward added the new gradient to the previous steps' sum, so "
+                    f"each step applies the sum of all past gradients{seen}.",
+                    {"cause": "gradients_not_reset", "consecutive_checks": facts.longest,
+                     "carried_steps": span, "first_step": facts.first_step, "last_step": facts.last_step,
+                     "checked_every": facts.every, "checks": facts.checks, "carried_checks": facts.carried,
+                     "applied_grad_norm_first": facts.held_first, "applied_grad_norm_last": facts.held_last,
+                     "batch_grad_norm_last": facts.fresh_last, "applied_over_batch": growth,
+                     "probes": list(facts.probes), "threshold": CARRY_RUN},
+                    "Call optimizer.zero_grad() once per optimizer step (before backward), e.g. at the top of the "
+                    "loop body; with gradient accumulation, zero after each optimizer.step(), not after each "
+                    "micro-batch.", [], step)]
