@@ -300,3 +300,18 @@ def test_short_run_at_chance_in_judge_names_tiny_batches():
     # a cause without a fix of its own (a bottleneck) does not keep the default fix
     h, = [f for f in judge_curves(c, Context(bottleneck=("1", 4, 10))) if f.code == "underfitting"]
     assert h.fix is None and "Widen 1" in h.remedy
+
+
+def test_a_spike_that_left_the_run_at_its_start_is_divergence():
+    """A validation (or step) loss > 10x the loss at initialisation and a last epoch still >= 90 % of that
+    start: thrown out and never back. A run that learns after its spike, or a spike under 10x, is silent."""
+    from deepdiag.rules.curves import divergence
+
+    steps = [2.35, 11.5, 2.7, 3.0, 4.3, 6.4, 3.5, 4.7, 3.6, 3.4] + [2.4] * 20
+    train = [4.28, 2.70, 2.49, 2.39, 2.32, 2.46]
+    (f,) = divergence(train, [57936.3, 122.4, 12.3, 2.39, 2.66, 2.47], steps)
+    assert f.code == "divergence" and f.severity == "warning" and f.evidence["peak_in"] == "validation"
+    assert f.fix == {"lr_factor": 0.1, "clip_grad_norm": 1.0}
+    assert divergence(train[:-1] + [2.0], [57936.3, 122.4, 12.3, 2.39, 2.66, 2.47], steps) == []  # 85 %: learnt
+    assert divergence(train, [23.4, 12.0, 2.4, 2.39, 2.66, 2.47], steps) == []  # 9.96x: under the bar
+    assert divergence(train, [2.4] * 6, steps[:1] + [23.6] + steps[2:])[0].evidence["peak_in"] == "step"

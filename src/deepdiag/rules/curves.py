@@ -562,7 +562,7 @@ def divergence(train_loss: Sequence[float] | None = None, val_loss: Sequence[flo
                         "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
                         [], len(curve), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
     epochs = [x for x in t if math.isfinite(x)]
-    return _never_below_start(epochs, sl) or _climbed(epochs)
+    return _never_below_start(epochs, sl) or _climbed(epochs) or _thrown_out(epochs, v, sl)
 
 
 BLOWUP_END = 2.0  # ... and the last recorded step losses still >= 2x the first
@@ -602,6 +602,41 @@ def _climbed(epoch_loss: list[float]) -> list[Finding]:
                     "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_); check "
                     "that optimizer.zero_grad() runs every step.", [], peak_i + 1,
                     fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
+
+
+def _thrown_out(epoch_loss: list[float], val_loss: list[float], step_loss: list[float]) -> list[Finding]:
+    """divergence (warning): a loss of the run — a step loss or an epoch's validation loss — rose > 10× the
+    loss at initialisation (the first recorded step loss), and the run ended without learning: its last
+    epoch's training loss is still ≥ 90 % of that start → fix ``{"lr_factor": 0.1, "clip_grad_norm": 1.0}``.
+
+    Why: no minibatch and no held-out evaluation of a model near its initialisation scores ten times the
+    starting loss (for a classifier, ten times chance), so such a value means a step threw the weights
+    far from where they began (the step blow-up of ``divergence``, here also seen on the validation set,
+    where a BatchNorm net's corrupted running statistics show it after the training loss has settled);
+    a run that then ends at its starting level — the 90 % margin ``underfitting`` uses for "learnt
+    nothing" — was not a transient spike that training recovered from but iterates that never came back
+    to a region where the model learns (ResNet-style net at SGD lr 5: validation loss 5.8·10⁴ after
+    epoch 1, training loss back at ln 10 by the end). A learning run ends well below its start (the
+    descent lemma, as in ``_never_below_start``), so the conjunction keeps healthy runs silent whatever
+    their early spikes.
+    """
+    if not epoch_loss or not step_loss or not math.isfinite(step_loss[0]) or step_loss[0] <= 0:
+        return []
+    start, end = step_loss[0], epoch_loss[-1]
+    peaks = [x for x in (*step_loss, *val_loss) if math.isfinite(x)]
+    peak = max(peaks, default=0.0)
+    if not (peak > BLOWUP * start and end >= UNDERFIT_FRACTION * start):
+        return []
+    where = "validation" if peak in val_loss else "step"
+    return [Finding("divergence", "warning",
+                    f"A {where} loss reached {fmt(peak)}, {peak / start:.3g}× the loss at initialisation "
+                    f"{fmt(start)}, and the run ended at {fmt(end)} ({end / start:.0%} of that start): a step threw "
+                    f"the weights far from where they began and training never came back to learning.",
+                    {"start_loss": start, "peak_loss": peak, "peak_in": where, "end_loss": end,
+                     "growth": peak / start, "threshold": BLOWUP, "end_threshold": UNDERFIT_FRACTION,
+                     "train_loss": epoch_loss, "val_loss": val_loss},
+                    "Lower the learning rate (e.g. 10×) or clip gradients (torch.nn.utils.clip_grad_norm_).",
+                    [], len(epoch_loss), fix={"lr_factor": 0.1, "clip_grad_norm": 1.0})]
 
 
 def _never_below_start(epoch_loss: list[float], step_loss: list[float]) -> list[Finding]:
