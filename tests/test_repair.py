@@ -240,6 +240,14 @@ def test_repair_command_on_a_model_file(tmp_path):
     d = json.loads(r.stdout)
     assert d["repaired"] and d["fix"] and d["after"] > d["before"] + 0.3
     assert (tmp_path / "res" / "runs.sqlite").exists()
+    # the same command again, its candidates in 2 worker processes (the model file is imported there):
+    # every trial comes from the store, keyed by the file's content
+    again = deepdiag("repair", "models.py:build", "--data", "digits.npz", "--set", "lr=1e-6", "--set", "epochs=4",
+                     "--set", "batch_size=32", "--rounds", "1", "--candidates", "4", "--json", "--out", "res",
+                     "--engine", "process", "--workers", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    d2 = json.loads(again.stdout)
+    assert d2["reused"] == d["trainings"] and d2["trainings"] == 0 and d2["fix"] == d["fix"]
 
 
 def test_repair_command_exit_codes_for_usage_and_user_errors(tmp_path):
@@ -248,6 +256,8 @@ def test_repair_command_exit_codes_for_usage_and_user_errors(tmp_path):
     assert deepdiag("repair", "models.py:build", "--data", "digits", "--set", "speed=3",
                     cwd=tmp_path).returncode == 2
     assert deepdiag("repair", "missing.py:build", "--data", "digits", cwd=tmp_path).returncode == 2
+    assert deepdiag("repair", "models.py:build", "--data", "digits", "--engine", "local", "--workers", "2",
+                    cwd=tmp_path).returncode == 2  # local takes no --workers
     bad = deepdiag("repair", "models.py:broken", "--data", "digits", cwd=tmp_path)
     assert bad.returncode == 3 and "my bug" in bad.stderr
 

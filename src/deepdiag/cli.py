@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -506,6 +507,35 @@ def load_factory(target: str):
     return factory
 
 
+@dataclass(frozen=True)
+class FileBuild:
+    """`repair`'s build function for FILE.py:FACTORY: picklable (a path, a name and the file's SHA-256), so
+    the engines' worker processes import the file themselves; the hash makes the results store's trial
+    keys follow the file's content (an edited model file is a new model, the same file resumes)."""
+
+    path: str
+    name: str
+    sha256: str
+
+    @classmethod
+    def of(cls, target: str) -> "FileBuild":
+        import hashlib
+
+        file, _, name = target.rpartition(":")
+        path = Path(file).resolve()
+        return cls(str(path), name, hashlib.sha256(path.read_bytes()).hexdigest())
+
+    def __call__(self):
+        built = _factory(self.path, self.name)()
+        return built[0] if isinstance(built, tuple) else built
+
+
+@functools.lru_cache(maxsize=None)
+def _factory(path: str, name: str):
+    """The factory of a user file, imported once per process."""
+    return load_factory(f"{path}:{name}")
+
+
 def _inputs_for(model, input_shape: Optional[str]):
     import torch
     from torch import nn
@@ -605,6 +635,9 @@ def repair(
     candidates: Annotated[int, typer.Option(min=1, help="candidates per round")] = 8,
     engine: Annotated[str, typer.Option(help="auto, local, process, dask or ray: where the candidates of a "
                                                  "round train (all but local in parallel)")] = "auto",
+    address: Annotated[Optional[str], typer.Option(help="scheduler address for dask/ray")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes (process, or a temporary "
+                                                               "local dask/ray cluster)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="results directory: every trial is stored there "
                                                         "and the same command resumes")] = Path("results"),
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
@@ -619,18 +652,15 @@ def repair(
     _threads()
     if engine not in REPAIR_ENGINES:
         raise UsageError(f"--engine {engine!r}: repair runs on one of {', '.join(REPAIR_ENGINES)}")
+    options = engine_options(engine, address, workers)
     config = parse_train_sets(sets or [])
-    factory = load_factory(target)
+    load_factory(target)  # usage errors (no file, no such function) here, before any training
     user_file = target.rpartition(":")[0]
-
-    def build():
-        built = factory()
-        return built[0] if isinstance(built, tuple) else built
-
+    build = FileBuild.of(target)
     try:
         with user_code(f"your model from {user_file}", files=(user_file,)):
             result = run_repair(build, data, config, rounds=rounds, engine=engine, store=out_dir,
-                                max_candidates=candidates, progress=not as_json)
+                                max_candidates=candidates, progress=not as_json, **options)
     except BaselineFailed as e:
         raise UserCodeError(str(e)) from None
     if as_json:
