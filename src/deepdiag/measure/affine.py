@@ -53,6 +53,7 @@ from .records import AffineFacts, AffineLink
 from .sites import first_tensor, is_activation, module_kind, tensors, weight_matrix
 
 MIX = 0.3  # one mixture weight away from 1/2, so no symmetric nonlinearity can pass by symmetry
+FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
 ROWS = 64  # pairs of rows: enough for a sign change of a relu between paired samples in any live unit
 # Tolerance: 100 × the dtype's machine epsilon (float32: 1.2·10⁻⁵; float64: 2.2·10⁻¹⁴). An affine chain
 # between two weight layers is elementwise ops (round-off ~ε), sums over P positions (average pooling,
@@ -99,13 +100,20 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
     passes = _Passes(sites, others)
     try:
         model.eval()
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            x1 = _watched(x1)  # floating inputs as leaves of the graph: the wiring sees them
-            out1 = passes.run(model, x1, "first")
-            feeds = passes.wiring(out1, {id(t) for t in tensors(x1) if t.requires_grad})
-            out1 = out1.detach()
-            out2 = passes.run(model, x2, "second").detach()
-            out3 = passes.run(model, _blend(x1, x2), "mixed").detach()
+        with torch.random.fork_rng(devices=devices):
+            with torch.enable_grad():
+                x1 = _watched(x1)  # floating inputs as leaves of the graph: the wiring sees them
+                out1 = passes.run(model, x1, "first")
+                feeds = passes.wiring(out1, {id(t) for t in tensors(x1) if t.requires_grad})
+                out1 = out1.detach()
+                del x1
+            x1 = _take(inputs, batch, torch.arange(rows, device=first.device))
+            # passes 2 and 3 need no graph, except where a module takes another code path without one
+            # (nn.TransformerEncoderLayer's fused fast path calls none of its submodules)
+            graph = torch.enable_grad() if any(isinstance(m, FAST_PATH) for m in model.modules()) else torch.no_grad()
+            with graph:
+                out2 = passes.run(model, x2, "second").detach()
+                out3 = passes.run(model, _blend(x1, x2), "mixed").detach()
     except (_Unmeasurable, RuntimeError, ValueError, TypeError, IndexError):
         return None
     finally:
@@ -131,6 +139,7 @@ class _Passes:
         self.mode, self.calls = "first", {}
         self.order: list[str] = []  # pass 1: weight-layer keys and Identity names, in the order they finish
         self.activations = 0  # pass 1: calls of activation modules
+        self.stats: dict[str, Tensor] = {}  # key -> (deviation, spread) of its input, from pass 3
         for _, m in sites:
             self.hooks.add(m.register_forward_pre_hook(self._pre))
             self.hooks.add(m.register_forward_hook(self._post))
@@ -158,6 +167,12 @@ class _Passes:
         self.modules[key] = m
         rec = self.seen[self.mode].setdefault(key, {})
         if isinstance(u, Tensor) and u.is_floating_point():
+            if self.mode == "mixed":  # judged at once: the inputs of passes 1 and 2 are not kept longer
+                u1, u2 = (self.seen[p].get(key, {}).pop("u", None) for p in ("first", "second"))
+                if u1 is not None and u2 is not None:
+                    self.stats[key] = _deviation(u1, u2, u.detach())
+                rec["u"] = True
+                return
             rec["u"] = u.detach().clone()
             if self.mode == "first":
                 self.nodes[key] = (u.grad_fn, None)
@@ -227,10 +242,8 @@ def _facts(passes: _Passes, feeds: dict, outs: tuple, dtype: torch.dtype, rows: 
     """Deviation and spread of every weight layer's input and of the output (one host sync), and the
     links: each weight layer whose input is judged affine, paired with each weight layer feeding it
     whose every consumer (weight layer or the output) takes it affinely."""
-    first, second, mixed = (passes.seen[p] for p in ("first", "second", "mixed"))
-    keys = [k for k in feeds if k != "output" and "u" in first.get(k, {}) and "u" in mixed.get(k, {})]
-    triples = [(first[k]["u"], second[k]["u"], mixed[k]["u"]) for k in keys] + [outs]
-    stats = torch.stack([_deviation(*t) for t in triples]).cpu().tolist()  # host sync
+    keys = [k for k in feeds if k != "output" and k in passes.stats]
+    stats = torch.stack([passes.stats[k] for k in keys] + [_deviation(*outs)]).cpu().tolist()  # host sync
     tol = ROUNDOFF * torch.finfo(dtype).eps
     judged = {k: (dev, spread) for k, (dev, spread) in zip(keys + ["output"], stats)
               if math.isfinite(dev) and math.isfinite(spread) and spread >= MIN_SPREAD}
