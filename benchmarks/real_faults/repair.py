@@ -103,7 +103,8 @@ def run_one(row: dict, rounds: int, candidates: int, store) -> dict:
             "detected": bool(result.findings), "codes": [f.code for f in result.findings],
             "repaired": result.repaired, "first_guess": d["first_guess"],
             "first_guess_repaired": bool(result.first_guess_repaired), "fix": result.fix,
-            "before": d["before"], "after": after, "base_mean": row["base_mean"],
+            "before": d["before"], "after": after, "base_mean": row["base_mean"], "base_sd": row["base_sd"],
+            "metric_name": row["metric_name"],
             "restored": bool(result.repaired and after is not None and restored(row, after)),
             "trainings": result.trainings + result.reused, "seconds": time.perf_counter() - t0,
             "candidates": d["candidates"]}
@@ -130,14 +131,34 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def hurt(r: dict) -> bool:
+    """Whether the fault still hurts in dd.repair's own training: the baseline it measured (``before``, at
+    seed 0 in ``dd.fit``'s loop) worse than the healthy base's plain runs by the kill margin
+    (``harness.worse``). A mutant that is a real fault in its own loop may train as well as its base in
+    dd.fit's (which shuffles, zeroes gradients and evaluates in eval mode): then no fix can beat the
+    baseline by the margin, whatever it does."""
+    if r.get("before") is None or r.get("base_sd") is None:
+        return True
+    task = "regression" if r.get("metric_name") == "val_mse" else "classification"
+    return worse(r["before"], r["base_mean"], r["base_sd"], task)
+
+
 def summary(results: list[dict]) -> str:
     det = [r for r in results if r["detected"]]
     n = len(det)
-    pct = lambda k: f"{sum(r[k] for r in det)} of {n} ({100 * sum(r[k] for r in det) / max(n, 1):.1f} %)"
+    pct = lambda k, rs=det: (f"{sum(r[k] for r in rs)} of {len(rs)} "
+                             f"({100 * sum(r[k] for r in rs) / max(len(rs), 1):.1f} %)")
+    still = [r for r in det if hurt(r)]
+    learnable = [r for r in still if r["operator"] != "labels_shuffled"]
     return (f"real faults retrained: {len(results)}, detected by dd.repair's diagnosis: {n}\n"
             f"repaired (verified, confirmed at 2 seeds): {pct('repaired')}; goal >= 95 %\n"
             f"Finding.fix alone (first guess, one round): {pct('first_guess_repaired')}; goal >= 80 %\n"
             f"restored to the base's level: {pct('restored')}\n"
+            f"of the detected, still hurt in dd.fit's loop (baseline worse than the base by the kill margin): "
+            f"{len(still)}; repaired {pct('repaired', still)}, by Finding.fix alone "
+            f"{pct('first_guess_repaired', still)}\n"
+            f"of those, without every training label random (labels_shuffled: nothing left to learn): "
+            f"{len(learnable)}; repaired {pct('repaired', learnable)}\n"
             f"candidate trainings per repair: {_mean(r['trainings'] for r in det):.1f}, "
             f"wall time per repair: {_mean(r['seconds'] for r in det):.0f} s")
 
@@ -152,9 +173,12 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--out", default="results/repair_real_faults.json")
     ap.add_argument("--store", default=None, help="a .sqlite store: trials are kept there and reused")
+    ap.add_argument("--summarize", metavar="RESULTS", help="print the tables of an earlier --out file (no training)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = json.loads(Path(a.faults).read_text())["rows"]
+    if a.summarize:
+        return _summarize(Path(a.summarize), rows)
     split = lambda s: None if s is None else s.split(",")
     todo = select(rows, a.quick, split(a.operator), split(a.base))
     skipped = sorted({r["program"] for r in rows if r.get("real_fault") and r["operator"] in LOOP_FAULTS})
@@ -180,6 +204,24 @@ def main(argv=None) -> int:
         print(f"failed to run: {len(failed)}: " + "; ".join(failed))
     print(f"not retrainable by dd.repair (faults in the training loop itself): {len(skipped)}")
     print(f"wall time: {time.perf_counter() - t0:.0f} s\n")
+    print(table(results, "operator"))
+    print()
+    print(table(results, "family"))
+    return 0
+
+
+def _summarize(path: Path, rows: list[dict]) -> int:
+    """The summary and tables of a results file; a row written before base_sd / metric_name were
+    recorded takes them from the faults file."""
+    by_name = {r["program"]: r for r in rows}
+    results = json.loads(path.read_text())["results"]
+    for r in results:
+        src = by_name.get(r["program"], {})
+        r.setdefault("base_sd", src.get("base_sd"))
+        r.setdefault("metric_name", src.get("metric_name"))
+    print(summary(results))
+    print(f"not retrainable by dd.repair (faults in the training loop itself): "
+          f"{len(json.loads(path.read_text()).get('skipped_loop_faults', []))}\n")
     print(table(results, "operator"))
     print()
     print(table(results, "family"))
