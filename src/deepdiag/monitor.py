@@ -395,7 +395,8 @@ class Monitor:
         sites = self.rec.sites
         dev = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self._buf = StepBuffer(self.capacity, len(sites), len(STATS), dev)
-        self._weights = [(s.index, s.module.weight) for s in sites if s.kind == "weight"]
+        self._weight_sites = [s for s in sites if s.kind == "weight"]
+        self._weights = [(s.index, s.module.weight) for s in self._weight_sites]
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
         self._upd = None  # latest ‖Δw‖ per step of each weight layer (device tensors)
@@ -484,8 +485,12 @@ class Monitor:
     def _fit_weights(self) -> None:
         """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
         update-size snapshots start again from the weights the model has now."""
-        now = [(s.index, s.module.weight) for s in self.rec.sites if s.kind == "weight"
-               and isinstance(getattr(s.module, "weight", None), Tensor)]
+        if len(self._weights) == len(self._weight_sites) and all(
+                getattr(s.module, "weight", None) is w and w.shape == p.shape
+                for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
+            return  # (the same parameters, same shapes: the usual case, checked without building lists)
+        now = [(s.index, s.module.weight) for s in self._weight_sites
+               if isinstance(getattr(s.module, "weight", None), Tensor)]
         if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in
                                                   zip(now, self._weights, self._prev)):
             return
