@@ -438,36 +438,36 @@ class Monitor:
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]
-        wmap = {i: (wn[k], gn[k], upd[k]) for k, (i, _) in enumerate(self._weights)}
         # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
         # constant each is divided by (norm -> RMS / per sample); entries not measured stay NaN
         vals, cols, scale = [], [], []
-        bad = self._units.bad_fractions()  # dead / saturated share of each unit layer's units (history only)
         n_stats = len(STATS)
-        for site in sites:
-            base, d = site.index * n_stats, latest.get(site.index)
-            if d:
-                for key, col, numel in MEASURED:
-                    v = d.get(key)
-                    if v is not None:
-                        vals.append(v)
-                        cols.append(base + col)
-                        scale.append(math.sqrt(max(1, d.get(numel, 1))))
-            w = wmap.get(site.index)
-            if w is not None:
-                vals += [w[1], w[0], w[2]]
-                cols += [base + GRAD_NORM, base + GRAD_NORM + 1, base + GRAD_NORM + 2]
-                scale += [1.0, 1.0, 1.0]
-            b = bad.get(site.index)
-            if b is not None:
-                vals.append(b)
-                cols.append(base + UNIT_FRAC)
-                scale.append(1.0)
+        for i, d in latest.items():
+            base = i * n_stats
+            for key, col, numel in MEASURED:
+                v = d.get(key)
+                if v is not None:
+                    vals.append(v)
+                    cols.append(base + col)
+                    scale.append(math.sqrt(max(1, d.get(numel, 1))))
+        vals += [*gn, *wn, *upd]  # the weight layers' ‖∂L/∂W‖, ‖W‖, ‖ΔW‖ per step
+        for off in range(3):
+            cols += [i * n_stats + GRAD_NORM + off for i, _ in self._weights]
+        scale += [1.0] * (3 * len(self._weights))
+        # dead / saturated share of each unit layer's units (history only), by groups of layers
+        bad = self._units.bad_fractions()
+        for indices, _ in bad:
+            cols += [i * n_stats + UNIT_FRAC for i in indices]
+            scale += [1.0] * len(indices)
         key = (tuple(cols), tuple(scale))
         if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
             dev = self._buf.rows.device
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
-        row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
+        if bad:
+            vals = ([torch.stack(vals)] if vals else []) + [f for _, f in bad]
+            row = torch.cat(vals) / self._scale[2]  # one kernel each: stack, cat, divide
+        else:
+            row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
         self._buf.append(s, row, loss, self._scale[1])
         self._done()
 
