@@ -416,8 +416,10 @@ class Monitor:
             # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
             # no sync. Snapshots are taken every UPDATE_EVERY recorded steps (a copy of every weight
             # costs as much as the rest of the statistics); rows in between carry the value forward.
+            # In place: the snapshot becomes -Δw (its norm is ‖Δw‖'s, bit for bit) until the next snapshot.
             gap = max(1, s - self._prev_step)
-            self._upd = [u / gap for u in torch._foreach_norm(torch._foreach_sub(ws, self._prev))]
+            torch._foreach_sub_(self._prev, ws)
+            self._upd = torch._foreach_div(torch._foreach_norm(self._prev), gap)
             self._prev_step = None
         if ws and self.recorded % UPDATE_EVERY == 0:
             torch._foreach_copy_(self._prev, ws)

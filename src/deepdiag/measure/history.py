@@ -173,7 +173,10 @@ class UnitWindows:
                 flat = torch.cat([c.reshape(-1) for c in torch._foreach_add(cur, prev)]).float()
                 thr = torch.tensor([0.5 * max(1, w.seen) for _, w in ws], dtype=torch.float32, device=flat.device)
                 hit = flat > thr.repeat_interleave(torch.tensor(sizes, device=flat.device))  # saturated
-            count = torch.zeros(len(ws), dtype=torch.float32, device=flat.device).index_add_(0, seg, hit.float())
+            if len(set(sizes)) == 1:  # layers of one width: a row each (the same exact sums of 0/1)
+                count = hit.float().view(len(ws), -1).sum(1)
+            else:
+                count = torch.zeros(len(ws), dtype=torch.float32, device=flat.device).index_add_(0, seg, hit.float())
             out.append(([i for i, _ in ws], (n - count) / n if is_max else count / n))
         return out
 

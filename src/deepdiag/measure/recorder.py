@@ -212,6 +212,13 @@ class Recorder:
             return weight
         if site.kind == "activation":
             unit = (site.family, site.unit_dim) if site.family in UNIT_FAMILIES else None
+            if site.family == "relu":  # ``_units`` without detail: the per-unit maximum
+                def relu(site, x, y):
+                    dims = _reduce_dims(y.dim(), site.unit_dim)
+                    n = y.numel()
+                    u = y.detach().amax(dims) if dims else y.detach()
+                    return {"numel": n, "unit_max": u, "positions": n // max(1, u.numel())}
+                return relu
 
             def activation(site, x, y):
                 s = {"numel": y.numel()}
@@ -346,9 +353,10 @@ class Recorder:
         norm = safe_norm if self.detail else torch.linalg.vector_norm
 
         def hook(g: Tensor):
-            if self.enabled and index in self.latest:
-                self.latest[index]["signal_norm"] = norm(g.detach())
-                self.latest[index]["signal_numel"] = batch
+            d = self.latest.get(index) if self.enabled else None
+            if d is not None:
+                d["signal_norm"] = norm(g.detach())
+                d["signal_numel"] = batch
         return hook
 
 
