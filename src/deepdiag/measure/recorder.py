@@ -3,7 +3,9 @@
 It finds the sites on the first training forward pass (``deepdiag.measure.sites``) and the main path
 through them (``deepdiag.measure.paths``: each site's input or output tensor that every path from the
 data to the output passes through), and then keeps, per site, the device tensors of the latest
-forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them.
+forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them. Once the sites are found
+(without ``detail``), only their modules stay hooked and each weight or activation site's measurement is
+decided once (``Recorder._plan``): the same numbers with less Python per hook, at every recorded step.
 """
 from __future__ import annotations
 
