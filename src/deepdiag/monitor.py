@@ -395,7 +395,8 @@ class Monitor:
         sites = self.rec.sites
         dev = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self._buf = StepBuffer(self.capacity, len(sites), len(STATS), dev)
-        self._weights = [(s.index, s.module.weight) for s in sites if s.kind == "weight"]
+        self._weight_sites = [s for s in sites if s.kind == "weight"]
+        self._weights = [(s.index, s.module.weight) for s in self._weight_sites]
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
         self._upd = None  # latest ‖Δw‖ per step of each weight layer (device tensors)
@@ -415,8 +416,10 @@ class Monitor:
             # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
             # no sync. Snapshots are taken every UPDATE_EVERY recorded steps (a copy of every weight
             # costs as much as the rest of the statistics); rows in between carry the value forward.
+            # In place: the snapshot becomes -Δw (its norm is ‖Δw‖'s, bit for bit) until the next snapshot.
             gap = max(1, s - self._prev_step)
-            self._upd = [u / gap for u in torch._foreach_norm(torch._foreach_sub(ws, self._prev))]
+            torch._foreach_sub_(self._prev, ws)
+            self._upd = torch._foreach_div(torch._foreach_norm(self._prev), gap)
             self._prev_step = None
         if ws and self.recorded % UPDATE_EVERY == 0:
             torch._foreach_copy_(self._prev, ws)
@@ -437,36 +440,36 @@ class Monitor:
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]
-        wmap = {i: (wn[k], gn[k], upd[k]) for k, (i, _) in enumerate(self._weights)}
         # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
         # constant each is divided by (norm -> RMS / per sample); entries not measured stay NaN
         vals, cols, scale = [], [], []
-        bad = self._units.bad_fractions()  # dead / saturated share of each unit layer's units (history only)
         n_stats = len(STATS)
-        for site in sites:
-            base, d = site.index * n_stats, latest.get(site.index)
-            if d:
-                for key, col, numel in MEASURED:
-                    v = d.get(key)
-                    if v is not None:
-                        vals.append(v)
-                        cols.append(base + col)
-                        scale.append(math.sqrt(max(1, d.get(numel, 1))))
-            w = wmap.get(site.index)
-            if w is not None:
-                vals += [w[1], w[0], w[2]]
-                cols += [base + GRAD_NORM, base + GRAD_NORM + 1, base + GRAD_NORM + 2]
-                scale += [1.0, 1.0, 1.0]
-            b = bad.get(site.index)
-            if b is not None:
-                vals.append(b)
-                cols.append(base + UNIT_FRAC)
-                scale.append(1.0)
+        for i, d in latest.items():
+            base = i * n_stats
+            for key, col, numel in MEASURED:
+                v = d.get(key)
+                if v is not None:
+                    vals.append(v)
+                    cols.append(base + col)
+                    scale.append(math.sqrt(max(1, d.get(numel, 1))))
+        vals += [*gn, *wn, *upd]  # the weight layers' ‖∂L/∂W‖, ‖W‖, ‖ΔW‖ per step
+        for off in range(3):
+            cols += [i * n_stats + GRAD_NORM + off for i, _ in self._weights]
+        scale += [1.0] * (3 * len(self._weights))
+        # dead / saturated share of each unit layer's units (history only), by groups of layers
+        bad = self._units.bad_fractions()
+        for indices, _ in bad:
+            cols += [i * n_stats + UNIT_FRAC for i in indices]
+            scale += [1.0] * len(indices)
         key = (tuple(cols), tuple(scale))
         if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
             dev = self._buf.rows.device
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
-        row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
+        if bad:
+            vals = ([torch.stack(vals)] if vals else []) + [f for _, f in bad]
+            row = torch.cat(vals) / self._scale[2]  # one kernel each: stack, cat, divide
+        else:
+            row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
         self._buf.append(s, row, loss, self._scale[1])
         self._done()
 
@@ -484,8 +487,12 @@ class Monitor:
     def _fit_weights(self) -> None:
         """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
         update-size snapshots start again from the weights the model has now."""
-        now = [(s.index, s.module.weight) for s in self.rec.sites if s.kind == "weight"
-               and isinstance(getattr(s.module, "weight", None), Tensor)]
+        if len(self._weights) == len(self._weight_sites) and all(
+                getattr(s.module, "weight", None) is w and w.shape == p.shape
+                for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
+            return  # (the same parameters, same shapes: the usual case, checked without building lists)
+        now = [(s.index, s.module.weight) for s in self._weight_sites
+               if isinstance(getattr(s.module, "weight", None), Tensor)]
         if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in
                                                   zip(now, self._weights, self._prev)):
             return

@@ -11,6 +11,7 @@ are seen once a whole window passes without them firing.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -116,6 +117,7 @@ class UnitWindows:
         self.window, self.in_window = window, 0
         self.units: dict[int, UnitWindow] = {}
         self._segs: dict[tuple, tuple[Tensor, Tensor]] = {}  # (widths, device) -> (_segments)
+        self._flat: tuple | None = None  # ReLU windows: (current views, previous views, their two buffers)
 
     def add(self, index: int, d: dict) -> None:
         """Add one recorded step of site `index` (its ``unit_max`` or ``unit_count``, and ``positions``)."""
@@ -141,37 +143,64 @@ class UnitWindows:
         if fused_cur:
             torch._foreach_maximum_(fused_cur, fused_new)  # = UnitWindow.add, per window
 
-    def bad_fractions(self) -> dict[int, Tensor]:
-        """``UnitWindow.bad_fraction`` of every unit layer (0-d tensors on the device, no host sync), in a
-        fixed number of kernels whatever the number of layers: the windows' values are concatenated,
-        compared with their threshold (ReLU: fired iff maximum > 0; tanh/sigmoid: saturated iff count >
-        half the positions seen) and summed per layer (``index_add_``). The fractions are the same
-        float32 numbers: sums of 0/1 over n are exact, so (n − fired)/n equals the mean of the 0/1s."""
-        out: dict[int, Tensor] = {}
+    def bad_fractions(self) -> list[tuple[list[int], Tensor]]:
+        """``UnitWindow.bad_fraction`` of every unit layer, as (site indices, 1-d float32 tensor of their
+        fractions) groups on the device (no host sync), in a fixed number of kernels whatever the number
+        of layers: the windows' values are concatenated, compared with their threshold (ReLU: fired iff
+        maximum > 0; tanh/sigmoid: saturated iff count > half the positions seen) and summed per layer
+        (``index_add_``). The fractions are the same float32 numbers: sums of 0/1 over n are exact, so
+        (n − fired)/n equals the mean of the 0/1s."""
+        out: list[tuple[list[int], Tensor]] = []
         for is_max in (True, False):
             ws = [(i, w) for i, w in self.units.items() if w.is_max == is_max]
             if not ws:
                 continue
             devices = {w.current.device for _, w in ws}
             if len(ws) == 1 or len(devices) > 1:  # nothing to fuse (or layers on several devices)
-                out.update((i, w.bad_fraction()) for i, w in ws)
+                out += [([i], w.bad_fraction().reshape(1)) for i, w in ws]
                 continue
             cur = [w.current for _, w in ws]
             sizes = tuple(c.numel() for c in cur)
             seg, n = self._segments(sizes, cur[0].device)
             if is_max:  # max(c, c) = c: a window without a previous one is its own
-                prev = [w.previous if w.previous is not None else w.current for _, w in ws]
-                flat = torch.cat([m.reshape(-1) for m in torch._foreach_maximum(cur, prev)])
+                flat = self._maxima(ws, sizes)
+                if flat is None:
+                    prev = [w.previous if w.previous is not None else w.current for _, w in ws]
+                    flat = torch.cat([m.reshape(-1) for m in torch._foreach_maximum(cur, prev)])
                 hit = flat > 0  # fired
             else:
                 prev = [w.previous if w.previous is not None else torch.zeros_like(w.current) for _, w in ws]
                 flat = torch.cat([c.reshape(-1) for c in torch._foreach_add(cur, prev)]).float()
                 thr = torch.tensor([0.5 * max(1, w.seen) for _, w in ws], dtype=torch.float32, device=flat.device)
                 hit = flat > thr.repeat_interleave(torch.tensor(sizes, device=flat.device))  # saturated
-            count = torch.zeros(len(ws), dtype=torch.float32, device=flat.device).index_add_(0, seg, hit.float())
-            frac = (n - count) / n if is_max else count / n
-            out.update(zip((i for i, _ in ws), frac.unbind()))
+            if len(set(sizes)) == 1:  # layers of one width: a row each (the same exact sums of 0/1)
+                count = hit.float().view(len(ws), -1).sum(1)
+            else:
+                count = torch.zeros(len(ws), dtype=torch.float32, device=flat.device).index_add_(0, seg, hit.float())
+            out.append(([i for i, _ in ws], (n - count) / n if is_max else count / n))
         return out
+
+    def _maxima(self, ws: list[tuple[int, UnitWindow]], sizes: tuple) -> Tensor | None:
+        """max(current, previous) of the ReLU windows `ws`, concatenated, in one kernel: their tensors are
+        views into two flat buffers, made anew (one copy) when a window was created, resized or rolled.
+        None when only some of them have a previous window, or their dtypes differ (the caller takes them
+        one by one)."""
+        cur = [w.current for _, w in ws]
+        prev = [w.previous for _, w in ws]
+        held = self._flat
+        if held is None or len(held[0]) != len(cur) or not all(a is b for a, b in zip(cur, held[0])) \
+                or not all(a is b for a, b in zip(prev, held[1])):
+            if (any(p is None for p in prev) and not all(p is None for p in prev)) \
+                    or len({t.dtype for t in cur}) > 1:  # (one buffer: one dtype)
+                self._flat = None
+                return None
+            flats = [torch.cat([t.reshape(-1) for t in ts]) if ts[0] is not None else None for ts in (cur, prev)]
+            views = [[f[a - k:a].view(t.shape) for k, a, t in zip(sizes, itertools.accumulate(sizes), ts)]
+                     if f is not None else [None] * len(ts) for f, ts in zip(flats, (cur, prev))]
+            for (_, w), c, p in zip(ws, *views):
+                w.current, w.previous = c, p
+            held = self._flat = (views[0], views[1], flats[0], flats[1])
+        return torch.maximum(held[2], held[3]) if held[3] is not None else held[2]
 
     def _segments(self, sizes: tuple, device) -> tuple[Tensor, Tensor]:
         """(layer index of each concatenated unit, units per layer as float32), kept for the layer widths."""

@@ -3,9 +3,13 @@
 It finds the sites on the first training forward pass (``deepdiag.measure.sites``) and the main path
 through them (``deepdiag.measure.paths``: each site's input or output tensor that every path from the
 data to the output passes through), and then keeps, per site, the device tensors of the latest
-forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them.
+forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them. Once the sites are found
+(without ``detail``), only their modules stay hooked and each weight or activation site's measurement is
+decided once (``Recorder._plan``): the same numbers with less Python per hook, at every recorded step.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +39,7 @@ class Recorder:
         self.enabled = True
         self.hooks, self._discovery_hooks = Hooks(), Hooks()
         self._targets: list[nn.Module] | None = None  # the sites' modules, once discovered (attach)
+        self._plans: dict[int, object] = {}  # site index -> its measurement once discovered (``_plan``)
         self._by_key: dict[tuple[int, int], Site] = {}
         self._names = {id(m): n for n, m in model.named_modules()}
         self._reset_pass()
@@ -50,8 +55,9 @@ class Recorder:
         if self.discovered and not self.detail:
             if self._targets is None:
                 self._targets = list({id(s.module): s.module for s in self.sites}.values())
+                self._plans = {s.index: p for s in self.sites if (p := self._plan(s)) is not None}
             for m in self._targets:
-                self.hooks.add(m.register_forward_hook(self._forward))
+                self.hooks.add(m.register_forward_hook(self._forward_known))
             return self
         if not self.discovered:
             self._discovery_hooks.add(self.model.register_forward_hook(self._root_post))
@@ -79,6 +85,9 @@ class Recorder:
             self._discovery_hooks.remove()
             weights = [s.index for s in self.sites if s.kind == "weight"]
             self._edges = {weights[0], weights[-1]} if weights else set()
+            if len(self.hooks) and not self.detail:  # from now on only the sites' modules, measured as known
+                self.hooks.remove()
+                self.attach()
 
     # -- per forward pass --
     def _reset_pass(self):
@@ -161,6 +170,65 @@ class Recorder:
                     self._last_out = (site, y)
         if self.enabled:
             self.latest[site.index] = self._measure(site, x, y, args, out)
+
+    def _forward_known(self, module, args, out):
+        """``_forward`` once the sites are known and without ``detail`` (a Monitor's recorded steps): the
+        same measurements, with a weight or activation site's branches decided once (``_plan``)."""
+        if not _grad_enabled():
+            return  # evaluation passes are not training statistics
+        mid = id(module)
+        k = self._calls.get(mid, 0)
+        self._calls[mid] = k + 1
+        y = out if isinstance(out, Tensor) else first_tensor(out)
+        if y is None or not y.is_floating_point():
+            return
+        site = self._by_key.get((mid, k))
+        if site is None or not self.enabled:
+            return
+        x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
+        plan = self._plans.get(site.index)
+        self.latest[site.index] = self._measure(site, x, y, args, out) if plan is None else plan(site, x, y)
+
+    def _plan(self, site: Site):
+        """The measurement of a discovered weight or activation site without ``detail``: what ``_measure``
+        computes for it, as a function of (site, x, y) with the per-site choices made here; None for other
+        kinds (``_measure`` serves them)."""
+        if site.kind == "weight":
+            in_norm = site.index in self._edges
+            path_in = site.path == "in"
+            unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1) \
+                if site.family in UNIT_FAMILIES else None
+
+            def weight(site, x, y):
+                yd = y.detach()
+                s = {"numel": yd.numel(), "act_norm": _vector_norm(yd)}
+                if path_in and isinstance(x, Tensor) and x.requires_grad:
+                    x.register_hook(self._path_hook(site, "in", x.shape[0] if x.dim() > 1 else 1))
+                if x is not None and x.is_floating_point() and in_norm:
+                    s["in_norm"], s["in_numel"] = _vector_norm(x.detach()), x.numel()
+                if y.requires_grad:
+                    y.register_hook(self._grad_hook(site.index, yd.shape[0] if yd.dim() > 1 else 1))
+                if unit is not None and x is not None:
+                    self._units(s, x.detach(), *unit)
+                return s
+            return weight
+        if site.kind == "activation":
+            unit = (site.family, site.unit_dim) if site.family in UNIT_FAMILIES else None
+            if site.family == "relu":  # ``_units`` without detail: the per-unit maximum
+                def relu(site, x, y):
+                    dims = _reduce_dims(y.dim(), site.unit_dim)
+                    n = y.numel()
+                    u = y.detach().amax(dims) if dims else y.detach()
+                    return {"numel": n, "unit_max": u, "positions": n // max(1, u.numel())}
+                return relu
+
+            def activation(site, x, y):
+                s = {"numel": y.numel()}
+                if unit is not None:
+                    self._units(s, y.detach(), *unit)
+                return s
+            return activation
+        return None
 
     def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
         kind = module_kind(m)
@@ -259,9 +327,9 @@ class Recorder:
 
     def _units(self, s: dict, v: Tensor, family: str, unit_dim: int) -> None:
         if family == "relu" and not self.detail:
-            dims = reduce_dims(v, unit_dim)
-            s["unit_max"] = v.amax(dims) if dims else v
-            s["positions"] = v.numel() // max(1, s["unit_max"].numel())
+            dims = _reduce_dims(v.dim(), unit_dim)
+            u = s["unit_max"] = v.amax(dims) if dims else v
+            s["positions"] = v.numel() // max(1, u.numel())
         else:
             s["unit_count"] = unit_counts(v, family, unit_dim)
             s["positions"] = v.numel() // max(1, s["unit_count"].numel())
@@ -287,10 +355,21 @@ class Recorder:
         norm = safe_norm if self.detail else torch.linalg.vector_norm
 
         def hook(g: Tensor):
-            if self.enabled and index in self.latest:
-                self.latest[index]["signal_norm"] = norm(g.detach())
-                self.latest[index]["signal_numel"] = batch
+            d = self.latest.get(index) if self.enabled else None
+            if d is not None:
+                d["signal_norm"] = norm(g.detach())
+                d["signal_numel"] = batch
         return hook
+
+
+_grad_enabled, _vector_norm = torch.is_grad_enabled, torch.linalg.vector_norm
+
+
+@functools.lru_cache(maxsize=64)
+def _reduce_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
+    """``reduce_dims`` by the number of dimensions: the same tuple, kept (it is asked at every step)."""
+    d = unit_dim % ndim
+    return tuple(i for i in range(ndim) if i != d)
 
 
 def _batch_spread(t: Tensor, bdim: int) -> Tensor:

@@ -1,0 +1,100 @@
+"""The Monitor's fast paths held to their references: the per-site measurement of known sites
+(``Recorder._forward_known``) to the generic hook (``Recorder._forward``) on the same pass, and the
+flat-buffer dead/saturated shares (``UnitWindows.bad_fractions``) to each window's ``bad_fraction``."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from deepdiag.measure.history import UnitWindows
+from deepdiag.monitor import Monitor
+
+
+class _Functional(nn.Module):
+    """ReLU called as a function (units inferred at the next layer's input) and a LayerNorm on the path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.n, self.b, self.c = nn.Linear(12, 16), nn.LayerNorm(16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(self.n(torch.relu(self.a(x))))))
+
+
+MODELS = {
+    "relu_mlp": lambda: nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)),
+    "tanh_sigmoid": lambda: nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 16), nn.Sigmoid(),
+                                          nn.Linear(16, 3)),
+    "functional_relu": _Functional,
+    "conv": lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)),
+}
+
+
+def _input(name):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(32, 1, 6, 6, generator=g) if name == "conv" else torch.randn(32, 12, generator=g)
+
+
+def _pass(model, rec, x):
+    """One training forward/backward pass; rec.latest as plain values (tensors and numbers)."""
+    rec.latest = {}
+    model.zero_grad()
+    model(x).square().mean().backward()
+    return {i: dict(d) for i, d in rec.latest.items()}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_known_site_measurement_matches_generic_hook(name):
+    torch.manual_seed(0)
+    model, x = MODELS[name](), _input(name)
+    with Monitor(model) as mon:
+        model(x).square().mean().backward()
+        mon.step()  # discovery; from here on the known-site hooks measure
+        rec = mon.rec
+        assert rec._plans  # the fast path is in use
+        fast = _pass(model, rec, x)
+        rec.detach()  # the same modules, hooked by the generic measurement
+        rec.hooks.add(model.register_forward_pre_hook(rec._root_pre))
+        for m in rec._targets:
+            rec.hooks.add(m.register_forward_hook(rec._forward))
+        generic = _pass(model, rec, x)
+    assert fast.keys() == generic.keys() and fast
+    for i, d in generic.items():
+        assert fast[i].keys() == d.keys(), rec.sites[i].name
+        for k, v in d.items():
+            same = torch.equal(fast[i][k], v) if isinstance(v, torch.Tensor) else fast[i][k] == v
+            assert same, (rec.sites[i].name, k)
+
+
+def _window_steps(widths, is_max, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        if is_max:  # per-unit maxima, some units never above 0
+            yield [(i, {"unit_max": torch.randn(w, generator=g) - 1.5, "positions": 8}) for i, w in enumerate(widths)]
+        else:
+            yield [(i, {"unit_count": torch.randint(0, 9, (w,), generator=g), "positions": 8})
+                   for i, w in enumerate(widths)]
+
+
+CASES = {"relu_equal_widths": ((16, 16, 16), True), "relu_mixed_widths": ((16, 8, 5), True),
+         "saturation_counts": ((16, 8), False)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_fractions_match_each_window(case):
+    widths, is_max = CASES[case]
+    units = UnitWindows(window=3)
+    for k, items in enumerate(_window_steps(widths, is_max, 10)):
+        if k == 4:  # a layer appears later: no previous window while the others have one
+            items = items + [(9, {"unit_max": torch.zeros(4), "positions": 8} if is_max
+                              else {"unit_count": torch.zeros(4, dtype=torch.long), "positions": 8})]
+        elif k > 4:
+            items = items + [(9, {"unit_max": torch.full((4,), 0.5), "positions": 8} if is_max
+                              else {"unit_count": torch.full((4,), 8), "positions": 8})]
+        units.add_all(items)
+        got = {i: float(f) for indices, fs in units.bad_fractions() for i, f in zip(indices, fs)}
+        want = {i: float(w.bad_fraction()) for i, w in units.units.items()}
+        assert got.keys() == want.keys()
+        assert all(got[i] == want[i] or (math.isnan(got[i]) and math.isnan(want[i])) for i in want), (k, got, want)
+        units.tick()
