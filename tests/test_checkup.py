@@ -387,3 +387,48 @@ def test_checkup_argument_errors():
         checkup("model", torch.zeros(2, 2))
     with pytest.raises(TypeError, match="targets"):
         checkup(nn.Linear(2, 2), torch.zeros(2, 2), targets=[0, 1])
+
+
+def _bad_entries(case: str) -> torch.Tensor:
+    """Seeded tensors for the NaN/Inf count: bad entries on both sides of a chunk boundary, finite
+    entries whose sum overflows (float32 and float16), complex and non-contiguous tensors."""
+    from deepdiag.measure.io import CHUNK
+
+    torch.manual_seed(0)
+    if case == "chunks":
+        t = torch.randn(2 * CHUNK + 3)
+        t[[5, CHUNK - 1, CHUNK, 2 * CHUNK + 2]] = torch.tensor([float("nan"), float("inf"), -float("inf"), float("nan")])
+        return t
+    if case == "overflow":
+        return torch.full((64,), 3e38)
+    if case == "half_overflow":
+        t = torch.full((4096,), 6e4, dtype=torch.float16)
+        t[3] = float("inf")
+        return t
+    if case == "complex":
+        t = torch.randn(4, 5, dtype=torch.complex64)
+        t[1, 2] = complex(float("nan"), 0.0)
+        return t
+    t = torch.randn(6, 7)
+    t[2, 3] = -float("inf")
+    return t.t()  # non-contiguous
+
+
+@pytest.mark.parametrize("case", ["chunks", "overflow", "half_overflow", "complex", "transposed"])
+def test_nonfinite_count_matches_isfinite(case):
+    from deepdiag.measure.io import _count_bad
+
+    t = _bad_entries(case)
+    assert _count_bad([t, torch.randn(3)]) == [int((~torch.isfinite(t)).sum()), 0]
+
+
+@pytest.mark.parametrize("shape,bdim", [((8, 16, 5, 5), 0), ((6, 33), 0), ((7, 3, 10), 1), ((2, 4), 0)])
+def test_batch_spread_matches_std(shape, bdim):
+    from deepdiag.measure.recorder import _batch_spread
+
+    torch.manual_seed(0)
+    t = torch.randn(shape) * 1e-30  # float32 denormals: the float64 reduction must still see them
+    ref = t.double().std(dim=bdim).pow(2).mean().sqrt() / t.double().pow(2).mean().sqrt()
+    torch.testing.assert_close(_batch_spread(t, bdim), ref, rtol=1e-12, atol=0)
+    same = t.narrow(bdim, 0, 1).expand_as(t) * 3.3  # every sample identical: exactly 0
+    assert float(_batch_spread(same, bdim)) == 0.0

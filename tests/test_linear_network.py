@@ -165,6 +165,35 @@ def test_affinity_passes_leave_the_model_as_it_was():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+class CalledTwice(nn.Module):
+    """One Linear called twice through its hooks and once by .forward, one called with a keyword."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.c(self.a(self.a(x)) + self.a.forward(x) + self.b(input=x))
+
+
+@pytest.mark.parametrize("name", [*CASES, "called_twice"])
+def test_skipped_products_match_computed_ones(name, monkeypatch):
+    """Passes 2 and 3 skip the products of torch's weight layers (their output is replaced anyway): the
+    facts are those of computing every product, to the bit, and no layer keeps a replaced forward."""
+    import deepdiag.measure.affine as affine
+
+    build, data = (CalledTwice, flat) if name == "called_twice" else CASES[name][:2]
+    x = data()[0]
+    facts = []
+    for skippable in (affine.SKIPPABLE, ()):
+        monkeypatch.setattr(affine, "SKIPPABLE", skippable)
+        torch.manual_seed(0)
+        model = build()
+        facts.append(affine_links(model, x))
+        assert not any("forward" in vars(m) for m in model.modules())
+    assert facts[0] == facts[1]
+
+
 def test_activation_fix_keeps_an_identity_where_the_model_has_activations():
     """Only a model built without any activation gets its nn.Identity slots filled: elsewhere an Identity
     may be a deliberate linear bottleneck."""

@@ -7,7 +7,8 @@ RNG (dropout masks are drawn from a forked RNG) and its hooks (every hook checku
 The pass runs in the model's current mode (train or eval): that is the mode the user is asking about.
 Three more forward passes in eval mode on at most 64 rows, no backward (``deepdiag.measure.affine``), test
 whether stacked weight layers collapse into one linear map (nothing nonlinear between them); a user's
-own hooks run on those passes too.
+own hooks run on those passes too (on torch's Linear, Conv and Embedding layers the last two passes skip the
+product, whose output the test replaces anyway: a hook there sees the test point).
 In train mode BatchNorm uses batch statistics and updates its running statistics; those buffers are
 snapshotted and restored.
 
