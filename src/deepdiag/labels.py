@@ -29,11 +29,12 @@ search then measures.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .data import ArrayData
 
 FOLDS = 4  # each sample predicted by a model trained on the other 3/4 (cleanlab's default is 5; measured on
 # half the data, as with 2 folds, the fold models of an LSTM or a small ResNet lose 15-25 points of accuracy and
@@ -89,7 +90,7 @@ def out_of_fold(make_model: Callable[[int], nn.Module], data, train: Callable[[n
     probs = None
     for f, held in enumerate(parts):
         rest = torch.cat([p for g, p in enumerate(parts) if g != f])
-        fold = _Split(x[rest], y[rest], x[held], y[held], getattr(data, "task", "classification"))
+        fold = ArrayData(x[rest], y[rest], x[held], y[held], getattr(data, "task", "classification"))
         model = make_model(f)
         train(model, fold)
         p = class_probabilities(model, x[held])
@@ -108,15 +109,6 @@ def disputed_samples(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return disputed(probs, labels.reshape(-1))
     flat = disputed(probs.reshape(-1, probs.shape[-1]), labels.reshape(-1)).reshape(labels.shape)
     return flat.reshape(len(labels), -1).double().mean(dim=1) > 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class _Split:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    task: str = "classification"
 
 
 __all__ = ["FOLDS", "class_probabilities", "disputed", "disputed_samples", "out_of_fold"]

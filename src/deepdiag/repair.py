@@ -52,6 +52,7 @@ from ._validate import check_choice, check_number
 from ._version import __version__
 from .candidates import Candidate, Setup, combine, first_guess, on_top, ranked
 from .checkup import checkup
+from .data import ArrayData
 from .findings import Finding, sort_findings
 from .fixes import DATA_KEYS, apply_fix, fix_data, make_loss
 from .jsonsafe import json_safe
@@ -142,14 +143,21 @@ def run_trial(spec: TrialSpec) -> dict:
     return json_safe(record)
 
 
-def _train(spec: TrialSpec) -> dict:
+def _built(build: Callable, seed: int) -> nn.Module:
+    """``build()`` with torch's global RNG seeded by `seed` (forked: the caller's stream is untouched); the
+    model of a returned (model, ...) tuple."""
     with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = spec.build()
+        torch.manual_seed(seed)
+        model = build()
     if isinstance(model, tuple):
         model = model[0]
     if not isinstance(model, nn.Module):
         raise TypeError(f"build() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _train(spec: TrialSpec) -> dict:
+    model = _built(spec.build, spec.seed)
     data = spec.data
     data_fix = {k: v for k, v in spec.fix.items() if k in DATA_KEYS and k != "drop_disputed_labels"}
     if data_fix:
@@ -200,10 +208,7 @@ def _drop_disputed(spec: TrialSpec, data, config: TrainConfig, loss_fn, classify
         raise ValueError("drop_disputed_labels applies to class labels; these targets are real values")
 
     def make(fold: int) -> nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(spec.seed * 1000 + 101 + fold)
-            model = spec.build()
-        model = model[0] if isinstance(model, tuple) else model
+        model = _built(spec.build, spec.seed * 1000 + 101 + fold)
         return apply_fix(model, spec.fix, config=spec.config, inputs=data.x_train[:256])[0]
 
     fold_config = replace(config, seed=spec.seed + 101, restore_best=True)
@@ -477,17 +482,6 @@ def as_data(data):
             raise TypeError(f"data={type(data).__name__} has no {name}: give a dd.data name, a .npz file or "
                             "an object with x_train, y_train (and x_val, y_val)")
     return data
-
-
-@dataclass(frozen=True)
-class ArrayData:
-    """Train / validation tensors from a ``.npz`` file (``x_train``, ``y_train``, optional ``x_val``,
-    ``y_val``, optional ``task``)."""
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor | None = None
-    y_val: torch.Tensor | None = None
-    task: str = "classification"
 
 
 def load_npz(path) -> ArrayData:

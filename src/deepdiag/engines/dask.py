@@ -5,10 +5,10 @@ by Kubernetes, ...) and leaves it running afterwards. Without an address a tempo
 ``LocalCluster(processes=True, n_workers=<cores>, threads_per_worker=1)`` starts with the sweep and is
 closed when it ends; its spill directory lies in a temporary folder that is removed with it.
 
-Each task is ``deepdiag.engines.local.train_batch(batch, threads=1)``: the process engine's function, so a
-worker trains exactly what ``local`` trains, with one torch thread, and loads each data set once (the
-workers are long-lived). The workers must import the same ``deepdiag`` (and torch) as the driver.
-Futures come from the client's ``concurrent.futures`` executor (``Client.get_executor``), so
+Each task is ``deepdiag.engines.local.train_batch(batch)`` run by ``base.call_with_threads`` (one torch
+thread): the process engine's function, so a worker trains exactly what ``local`` trains and loads each
+data set once (the workers are long-lived). The workers must import the same ``deepdiag`` (and torch)
+as the driver. Futures come from the client's ``concurrent.futures`` executor (``Client.get_executor``), so
 ``Engine.run``'s ``as_completed`` loop drives them like the process pool's.
 """
 from __future__ import annotations

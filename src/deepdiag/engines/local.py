@@ -86,11 +86,8 @@ def train_run(config: RunConfig, stop_on: str | None = None) -> RunResult:
     return result_from_history(config, run.history, wall, "local", run.stop, probes)
 
 
-def train_batch(configs: list[RunConfig], threads: int | None = None,
-                stop_on: str | None = None) -> list[RunResult]:
-    """A batch of runs in this process (what remote workers execute)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+def train_batch(configs: list[RunConfig], stop_on: str | None = None) -> list[RunResult]:
+    """A batch of runs in this process (what remote workers execute; the engine sets their torch threads)."""
     return [train_run(c, stop_on) for c in configs]
 
 

@@ -10,11 +10,11 @@ from .local import train_batch
 
 
 class PooledEngine(Engine):
-    """``submit(batch)`` = ``submit_call(train_batch, batch, threads, stop_on)``; subclasses give
-    ``submit_call`` and ``shutdown``."""
+    """``submit(batch)`` = ``submit_call(train_batch, batch, stop_on)`` (``submit_call`` sets the worker's
+    torch threads); subclasses give ``submit_call`` and ``shutdown``."""
 
     def submit(self, batch: list[RunConfig]) -> Future:
-        return self.submit_call(train_batch, batch, self.threads, self.stop_on)
+        return self.submit_call(train_batch, batch, self.stop_on)
 
 
 __all__ = ["PooledEngine"]

@@ -7,10 +7,11 @@ temporary folder: Ray's unix sockets live there and a socket path may not exceed
 shut down when the sweep ends. When Ray is already initialised in this process (``ray.init`` called by the
 user), the engine uses that instance and leaves it running.
 
-Each task is ``deepdiag.engines.local.train_batch(batch, threads=1)`` with ``num_cpus=1``: the process
-engine's function, so a worker trains exactly what ``local`` trains. Every task's ``ObjectRef.future()``
-is a ``concurrent.futures.Future``, so ``Engine.run``'s ``as_completed`` loop drives them. The workers must
-import the same ``deepdiag`` (and torch) as the driver.
+Each task is ``deepdiag.engines.local.train_batch(batch)`` run by ``base.call_with_threads`` (one
+torch thread) with ``num_cpus=1``: the process engine's function, so a worker trains exactly what
+``local`` trains. Every task's ``ObjectRef.future()`` is a ``concurrent.futures.Future``, so
+``Engine.run``'s ``as_completed`` loop drives them. The workers must import the same ``deepdiag`` (and
+torch) as the driver.
 """
 from __future__ import annotations
 
