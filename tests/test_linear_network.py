@@ -201,3 +201,33 @@ def test_activation_fix_keeps_an_identity_where_the_model_has_activations():
     model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.Identity(), nn.Linear(32, 3))
     fixed, _ = dd.apply_fix(model, {"activation": "gelu"})
     assert [type(m) for m in fixed] == [nn.Linear, nn.GELU, nn.Linear, nn.Identity, nn.Linear]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_two_row_screen_gives_the_full_measurement(name, monkeypatch):
+    """The passes run on ``SCREEN_ROWS`` rows first and on all rows only when the screen could miss a
+    link: the links and the whole-model verdict are those of measuring all rows, and a network whose
+    every chain is nonlinear is settled by the screen alone."""
+    import deepdiag.measure.affine as affine
+
+    build, data, _ = CASES[name]
+    x = data()[0]
+    measured, results = [], []
+    real = affine._measure
+    monkeypatch.setattr(affine, "_measure", lambda *a: measured.append(a[-1]) or real(*a))
+    for screen in (affine.SCREEN_ROWS, 10 ** 9):
+        monkeypatch.setattr(affine, "SCREEN_ROWS", screen)
+        torch.manual_seed(0)
+        facts = affine_links(build(), x)
+        results.append(None if facts is None else (facts.links, facts.whole_model, facts.activation_modules))
+    assert results[0] == results[1]
+    screened = measured[:-1] if measured else []  # the last call is the unscreened run's
+    if name in ("single_linear", "lstm"):  # fewer than two weight layers: nothing measured
+        assert measured == []
+    elif name in SETTLED_BY_SCREEN:
+        assert screened == [2] and not results[0][0]
+    else:  # an affine input, or no layer fed by another (parallel projections): all 64 pairs measured
+        assert screened == [2, 64]
+
+
+SETTLED_BY_SCREEN = {"mlp_relu", "mlp_tanh", "mlp_gelu", "cnn_relu", "functional_relu", "transformer_relu_ffn"}

@@ -5,7 +5,8 @@ flag of every submodule, ``requires_grad`` flags, buffers (BatchNorm running sta
 RNG (dropout masks are drawn from a forked RNG) and its hooks (every hook checkup adds is removed).
 
 The pass runs in the model's current mode (train or eval): that is the mode the user is asking about.
-Three more forward passes in eval mode on at most 64 rows, no backward (``deepdiag.measure.affine``), test
+Three more forward passes in eval mode on 2 rows (repeated on at most 64 when a link is suspected), no
+backward (``deepdiag.measure.affine``), test
 whether stacked weight layers collapse into one linear map (nothing nonlinear between them); a user's
 own hooks run on those passes too (on torch's Linear, Conv and Embedding layers the last two passes skip the
 product, whose output the test replaces anyway: a hook there sees the test point).

@@ -37,16 +37,20 @@ Token inputs (integer tensors) cannot be mixed: they are kept as x₁ in pass 3 
 outputs are replaced and mixed like the weight layers' , so every chain after the embeddings is still judged (``tokens``); the
 whole-model test is then on the map from the embedding vectors to the output.
 
-Cost: three forward passes on ≤ 64 rows, no backward. In passes 2 and 3 a weight layer's output is the
+Cost: three forward passes, no backward, first on ``SCREEN_ROWS`` = 2 rows, then on ≤ ``ROWS`` = 64
+rows only when the screen could have missed a link (a layer's input measured affine, or too little
+spread to judge): a nonlinearity seen on two pairs is proof, an affine verdict needs the full sample.
+A healthy network pays for the passes on two rows. In passes 2 and 3 a weight layer's output is the
 test point whatever it computes, so torch's own Linear, Conv and Embedding layers skip their product there
 (``SKIPPABLE``): those two passes cost the model's other operations only (pooling, normalisation,
-activations). On CPU, batch 8 of 3×64×64, the three passes took the time of 2.4 plain forward passes on
-ResNet-18 (3.8 before) and 1.5 on VGG-11 (3.2 before). Half-precision models (float16/bfloat16) are not
+activations). On CPU, batch 8 of 3×64×64, the three passes on all 8 rows took the time of 2.4 plain
+forward passes on ResNet-18 and 1.5 on VGG-11; the two-row screen settles both. Half-precision models (float16/bfloat16) are not
 judged: their round-off (ε ≈ 10⁻³) is too close to a weak nonlinearity's deviation.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +63,11 @@ from .sites import first_tensor, is_activation, module_kind, tensors, weight_mat
 MIX = 0.3  # one mixture weight away from 1/2, so no symmetric nonlinearity can pass by symmetry
 FAST_PATH = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
 ROWS = 64  # pairs of rows: enough for a sign change of a relu between paired samples in any live unit
+# Screening pairs: the passes run first on this many rows, and again on ``ROWS`` only when the screen is
+# not conclusive (some input judged affine, or too little spread to judge). A nonlinearity that shows on
+# two pairs is proven; an affine verdict needs the full sample. A healthy network (every chain
+# nonlinear) pays for the passes on 2 rows, a suspect one for both.
+SCREEN_ROWS = 2
 # Tolerance: 100 × the dtype's machine epsilon (float32: 1.2·10⁻⁵; float64: 2.2·10⁻¹⁴). An affine chain
 # between two weight layers is elementwise ops (round-off ~ε), sums over P positions (average pooling,
 # a residual stream; torch sums pairwise, error ~ε·log₂P, and ≤ ε·√P for a random walk: √P ≤ 100 up to
@@ -97,7 +106,19 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
     rows = min(int(first.shape[0]), ROWS) if isinstance(first, Tensor) and first.dim() else 0
     if rows < 2:
         return None
-    batch = int(first.shape[0])
+    batch, dtype = int(first.shape[0]), next(iter(dtypes))
+    if rows > SCREEN_ROWS:
+        screen = _measure(model, inputs, sites, dtype, batch, SCREEN_ROWS)
+        if screen is not None and screen.conclusive:
+            return screen.facts
+    measured = _measure(model, inputs, sites, dtype, batch, rows)
+    return measured.facts if measured is not None else None
+
+
+def _measure(model: nn.Module, inputs, sites: list, dtype: torch.dtype, batch: int, rows: int) -> _Measured | None:
+    """The three passes on the first `rows` rows of `inputs` (see the module doc); None when they cannot
+    be lined up."""
+    first = first_tensor(inputs)
     x1 = _take(inputs, batch, torch.arange(rows, device=first.device))
     x2 = _take(inputs, batch, torch.arange(rows, device=first.device).roll(-1))
     tokens = any(not t.is_floating_point() for t in tensors(x1))
@@ -132,7 +153,7 @@ def affine_links(model: nn.Module, inputs) -> AffineFacts | None:
             m.training = t
     if feeds is None or out1.shape != out2.shape or out1.shape != out3.shape:
         return None
-    return _facts(passes, feeds, (out1, out2, out3), next(iter(dtypes)), rows, tokens)
+    return _facts(passes, feeds, (out1, out2, out3), dtype, rows, tokens)
 
 
 class _Passes:
@@ -290,7 +311,20 @@ class _Passes:
 
 
 
-def _facts(passes: _Passes, feeds: dict, outs: tuple, dtype: torch.dtype, rows: int, tokens: bool) -> AffineFacts:
+@dataclass(frozen=True)
+class _Measured:
+    """The facts of one set of passes, and whether they are `conclusive` whatever more rows would show:
+    the input of every weight layer fed by another weight layer (the only inputs a link can end at; at
+    least one) judged and not affine. No link is then possible, nor an affine whole model. A
+    nonlinearity seen on a few pairs is proof; affinity seen on a few pairs is only as good as the
+    pairs. (The first layer's input is the model's input, and an output straight from the last layer is
+    its test point: both affine by construction, and never a link's end.)"""
+
+    facts: AffineFacts
+    conclusive: bool
+
+
+def _facts(passes: _Passes, feeds: dict, outs: tuple, dtype: torch.dtype, rows: int, tokens: bool) -> _Measured:
     """Deviation and spread of every weight layer's input and of the output (one host sync), and the
     links: each weight layer whose input is judged affine, paired with each weight layer feeding it
     whose every consumer (weight layer or the output) takes it affinely."""
@@ -318,8 +352,10 @@ def _facts(passes: _Passes, feeds: dict, outs: tuple, dtype: torch.dtype, rows: 
                 pure = feeds[key] == {src} and consumers[src] == {key}
                 links.append(_link(src, source, key, target, dev, spread, passes.placeholder(src, key), pure))
     whole = "output" in affine and all(k in affine for k in keys)
-    return AffineFacts(tuple(links), whole, tol, MIX, rows, len([k for k in keys if k in judged]), tokens,
-                       passes.activations)
+    facts = AffineFacts(tuple(links), whole, tol, MIX, rows, len([k for k in keys if k in judged]), tokens,
+                        passes.activations)
+    ends = [k for k in keys if any(passes.kinds[passes.modules[src]] == "weight" for src in feeds[k] - {"input"})]
+    return _Measured(facts, conclusive=bool(ends) and all(k in judged and k not in affine for k in ends))
 
 
 def _deviation(u1: Tensor, u2: Tensor, u3: Tensor) -> Tensor:
