@@ -133,7 +133,7 @@ def _alternatives(code: str, s: Setup) -> list[tuple[dict, str]]:
         "saturated_units": [signal[0], ({"standardize_inputs": True}, "inputs of unit scale keep the "
                                                                       "pre-activations off the asymptotes"),
                             signal[2], signal[1], lr_down[0]],
-        "divergence": lr_down,
+        "divergence": [*lr_down, grow],
         "oscillating_loss": [(_lr(s, 0.3), "a 3× smaller step"), (_bigger_batch(s), "4× less gradient noise "
                                                                                     "per step"),
                              lr_down[0], lr_down[1]],

@@ -163,6 +163,9 @@ def _train(spec: TrialSpec) -> dict:
     if data_fix:
         data = fix_data(data, data_fix)
     fixed, changes = apply_fix(model, spec.fix, config=spec.config, inputs=data.x_train[:256])
+    if spec.fix and not changes.applied and not any(k in DATA_KEYS for k in spec.fix):
+        # every key skipped (an activation swap on a model that has none to swap): the baseline again
+        raise ValueError(f"the fix changes nothing: {'; '.join(changes.skipped)}")
     config = replace(changes.config or spec.config, seed=spec.seed)
     loss_fn = make_loss(changes.loss) if changes.loss else spec.loss_fn
     classify = task_of(data) == "classification"
@@ -545,7 +548,7 @@ def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> Rep
     tried: dict[str, Trial] = {}
     anchor: Candidate | None = None
     for rnd in range(1, rounds + 1):
-        start = findings if anchor is None else _findings(tried[anchor.key].record)
+        start = findings if anchor is None else _anchor_findings(tried[anchor.key])
         cands = ranked([f for f in start if f.rank >= 1], setup, limit=max_candidates)
         if anchor is not None:
             cands = [on_top(anchor, c) for c in cands]
@@ -568,6 +571,14 @@ def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> Rep
     if result.first_guess is not None and result.first_guess.verified and result.first_guess.confirmed is None:
         _confirm_one(result.first_guess, result, runner, spec)
     return result
+
+
+def _anchor_findings(t: Trial) -> list[Finding]:
+    """What the next round builds on `t` to answer: its findings at seed 0, and those of its seed-1
+    confirmation when that failed (a fix that holds at one seed only has not answered them)."""
+    seen = {f.code for f in _findings(t.record)}
+    return _findings(t.record) + [f for f in _findings({"findings": t.record.get("seed1_findings", [])})
+                                  if f.code not in seen]
 
 
 def _train_new(cands: list[Candidate], tried: dict, rnd: int, result: RepairResult, runner, spec) -> list[Trial]:
@@ -638,6 +649,7 @@ def _confirm_one(t: Trial, result: RepairResult, runner, spec) -> None:
     seeds 0 and 1 exceeds the margin."""
     rec = runner.run([spec(t.candidate.fix, 1)], "confirm")[0]
     t.record["seed1_score"] = rec.get("score")
+    t.record["seed1_findings"] = rec.get("findings", [])
     again = Trial(t.candidate, t.round, rec)
     ok, why = _verify(again, result.codes, -math.inf)  # the findings and errors at seed 1
     b0, b1 = result.baseline_scores
