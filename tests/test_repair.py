@@ -15,14 +15,18 @@ import deepdiag as dd
 from deepdiag.candidates import Candidate, Setup, combine, first_guess, ranked
 from deepdiag.findings import Finding
 from deepdiag.repair import (
+    ArrayData,
     RepairResult,
     Trial,
+    TrialSpec,
+    _anchor_findings,
     _confirm_one,
     _margin,
     _verify,
     as_data,
     load_npz,
     repair,
+    run_trial,
 )
 
 
@@ -135,6 +139,38 @@ def test_confirmation_pairs_the_seeds(base, seed1, codes, confirmed):
     rec = {"score": seed1, "findings": [finding(c).to_dict() for c in codes], "error": None}
     _confirm_one(t, result, _Runner(rec), lambda fix, seed: None)
     assert t.confirmed is confirmed and t.record["seed1_score"] == seed1
+
+
+def test_the_next_round_answers_what_a_failed_confirmation_showed():
+    """A fix that cleared a finding at seed 0 but not at seed 1 has not answered it: the next round
+    builds on it against the seed-1 findings too (seed 0's first, each code once)."""
+    result = RepairResult("val_acc", [finding("divergence")], {}, [0.3, 0.3], 0.01)
+    t = _trial(0.9, codes=("overfitting",), answers=("divergence",))
+    rec = {"score": 0.1, "findings": [finding("divergence").to_dict(), finding("overfitting").to_dict()],
+           "error": None}
+    _confirm_one(t, result, _Runner(rec), lambda fix, seed: None)
+    assert t.confirmed is False
+    assert [f.code for f in _anchor_findings(t)] == ["overfitting", "divergence"]
+    t.record.pop("seed1_findings")
+    assert [f.code for f in _anchor_findings(t)] == ["overfitting"]
+
+
+def test_divergence_alternatives_end_with_an_activation_that_does_not_grow():
+    s = Setup(lr=0.1, batch_size=32, epochs=5, optimizer="sgd", weight_decay=0.0, n_train=1000)
+    fixes = [c.fix for c in ranked([finding("divergence")], s)]
+    assert fixes[-1] == {"activation": "relu"} and {"lr": pytest.approx(0.01)} in fixes
+
+
+def test_a_fix_that_changes_nothing_is_not_trained():
+    """An activation swap on a model that has only ReLUs skips every key: recorded as an error at once."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    data = ArrayData(x, y, x, y, "classification")
+    build = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    spec = TrialSpec(build, data, dd.TrainConfig(epochs=1), None, {"activation": "relu"}, 0)
+    rec = run_trial(spec)
+    assert rec["error"].startswith("ValueError: the fix changes nothing") and "epochs_run" not in rec
+    assert run_trial(TrialSpec(build, data, dd.TrainConfig(epochs=1), None, {"activation": "tanh"}, 0))["error"] is None
 
 
 # ---- data ----
