@@ -170,7 +170,8 @@ def test_a_fix_that_changes_nothing_is_not_trained():
     spec = TrialSpec(build, data, dd.TrainConfig(epochs=1), None, {"activation": "relu"}, 0)
     rec = run_trial(spec)
     assert rec["error"].startswith("ValueError: the fix changes nothing") and "epochs_run" not in rec
-    assert run_trial(TrialSpec(build, data, dd.TrainConfig(epochs=1), None, {"activation": "tanh"}, 0))["error"] is None
+    for fix in ({"activation": "tanh"}, {"loss": "cross_entropy"}):  # a swap, a training key: trained
+        assert run_trial(TrialSpec(build, data, dd.TrainConfig(epochs=1), None, fix, 0))["error"] is None
 
 
 # ---- data ----

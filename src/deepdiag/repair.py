@@ -54,7 +54,7 @@ from .candidates import Candidate, Setup, combine, first_guess, on_top, ranked
 from .checkup import checkup
 from .data import ArrayData
 from .findings import Finding, sort_findings
-from .fixes import DATA_KEYS, apply_fix, fix_data, make_loss
+from .fixes import DATA_KEYS, MODEL_KEYS, apply_fix, fix_data, make_loss
 from .jsonsafe import json_safe
 from .monitor import Monitor
 from .train import TrainConfig, _output_width, default_loss, fit
@@ -163,9 +163,10 @@ def _train(spec: TrialSpec) -> dict:
     if data_fix:
         data = fix_data(data, data_fix)
     fixed, changes = apply_fix(model, spec.fix, config=spec.config, inputs=data.x_train[:256])
-    if spec.fix and not changes.applied and not any(k in DATA_KEYS for k in spec.fix):
-        # every key skipped (an activation swap on a model that has none to swap): the baseline again
-        raise ValueError(f"the fix changes nothing: {'; '.join(changes.skipped)}")
+    if spec.fix and set(spec.fix) <= set(MODEL_KEYS) and not changes.applied:
+        # model keys only and none did anything (an activation swap on a model with none to swap): the
+        # baseline again
+        raise ValueError(f"the fix changes nothing: {'; '.join(changes.skipped + changes.unreached)}")
     config = replace(changes.config or spec.config, seed=spec.seed)
     loss_fn = make_loss(changes.loss) if changes.loss else spec.loss_fn
     classify = task_of(data) == "classification"
