@@ -715,6 +715,22 @@ def test_the_models_own_activation_modules_are_found_by_measurement_and_swapped(
     assert surgery.custom_activations(model, None) == []  # not measurable without a batch
 
 
+def test_swapping_activations_runs_the_model_forward_once():
+    """swap_activations asks three questions of the forward order (the output's activation, the model's own
+    activations, the identity slots of a linear model): one recorded pass answers all of them. A linear
+    model with a custom module (a scaling, not an activation) needs all three."""
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Identity(), nn.Linear(8, 3), Scale())
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    assert surgery.swap_activations(model, "relu", torch.randn(5, 4)) == (1, [])
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear", "Scale"] and len(calls) == 1
+
+
 def test_init_default_redraws_each_layer_as_its_library_does_and_is_measured():
     """init='default': PyTorch's reset_parameters (Linear, LSTM, attention) back after a custom init; a
     model already at that scale is left alone and the note says so."""

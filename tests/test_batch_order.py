@@ -6,17 +6,19 @@ import torch
 from torch import nn
 
 from deepdiag.measure.batches import BatchClasses
-from deepdiag.rules.batches import expected_classes, unshuffled_batches
+from deepdiag.rules.batches import random_classes, unshuffled_batches
 
 
 def batches_of(y: torch.Tensor, size: int) -> list[list[int]]:
     return [torch.bincount(y[i:i + size], minlength=int(y.max()) + 1).tolist() for i in range(0, len(y), size)]
 
 
-def test_expected_classes_of_random_batches():
-    assert expected_classes([0.5, 0.5], 1) == pytest.approx(1.0)
-    assert expected_classes([0.5, 0.5], 2) == pytest.approx(1.5)  # both classes unless both draws agree
-    assert expected_classes([0.1] * 10, 32) == pytest.approx(10 * (1 - 0.9 ** 32))
+def test_classes_of_random_batches_mean_and_variance_bound():
+    assert random_classes([0.5, 0.5], 1) == pytest.approx((1.0, 0.5))  # one class; bound 2·½·½ (true: 0)
+    # B = 2: both classes unless both draws agree; 1 or 2 classes with probability ½ each: variance ¼ ≤ 3/8
+    assert random_classes([0.5, 0.5], 2) == pytest.approx((1.5, 2 * 0.75 * 0.25))
+    q = 1 - 0.9 ** 32
+    assert random_classes([0.1] * 10, 32) == pytest.approx((10 * q, 10 * q * (1 - q)))
 
 
 def test_sorted_labels_are_named_and_shuffled_ones_are_not():

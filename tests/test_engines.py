@@ -4,6 +4,8 @@ import dataclasses
 import importlib.util
 import os
 import statistics
+import threading
+import time
 
 import pytest
 import torch
@@ -110,6 +112,23 @@ def test_process_engine_matches_local(local_table):
     df = dd.sweep(SMALL, {"lr": [0.1, 0.05]}, seeds=2, engine="process", workers=2, progress=False)
     assert set(df.engine) == {"process"}
     _assert_same_table(df, local_table)
+
+
+def test_cancelled_process_engine_leaves_no_worker_and_no_thread_of_its_pool():
+    """shutdown(cancel=True) terminates the workers with their tasks in flight and returns only after the
+    pool's own threads (the executor's manager, the call queue's feeder) have ended, so none of them is
+    left to close pipes while the caller exits; the cancelled and the killed tasks' futures are done."""
+    from deepdiag.engines.process import ProcessEngine
+
+    before = set(threading.enumerate())
+    engine = ProcessEngine(workers=2)
+    futures = [engine.submit_call(time.sleep, 60) for _ in range(5)]
+    procs = list(engine._pool._processes.values())
+    time.sleep(1)  # the manager has moved tasks into the call queue: its feeder thread runs
+    engine.shutdown(cancel=True)
+    assert len(procs) == 2 and not any(p.is_alive() for p in procs)
+    assert set(threading.enumerate()) <= before, set(threading.enumerate()) - before
+    assert all(f.done() for f in futures)
 
 
 def test_dask_engine_matches_local(dask_address, local_table, tmp_path):

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -335,6 +336,22 @@ def test_candidates_trained_as_ray_tasks_match_the_local_ones(local_repair, ray_
 def test_a_remote_engine_needs_picklable_inputs():
     with pytest.raises(ValueError, match="engine='process'.*pickle"):
         repair(lambda: dd.mlp(64, 10), "digits", STALLED, engine="process", progress=False)
+
+
+def test_the_pickle_check_never_serialises_the_data_arrays(monkeypatch):
+    """Whether build, data and loss_fn pickle is decided without serialising a tensor or array (the engine
+    pickles the data when it sends the trials; the check must not add a copy of it): code that does not
+    pickle is still caught, in the data too."""
+    from deepdiag.repair import _pickles
+
+    serialised = []
+    real = torch.Tensor.__reduce_ex__
+    monkeypatch.setattr(torch.Tensor, "__reduce_ex__", lambda t, proto: serialised.append(t) or real(t, proto))
+    data = SimpleNamespace(x_train=torch.randn(64, 8), y_train=np.arange(64), x_val=None, y_val=None)
+    assert _pickles(dd.mlp, data, None) and not serialised
+    assert not _pickles(lambda: dd.mlp(8, 2), data, None)
+    data.transform = lambda x: x
+    assert not _pickles(dd.mlp, data, None) and not serialised
 
 
 def test_dd_repair_is_the_function_whatever_was_imported_first():

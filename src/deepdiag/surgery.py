@@ -98,11 +98,27 @@ def order(model: nn.Module, inputs=None) -> list[str]:
 
     The pass runs in eval mode (no dropout, no running-statistics update) with autograd on: without
     autograd ``nn.TransformerEncoderLayer`` takes a fused fast path that calls none of its submodules."""
+    return _traced(model, inputs)[0]
+
+
+def _traced(model: nn.Module, inputs=None, watched: dict[str, nn.Module] | None = None
+            ) -> tuple[list[str], dict[str, Tensor]]:
+    """(``order(model, inputs)``, the first tensor input of each `watched` module in that same pass): one
+    forward pass serves every question ``swap_activations`` asks. Without `inputs`: registration order and
+    no inputs."""
     if inputs is None:
-        return [n for n, m in model.named_modules() if n and _listed(m)]
+        return [n for n, m in model.named_modules() if n and _listed(m)], {}
     seen: dict[str, None] = {}
-    handles = [m.register_forward_hook(lambda *_, n=n: seen.setdefault(n) and None)
-               for n, m in model.named_modules() if n and _listed(m)]
+    taken: dict[str, Tensor] = {}
+
+    def take(n: str, args: tuple) -> None:  # returns None: the module's output stays as it is
+        if args and isinstance(args[0], Tensor):
+            taken.setdefault(n, args[0])
+
+    handles = [m.register_forward_hook(lambda _m, args, _out, n=n: take(n, args))
+               for n, m in (watched or {}).items()]
+    handles += [m.register_forward_hook(lambda *_, n=n: seen.setdefault(n) and None)
+                for n, m in model.named_modules() if n and _listed(m)]
     was_training = model.training
     try:
         with torch.enable_grad():
@@ -112,7 +128,7 @@ def order(model: nn.Module, inputs=None) -> list[str]:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return list(seen)
+    return list(seen), taken
 
 
 def output_layer(model: nn.Module, inputs=None, names: list[str] | None = None) -> str | None:
@@ -122,15 +138,15 @@ def output_layer(model: nn.Module, inputs=None, names: list[str] | None = None) 
     return layers[-1] if layers else None
 
 
-def output_activation(model: nn.Module, inputs=None) -> str | None:
+def output_activation(model: nn.Module, inputs=None, names: list[str] | None = None) -> str | None:
     """Name of the activation module (Softmax, LogSoftmax, Sigmoid, ReLU, Tanh, any activation) that
     directly follows the output layer, with no weight layer between; None when there is none.
 
     Without `inputs`, registration order stands in for forward order, so the module must also sit in the
     output layer's parent or an ancestor of it (a sibling module registered later, ``self.softmax``), and
     the activation attribute of a ``nn.TransformerEncoderLayer``-like module (``activation_relu_or_gelu``)
-    is never it (it runs inside the layer)."""
-    names = order(model, inputs)
+    is never it (it runs inside the layer). `names`: ``order(model, inputs)`` when the caller has it."""
+    names = order(model, inputs) if names is None else names
     out = output_layer(model, inputs, names)
     if out is None:
         return None
@@ -186,25 +202,28 @@ def custom_activations(model: nn.Module, inputs) -> list[str]:
     output element. Nonlinear: g(2x) − 2g(x) + g(0) ≠ 0 (zero for every affine g), or non-finite (an
     exp that overflows). A custom ``Exp`` or ``Swish`` module is one; a reshape, a scaling or a custom
     dropout (the identity in eval mode) is not. Empty without `inputs`."""
-    if inputs is None:
-        return []
-    own = {n: m for n, m in model.named_modules()
-           if n and not any(True for _ in m.children()) and not any(True for _ in m.parameters(recurse=False))
-           and not any(True for _ in m.buffers(recurse=False)) and not is_activation(m)
-           and not type(m).__module__.startswith(("torch.", "transformers."))}
+    own = _own_modules(model) if inputs is not None else {}
     if not own:
         return []
-    seen: dict[str, Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: seen.setdefault(n, args[0]) if args and
-                                     isinstance(args[0], Tensor) else None) for n, m in own.items()]
-    try:
-        names = order(model, inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = output_layer(model, inputs, names)
+    return _measured_custom(model, own, *_traced(model, inputs, own))
+
+
+def _own_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The candidates of ``custom_activations``: leaf modules without parameters or buffers, defined
+    outside torch and transformers, not already known activations."""
+    return {n: m for n, m in model.named_modules()
+            if n and not any(True for _ in m.children()) and not any(True for _ in m.parameters(recurse=False))
+            and not any(True for _ in m.buffers(recurse=False)) and not is_activation(m)
+            and not type(m).__module__.startswith(("torch.", "transformers."))}
+
+
+def _measured_custom(model: nn.Module, own: dict[str, nn.Module], names: list[str],
+                     taken: dict[str, Tensor]) -> list[str]:
+    """Of the `own` modules that ran before the output layer (forward order `names`, first inputs
+    `taken`), those that act as a nonlinear elementwise map."""
+    out = output_layer(model, None, names)
     last = names.index(out) if out in names else len(names)
-    return [n for n in names[:last] if n in seen and _elementwise_nonlinear(own[n], seen[n].detach())]
+    return [n for n in names[:last] if n in taken and _elementwise_nonlinear(own[n], taken[n].detach())]
 
 
 def _elementwise_nonlinear(m: nn.Module, x: Tensor) -> bool:
@@ -246,13 +265,15 @@ def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, lis
     activations an nn.Identity is left alone: there it may be a deliberate linear bottleneck or an unused
     option."""
     cls = type(make_activation(name))
-    keep = output_activation(model, inputs)
-    custom = set(custom_activations(model, inputs))
+    own = _own_modules(model) if inputs is not None else {}
+    names, taken = _traced(model, inputs, own)  # one forward pass for the three questions below
+    keep = output_activation(model, inputs, names)
+    custom = set(_measured_custom(model, own, names, taken))
     swapped, unreached = 0, []
     linear = not custom and not any(is_activation(m) or (hasattr(m, "activation_relu_or_gelu")
                                           and not isinstance(getattr(m, "activation", None), nn.Module))
                      for m in model.modules())
-    for n in identity_slots(model, inputs) if linear else []:
+    for n in identity_slots(model, inputs, names) if linear else []:
         _replace(model, n, make_activation(name))
         parent, _ = _parent(model, n)
         if hasattr(parent, "activation_relu_or_gelu"):
@@ -276,10 +297,10 @@ def swap_activations(model: nn.Module, name: str, inputs=None) -> tuple[int, lis
     return swapped, unreached + _functional_calls(model)
 
 
-def identity_slots(model: nn.Module, inputs=None) -> list[str]:
+def identity_slots(model: nn.Module, inputs=None, names: list[str] | None = None) -> list[str]:
     """Names of the nn.Identity modules that `order` places after one weight layer and before another:
-    the places of a hidden activation."""
-    names = order(model, inputs)
+    the places of a hidden activation. `names`: ``order(model, inputs)`` when the caller has it."""
+    names = order(model, inputs) if names is None else names
     weights = [i for i, n in enumerate(names) if is_weight_layer(model.get_submodule(n))]
     if len(weights) < 2:
         return []

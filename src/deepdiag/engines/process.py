@@ -99,18 +99,35 @@ class ProcessEngine(PooledEngine):
         return self._executor().submit(fn, *args)  # the workers set their torch threads when they start
 
     def shutdown(self, cancel: bool = False) -> None:
+        """Stop the pool. cancel=False: finish what was submitted, then stop. cancel=True (Ctrl-C, SIGTERM):
+        drop the queued batches, terminate the workers (their runs are in flight) and reap them, then wait
+        for the executor's manager thread, so that when this returns no thread or process of the pool is
+        left.
+
+        Why the wait: ``ProcessPoolExecutor.shutdown(wait=False)`` returns while its manager thread still
+        runs. It wakes when the workers die, fails their futures, closes the call queue once its feeder
+        thread has ended and closes its wake-up pipe. Left running, that teardown races whatever this
+        process does next: at interpreter exit ``concurrent.futures.process._python_exit`` writes to the
+        wake-up pipe without the lock the manager closes it under, so under load the write can hit the
+        closed descriptor ("OSError: [Errno 9] Bad file descriptor", CPython gh-84176 / bpo-39995) or one
+        that another file reused. CPython 3.11 has that race; gh-125451 (3.12, 3.13) gives the pipe its own
+        lock. Reaping the workers before the wait also lets the manager find them dead and send no stop
+        sentinels, in most orders of events (an unread sentinel is harmless: the call queue ignores EPIPE)."""
         if self._pool is None:
             return
-        if cancel:  # Ctrl-C, SIGTERM: drop queued batches and stop the workers now (their runs are in flight)
-            procs = list((getattr(self._pool, "_processes", None) or {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:  # reap them: no worker outlives the driver
+        pool, self._pool = self._pool, None
+        if not cancel:
+            pool.shutdown(wait=True)
+            return
+        manager = pool._executor_manager_thread  # read before shutdown() drops it; None if nothing ran
+        procs = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:  # reap them: no worker outlives the driver
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
                 proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(timeout=5)
-        else:
-            self._pool.shutdown(wait=True)
-        self._pool = None
+        if manager is not None:
+            manager.join(timeout=30)  # it sees the dead workers' sentinels at once; 30 s: a loaded machine

@@ -18,9 +18,12 @@ def presence(shares: Sequence[float], size: int) -> list[float]:
     return [1.0 - (1.0 - p) ** size for p in shares if p > 0]
 
 
-def expected_classes(shares: Sequence[float], size: int) -> float:
-    """Mean number of distinct classes in a random batch: Σⱼ qⱼ (``presence``)."""
-    return sum(presence(shares, size))
+def random_classes(shares: Sequence[float], size: int) -> tuple[float, float]:
+    """(mean, variance bound) of the number of distinct classes in a random batch of `size`: E = Σⱼ qⱼ and
+    Σⱼ qⱼ(1 − qⱼ) (``presence``; the indicators of the classes are negatively associated, so the true
+    variance is at most their summed variances)."""
+    q = presence(shares, size)
+    return sum(q), sum(x * (1 - x) for x in q)
 
 
 def unshuffled_batches(counts: Sequence[Sequence[int]], step: int | None = None) -> list[Finding]:
@@ -47,10 +50,10 @@ def unshuffled_batches(counts: Sequence[Sequence[int]], step: int | None = None)
     totals = [sum(r[j] for r in rows if j < len(r)) for j in range(k)]
     n = sum(totals)
     shares = [t / n for t in totals]
-    q = [presence(shares, sum(r)) for r in rows]
+    moments = [random_classes(shares, sum(r)) for r in rows]  # per batch: its size drawn at random
     observed = sum(sum(1 for x in r if x > 0) for r in rows) / len(rows)
-    expected = sum(map(sum, q)) / len(rows)
-    sd = (sum(sum(x * (1 - x) for x in qs) for qs in q) / len(rows) ** 2) ** 0.5
+    expected = sum(e for e, _ in moments) / len(rows)
+    sd = (sum(v for _, v in moments) / len(rows) ** 2) ** 0.5  # of the mean of m independent batches
     if not (observed - 1 <= MIX_FRACTION * (expected - 1) and expected - observed >= Z * sd
             and expected - observed > 0.5):
         return []
@@ -66,4 +69,4 @@ def unshuffled_batches(counts: Sequence[Sequence[int]], step: int | None = None)
                     "with torch.randperm(n) each epoch.", [], step)]
 
 
-__all__ = ["MIN_BATCHES", "expected_classes", "presence", "unshuffled_batches"]
+__all__ = ["MIN_BATCHES", "presence", "random_classes", "unshuffled_batches"]
