@@ -232,6 +232,40 @@ def test_the_output_scale_rule_reads_the_loss_against_chance():
     assert output_scale(facts(LN4 + 5.0)) == []  # no layer records: the cause cannot be told
 
 
+def test_an_output_that_ignores_the_labels_is_judged_by_its_expected_loss():
+    """A batch's loss reads one log-probability per row and may fall short of ln k + 2 by luck; an output
+    whose rows do not point at their labels (label_z > −2) is judged by its uniform-label loss."""
+    from deepdiag.measure.records import LayerStats, OutputFacts
+    from deepdiag.rules.io import output_scale
+
+    big = [LayerStats("0", kind="weight", fan_in=64, fan_out=64, weight_std=1.0),
+           LayerStats("1", kind="activation", family="relu"),
+           LayerStats("2", kind="weight", fan_in=64, fan_out=4, weight_std=1.0)]
+
+    def facts(uniform, z):
+        return OutputFacts("cross_entropy", out_width=4, out_rms=3.0, peak_prob=0.6, out_loss=LN4 + 1.9,
+                           uniform_loss=uniform, label_z=z)
+
+    [f] = output_scale(facts(LN4 + 2.2, -1.0), big)
+    assert f.evidence["uniform_label_loss"] == LN4 + 2.2 and "in expectation" in f.summary
+    assert output_scale(facts(LN4 + 2.2, -2.5), big) == []  # the rows point at their labels: learnt
+    assert output_scale(facts(LN4 + 1.5, 0.0), big) == []  # logits of spread < 2: within the bound
+    assert output_scale(facts(LN4 + 2.2, math.nan), big) == []  # one row: no standard error
+
+
+def test_the_uniform_label_loss_is_the_mean_over_classes():
+    from deepdiag.measure.io import output_facts
+
+    g = torch.Generator().manual_seed(0)
+    out, y = 3 * torch.randn(256, 5, generator=g), torch.randint(0, 5, (256,), generator=g)
+    f = output_facts(out, "Linear", "cross_entropy", y)
+    logp = torch.log_softmax(out.double(), 1)
+    assert f.uniform_loss == pytest.approx(float(-logp.mean()))  # every (row, class) pair counted once
+    assert f.out_loss == pytest.approx(float(torch.nn.functional.cross_entropy(out.double(), y)))
+    assert -2 < f.label_z < 2  # labels drawn independently of the output
+    assert output_facts(out, "Linear", "cross_entropy", out.argmax(1)).label_z < -10  # the output names them
+
+
 # ---- no epoch below the loss at initialisation ----
 
 def test_a_run_that_never_trains_below_its_starting_loss_diverges():

@@ -3,6 +3,8 @@ read. ``IOProbe`` sees them on training passes; ``output_facts`` / ``input_facts
 records (host syncs: once per checkup, or on a Monitor's first step)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -166,8 +168,12 @@ def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets
                 and not targets.is_floating_point() and targets.shape == o.shape[:1] and targets.numel()
                 and 0 <= int(targets.min()) and int(targets.max()) < width):
             logp = torch.log_softmax(of.double(), dim=1)
-            facts["peak_prob"] = float(logp.amax(1).exp().mean())
-            facts["out_loss"] = float(-logp.gather(1, targets.long()[:, None]).mean())
+            loss = -logp.gather(1, targets.long()[:, None]).squeeze(1)
+            uniform = -logp.mean(1)  # the loss each row would score with its label drawn uniformly
+            gain = loss - uniform
+            se = gain.std() / math.sqrt(len(gain)) if len(gain) > 1 else torch.tensor(math.nan)
+            vals = torch.stack([logp.amax(1).exp().mean(), loss.mean(), uniform.mean(), gain.mean() / se]).tolist()
+            facts["peak_prob"], facts["out_loss"], facts["uniform_loss"], facts["label_z"] = vals  # host sync
     if targets is not None and isinstance(targets, Tensor) and targets.numel():
         t = targets.detach()
         facts["target_kind"] = "float" if t.is_floating_point() else "int"

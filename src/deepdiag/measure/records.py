@@ -138,7 +138,11 @@ class OutputFacts:
 targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct values); ``default_loss``:
     checkup chose the loss itself; ``out_rms`` (RMS of the output); for cross-entropy over ≥ 2 class
     scores with integer targets: ``peak_prob`` (mean over samples of the largest softmax probability)
-    and ``out_loss`` (the cross-entropy of this output). None: not measured.
+    and ``out_loss`` (the cross-entropy of this output), ``uniform_loss`` (the cross-entropy it would score
+    with every row's label drawn uniformly: mean over rows and classes of −log pᵢⱼ, what a label-independent
+    output scores in expectation, from all k log-probabilities of a row rather than one) and ``label_z``
+    (the mean of ℓᵢ − uᵢ, row i's loss minus its uniform-label loss, over its standard error: well below
+    0 when the output points at the labels). None: not measured.
     """
 
     loss: str | None
@@ -159,6 +163,8 @@ targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct 
     out_rms: float | None = None
     peak_prob: float | None = None
     out_loss: float | None = None
+    uniform_loss: float | None = None
+    label_z: float | None = None
 
     def evidence(self) -> dict:
         """The measured facts as a dict: always the loss and output shape, the rest where measured."""

@@ -177,12 +177,26 @@ OUTPUT_EXCESS = 2.0  # cross-entropy >= ln k + 2 nats: logits of spread >= 2 tha
 OUTPUT_SCALE = 10.0  # MSE: an output RMS >= 10x max(target RMS, 1)
 
 
+LABEL_Z = -2.0  # an output whose loss sits < 2 standard errors below its uniform-label loss does not point at the labels
+
+
+def _label_free(facts: OutputFacts) -> bool:
+    """Whether the output shows no sign of pointing at the labels: row i's loss ℓᵢ minus the loss uᵢ it
+    would score with a uniformly drawn label averages less than 2 standard errors below 0 (``label_z``).
+    Then its expected cross-entropy is the uniform-label loss ū, read from all k log-probabilities of each
+    row: a steadier estimate than the batch's loss, which reads one log-probability per row (the spread
+    of the logits decides which wrong class a row's label happens to meet)."""
+    return facts.uniform_loss is not None and facts.label_z is not None and math.isfinite(facts.label_z) \
+        and facts.label_z > LABEL_Z
+
+
 def output_scale(facts: OutputFacts | None, layers=(), step: int | None = None) -> list[Finding]:
     """The output layer's scale far beyond what the loss expects (``facts``: ``OutputFacts``;
     ``layers``: the layer records, for the init advice).
 
     * cross-entropy: the loss exceeds the chance level ln k by ≥ 2 nats (the output is confidently
-      wrong) → ``saturated_units`` (warning). Why: for logits of spread s that do not yet depend on the
+      wrong) → ``saturated_units`` (warning); so does an output that does not point at the labels
+      (``_label_free``) and scores ≥ ln k + 2 in expectation over the labels (the uniform-label loss). Why: for logits of spread s that do not yet depend on the
       label, E[CE] ≈ ln k + s²/2 (E[logsumexp] of k log-normal terms); He/Xavier on unit-scale features
       give s ≤ √2, an excess ≤ 1 nat (measured on the benchmark's bases: logits RMS ≤ 0.36, loss within
       2 % of ln k). 2 nats is s ≥ 2 and the true class getting, geometrically averaged, e⁻² ≈ 1/7 of a
@@ -214,12 +228,18 @@ def output_scale(facts: OutputFacts | None, layers=(), step: int | None = None) 
     if facts.loss == "cross_entropy" and facts.peak_prob is not None and facts.out_loss is not None:
         k = facts.out_width or 2
         chance = math.log(k)
-        if facts.out_loss >= chance + OUTPUT_EXCESS:
+        expected = facts.uniform_loss if _label_free(facts) else -math.inf
+        loss = max(facts.out_loss, expected)
+        if loss >= chance + OUTPUT_EXCESS:
             ev = {"peak_prob": facts.peak_prob, "loss": facts.out_loss, "chance_loss": chance, "out_rms": facts.out_rms,
-                  "classes": k, "threshold": OUTPUT_EXCESS}
+                  "classes": k, "threshold": OUTPUT_EXCESS, "uniform_label_loss": facts.uniform_loss,
+                  "label_z": facts.label_z}
+            measured = (f"the cross-entropy {fmt(facts.out_loss)}" if loss == facts.out_loss else
+                        f"the cross-entropy this label-independent output scores in expectation, {fmt(loss)} "
+                        f"(on this batch {fmt(facts.out_loss)}),")
             return [Finding("saturated_units", "warning",
-                            f"The output is confidently wrong: the cross-entropy {fmt(facts.out_loss)} is "
-                            f"{fmt(facts.out_loss - chance)} nats above the chance level ln {k} = {fmt(chance)} (logits "
+                            f"The output is confidently wrong: {measured} is "
+                            f"{fmt(loss - chance)} nats above the chance level ln {k} = {fmt(chance)} (logits "
                             f"of RMS {fmt(facts.out_rms)}, mean top probability {facts.peak_prob:.2f}): the softmax "
                             f"saturates on wrong classes because the weights are far too large.", ev, remedy, where,
                             step, fix={"init": scheme})]
