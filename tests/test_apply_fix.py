@@ -713,6 +713,12 @@ def test_the_models_own_activation_modules_are_found_by_measurement_and_swapped(
     fixed, changes = dd.apply_fix(model, {"activation": "relu"}, inputs=x)
     assert [type(m).__name__ for m in fixed] == ["Linear", "ReLU", "Linear", "Scale", "Soft", "Linear", "Exp"]
     assert surgery.custom_activations(model, None) == []  # not measurable without a batch
+    # stacked: the first exp overflows, so the later ones see inf and NaN (inf − inf in the next layer);
+    # each is still the same elementwise map, probed at unit scale where its input is not finite
+    deep = nn.Sequential(nn.Linear(4, 8), Exp(), nn.Linear(8, 8), Exp(), nn.Linear(8, 8), Exp(), nn.Linear(8, 3))
+    with torch.no_grad():
+        deep[0].weight.mul_(1000)
+    assert surgery.custom_activations(deep, x) == ["1", "3", "5"]
 
 
 def test_swapping_activations_runs_the_model_forward_once():

@@ -201,7 +201,9 @@ def custom_activations(model: nn.Module, inputs) -> list[str]:
     and act as a nonlinear elementwise map g. Elementwise: changing one input element changes no other
     output element. Nonlinear: g(2x) − 2g(x) + g(0) ≠ 0 (zero for every affine g), or non-finite (an
     exp that overflows). A custom ``Exp`` or ``Swish`` module is one; a reshape, a scaling or a custom
-    dropout (the identity in eval mode) is not. Empty without `inputs`."""
+    dropout (the identity in eval mode) is not. Input entries that are not finite (an exp upstream
+    overflowed) are replaced by unit-scale normal draws for the probe: a parameter-free elementwise map
+    is the same function wherever it is probed. Empty without `inputs`."""
     own = _own_modules(model) if inputs is not None else {}
     if not own:
         return []
@@ -230,6 +232,10 @@ def _elementwise_nonlinear(m: nn.Module, x: Tensor) -> bool:
     if not x.is_floating_point() or x.numel() < 2:
         return False
     x = x[:8]  # a few samples are enough to see the map
+    bad = ~torch.isfinite(x)
+    if bad.any():  # overflow upstream (an exp feeding this one): probe those entries at unit scale instead
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device, x.dtype)
+        x = torch.where(bad, noise, x)
     with torch.no_grad():
         y = m(x)
         if not isinstance(y, Tensor) or y.shape != x.shape:
