@@ -411,7 +411,7 @@ class Monitor:
             self._setup()
         latest, sites, nan = self.rec.latest, self.rec.sites, self._nan
         self._fit_weights()
-        ws = [w.detach() for _, w in self._weights]
+        ws = [w for _, w in self._weights]  # the parameters themselves (no_grad: nothing recorded); .grad read below
         if ws and self._prev_step is not None:
             # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
             # no sync. Snapshots are taken every UPDATE_EVERY recorded steps (a copy of every weight
@@ -436,7 +436,6 @@ class Monitor:
         if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
         # weight and gradient norms of every weight layer: two fused kernels, no host sync
-        ws = [w for _, w in self._weights]  # (the parameters themselves: .grad is read below)
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]

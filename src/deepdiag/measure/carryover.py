@@ -101,7 +101,7 @@ class CarryProbe:
         if self._closed:
             return
         self._armed = step
-        if len(self._hooks):
+        if self._hooks:
             return
         if self._probes is None:
             self._probes = self._choose()
@@ -125,7 +125,9 @@ class CarryProbe:
 
     def _file(self) -> None:
         """Move the armed step's reading (if a backward pass ran) to the pending checks; disarm."""
-        if self._armed is not None and self._seen:
+        if self._armed is None:
+            return  # (nothing armed: a step between checked ones)
+        if self._seen:
             self._pending.append((self._armed, [self._seen[i] for i in sorted(self._seen)]))
             if len(self._pending) >= FOLD:
                 self._fold()

@@ -29,6 +29,10 @@ class StepBuffer:
         self.steps: list[int] = []  # the optimizer step of each kept row
         self.n = 0
         self.stride = 1  # keep every stride-th recorded step
+        # each row flattened and each loss slot, as views made once (indexing is a dispatched op per step);
+        # decimation writes in place, so they stay valid
+        self._flat_rows = [r.view(-1) for r in self.rows]  # (n_sites * n_stats,) each
+        self._loss_at = self.loss.unbind()  # 0-d each
 
     def keeps(self, recorded: int) -> bool:
         """Whether the `recorded`-th recorded step gets a row at the current stride."""
@@ -42,9 +46,11 @@ class StepBuffer:
         if cols is None:
             self.rows[self.n] = row
         elif row is not None:  # a kept row is all NaN until written (created so, and so after decimation)
-            self.rows[self.n].view(-1).index_copy_(0, cols, row.to(self.rows.dtype))
-        if loss is not None:
-            self.loss[self.n] = loss.detach().float() if isinstance(loss, Tensor) else float(loss)
+            self._flat_rows[self.n].index_copy_(0, cols, row if row.dtype == self.rows.dtype else row.to(self.rows.dtype))
+        if isinstance(loss, Tensor):  # (copy_ rounds to float32 as .float() does)
+            self._loss_at[self.n].copy_(loss.detach().reshape(()) if loss.dim() else loss.detach())
+        elif loss is not None:
+            self._loss_at[self.n].fill_(float(loss))
         self.steps.append(step)
         self.n += 1
 
