@@ -478,7 +478,7 @@ class Monitor:
         w = self._units.units.get(site.index)
         u = d.get("unit_max", d.get("unit_count"))
         if w is not None and isinstance(u, Tensor) and w.current.shape != u.shape:
-            del self._units.units[site.index]
+            self._units.drop(site.index)
             self._warn_once(f"width:{site.name}", f"layer {site.name!r} changed width from "
                             f"{tuple(w.current.shape)} to {tuple(u.shape)} units; its dead/saturated-unit "
                             "evidence restarts from this step")
