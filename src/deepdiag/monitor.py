@@ -487,9 +487,10 @@ class Monitor:
         """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
         update-size snapshots start again from the weights the model has now."""
         if len(self._weights) == len(self._weight_sites) and all(
-                getattr(s.module, "weight", None) is w and w.shape == p.shape
-                for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
-            return  # (the same parameters, same shapes: the usual case, checked without building lists)
+                (s.module._parameters.get("weight") is w or getattr(s.module, "weight", None) is w)
+                and w.shape == p.shape for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
+            return  # (the same parameters, same shapes: the usual case, checked without building lists or
+            # calling Module.__getattr__)
         now = [(s.index, s.module.weight) for s in self._weight_sites
                if isinstance(getattr(s.module, "weight", None), Tensor)]
         if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in

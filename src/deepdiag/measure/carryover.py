@@ -128,9 +128,13 @@ class CarryProbe:
         if self._armed is None:
             return  # (nothing armed: a step between checked ones)
         if self._seen:
-            self._pending.append((self._armed, [self._seen[i] for i in sorted(self._seen)]))
-            if len(self._pending) >= FOLD:
-                self._fold()
+            readings = [self._seen[i] for i in sorted(self._seen)]
+            if not self._pending and all(h is None for h, _ in readings):
+                self._checks, self._run = self._checks + 1, 0  # every .grad was reset: counted as _fold would
+            else:
+                self._pending.append((self._armed, readings))
+                if len(self._pending) >= FOLD:
+                    self._fold()
         self._armed, self._seen = None, {}
 
     # -- reading --

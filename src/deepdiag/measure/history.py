@@ -47,8 +47,9 @@ class StepBuffer:
             self.rows[self.n] = row
         elif row is not None:  # a kept row is all NaN until written (created so, and so after decimation)
             self._flat_rows[self.n].index_copy_(0, cols, row if row.dtype == self.rows.dtype else row.to(self.rows.dtype))
-        if isinstance(loss, Tensor):  # (copy_ rounds to float32 as .float() does)
-            self._loss_at[self.n].copy_(loss.detach().reshape(()) if loss.dim() else loss.detach())
+        if isinstance(loss, Tensor):  # (copy_ rounds to float32 as .float() does; records nothing under no_grad)
+            t = loss.detach() if torch.is_grad_enabled() else loss
+            self._loss_at[self.n].copy_(t.reshape(()) if t.dim() else t)
         elif loss is not None:
             self._loss_at[self.n].fill_(float(loss))
         self.steps.append(step)
@@ -172,7 +173,7 @@ class UnitWindows:
                 continue
             sizes, seg, n, flat = fused
             if is_max:  # max(c, c) = c: a window without a previous one is its own
-                if flat is not None:
+                if flat is not None:  # (layers of one width: (layers, width) buffers)
                     cur, prev = flat
                     v = torch.maximum(cur, prev) if prev is not None else cur
                 else:
@@ -185,7 +186,7 @@ class UnitWindows:
                 thr = torch.tensor([0.5 * max(1, w.seen) for w in ws], dtype=torch.float32, device=v.device)
                 hit = v > thr.repeat_interleave(torch.tensor(sizes, device=v.device))  # saturated
             if len(set(sizes)) == 1:  # layers of one width: a row each (the same exact sums of 0/1)
-                count = hit.view(len(ws), -1).sum(1, dtype=torch.float32)
+                count = (hit if hit.dim() == 2 else hit.view(len(ws), -1)).sum(1, dtype=torch.float32)
             else:
                 count = torch.zeros(len(ws), dtype=torch.float32, device=v.device).index_add_(0, seg, hit.float())
             out.append((indices, (n - count) / n if is_max else count / n))
@@ -203,8 +204,10 @@ class UnitWindows:
             fused = None
             if len(ws) > 1 and len({w.current.device for _, w in ws}) == 1:
                 sizes = tuple(w.current.numel() for _, w in ws)
-                fused = (sizes, *self._segments(sizes, ws[0][1].current.device),
-                         self._flatten([w for _, w in ws], sizes) if is_max else None)
+                flat = self._flatten([w for _, w in ws], sizes) if is_max else None
+                if flat is not None and len(set(sizes)) == 1:
+                    flat = tuple(f.view(len(ws), -1) if f is not None else None for f in flat)
+                fused = (sizes, *self._segments(sizes, ws[0][1].current.device), flat)
             groups.append(([i for i, _ in ws], [w for _, w in ws], is_max, fused))
         return groups
 
