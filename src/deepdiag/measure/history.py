@@ -159,17 +159,26 @@ class UnitWindows:
 
     def bad_fractions(self) -> list[tuple[list[int], Tensor]]:
         """``UnitWindow.bad_fraction`` of every unit layer, as (site indices, 1-d float32 tensor of their
-        fractions) groups on the device (no host sync), in a fixed number of kernels whatever the number
-        of layers: the windows' values are concatenated, compared with their threshold (ReLU: fired iff
-        maximum > 0; tanh/sigmoid: saturated iff count > half the positions seen) and summed per layer
-        (``index_add_``). The fractions are the same float32 numbers: sums of 0/1 over n are exact, so
-        (n − fired)/n equals the mean of the 0/1s. The grouping is made once per ``version``."""
+        fractions) groups on the device (no host sync): ``bad_counts``' numerators over their denominators."""
+        return [(indices, num / torch.tensor(den, dtype=torch.float32, device=num.device))
+                for indices, num, den in self.bad_counts()]
+
+    def bad_counts(self) -> list[tuple[list[int], Tensor, tuple[float, ...]]]:
+        """The share of units in trouble of every unit layer as (site indices, 1-d float32 numerators,
+        denominators) groups, numerator / denominator (in float32) = ``UnitWindow.bad_fraction``: the
+        number of ReLU units that never fired, or of tanh/sigmoid units saturated, over the layer's units
+        (the division is left to the caller, which divides its whole row at once). In a fixed number of
+        kernels whatever the number of layers: the windows' values are concatenated, compared with their
+        threshold (ReLU: fired iff maximum > 0; tanh/sigmoid: saturated iff count > half the positions
+        seen) and summed per layer (``index_add_``). Sums of 0/1 over n units are exact in float32, so
+        (n − fired)/n equals the mean of the 0/1s. The grouping is made once per ``version``. A layer
+        that is not fused gives its fraction over 1."""
         if self._groups is None or self._groups[0] != self.version:
             self._groups = (self.version, self._group())
-        out: list[tuple[list[int], Tensor]] = []
+        out: list[tuple[list[int], Tensor, tuple[float, ...]]] = []
         for indices, ws, is_max, fused in self._groups[1]:
             if fused is None:  # nothing to fuse (or layers on several devices)
-                out += [([i], w.bad_fraction().reshape(1)) for i, w in zip(indices, ws)]
+                out += [([i], w.bad_fraction().reshape(1), (1.0,)) for i, w in zip(indices, ws)]
                 continue
             sizes, seg, n, flat = fused
             if is_max:  # max(c, c) = c: a window without a previous one is its own
@@ -189,7 +198,7 @@ class UnitWindows:
                 count = (hit if hit.dim() == 2 else hit.view(len(ws), -1)).sum(1, dtype=torch.float32)
             else:
                 count = torch.zeros(len(ws), dtype=torch.float32, device=v.device).index_add_(0, seg, hit.float())
-            out.append((indices, (n - count) / n if is_max else count / n))
+            out.append((indices, n - count if is_max else count, tuple(float(k) for k in sizes)))
         return out
 
     def _group(self) -> list[tuple]:
