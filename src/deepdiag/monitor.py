@@ -254,7 +254,7 @@ class Monitor:
         self.steps += 1
         if self.steps % self.every == 0:
             self.rec.attach() if self.rec.discovered else None
-        elif self.rec.discovered:
+        elif self.rec.hooks and self.rec.discovered:  # (between recorded steps they are off already)
             self.rec.detach()
         if self.on_finding is not None and (s + 1) % self.check_every == 0:
             self.check()
