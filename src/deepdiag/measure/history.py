@@ -51,7 +51,7 @@ class StepBuffer:
             t = loss.detach() if torch.is_grad_enabled() else loss
             self._loss_at[self.n].copy_(t.reshape(()) if t.dim() else t)
         elif loss is not None:
-            self._loss_at[self.n].fill_(float(loss))
+            self.loss[self.n] = float(loss)
         self.steps.append(step)
         self.n += 1
 
