@@ -46,7 +46,8 @@ class StepBuffer:
         if cols is None:
             self.rows[self.n] = row
         elif row is not None:  # a kept row is all NaN until written (created so, and so after decimation)
-            self._flat_rows[self.n].index_copy_(0, cols, row if row.dtype == self.rows.dtype else row.to(self.rows.dtype))
+            src = row if row.dtype == self.rows.dtype else row.to(self.rows.dtype)
+            self._flat_rows[self.n].index_copy_(0, cols, src)
         if isinstance(loss, Tensor):  # (copy_ rounds to float32 as .float() does; records nothing under no_grad)
             t = loss.detach() if torch.is_grad_enabled() else loss
             self._loss_at[self.n].copy_(t.reshape(()) if t.dim() else t)
