@@ -254,7 +254,7 @@ class Monitor:
         self.steps += 1
         if self.steps % self.every == 0:
             self.rec.attach() if self.rec.discovered else None
-        elif self.rec.discovered:
+        elif self.rec.hooks and self.rec.discovered:  # (between recorded steps they are off already)
             self.rec.detach()
         if self.on_finding is not None and (s + 1) % self.check_every == 0:
             self.check()
@@ -409,9 +409,9 @@ class Monitor:
     def _commit(self, s: int, loss) -> None:
         if self._buf is None:
             self._setup()
-        latest, sites, nan = self.rec.latest, self.rec.sites, self._nan
+        latest, sites = self.rec.latest, self.rec.sites
         self._fit_weights()
-        ws = [w.detach() for _, w in self._weights]
+        ws = [w for _, w in self._weights]  # the parameters themselves (no_grad: nothing recorded); .grad read below
         if ws and self._prev_step is not None:
             # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
             # no sync. Snapshots are taken every UPDATE_EVERY recorded steps (a copy of every weight
@@ -419,12 +419,11 @@ class Monitor:
             # In place: the snapshot becomes -Δw (its norm is ‖Δw‖'s, bit for bit) until the next snapshot.
             gap = max(1, s - self._prev_step)
             torch._foreach_sub_(self._prev, ws)
-            self._upd = torch._foreach_div(torch._foreach_norm(self._prev), gap)
+            self._upd = torch.stack(torch._foreach_div(torch._foreach_norm(self._prev), gap))  # (weight layers,)
             self._prev_step = None
         if ws and self.recorded % UPDATE_EVERY == 0:
             torch._foreach_copy_(self._prev, ws)
             self._prev_step = s
-        upd = self._upd if self._upd is not None else [nan] * len(ws)
         unit_steps = []  # per-unit evidence: every recorded step
         for site in sites:
             d = latest.get(site.index)
@@ -436,7 +435,6 @@ class Monitor:
         if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
         # weight and gradient norms of every weight layer: two fused kernels, no host sync
-        ws = [w for _, w in self._weights]  # (the parameters themselves: .grad is read below)
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
         wn, gn = norms[:len(ws)], norms[len(ws):]
@@ -452,24 +450,26 @@ class Monitor:
                     vals.append(v)
                     cols.append(base + col)
                     scale.append(math.sqrt(max(1, d.get(numel, 1))))
-        vals += [*gn, *wn, *upd]  # the weight layers' ‖∂L/∂W‖, ‖W‖, ‖ΔW‖ per step
+        vals += [*gn, *wn]  # the weight layers' ‖∂L/∂W‖, ‖W‖ (then ‖ΔW‖ per step, a 1-d tensor)
         for off in range(3):
             cols += [i * n_stats + GRAD_NORM + off for i, _ in self._weights]
         scale += [1.0] * (3 * len(self._weights))
-        # dead / saturated share of each unit layer's units (history only), by groups of layers
-        bad = self._units.bad_fractions()
-        for indices, _ in bad:
+        # dead / saturated share of each unit layer's units (history only), by groups of layers: counts,
+        # divided by the layer's number of units with the rest of the row
+        bad = self._units.bad_counts()
+        for indices, _, den in bad:
             cols += [i * n_stats + UNIT_FRAC for i in indices]
-            scale += [1.0] * len(indices)
+            scale += den
         key = (tuple(cols), tuple(scale))
         if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
             dev = self._buf.rows.device
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
-        if bad:
-            vals = ([torch.stack(vals)] if vals else []) + [f for _, f in bad]
-            row = torch.cat(vals) / self._scale[2]  # one kernel each: stack, cat, divide
-        else:
-            row = torch.stack(vals) / self._scale[2] if vals else None  # one kernel each: stack, divide
+        parts = [torch.stack(vals)] if vals else []
+        if ws:
+            parts.append(self._upd if self._upd is not None else self._nan.expand(len(ws)))
+        parts += [num for _, num, _ in bad]
+        # one kernel each: stack, cat, divide (x / 1 = x: the norms that need no scaling are unchanged)
+        row = (torch.cat(parts) if len(parts) > 1 else parts[0]) / self._scale[2] if parts else None
         self._buf.append(s, row, loss, self._scale[1])
         self._done()
 
@@ -479,7 +479,7 @@ class Monitor:
         w = self._units.units.get(site.index)
         u = d.get("unit_max", d.get("unit_count"))
         if w is not None and isinstance(u, Tensor) and w.current.shape != u.shape:
-            del self._units.units[site.index]
+            self._units.drop(site.index)
             self._warn_once(f"width:{site.name}", f"layer {site.name!r} changed width from "
                             f"{tuple(w.current.shape)} to {tuple(u.shape)} units; its dead/saturated-unit "
                             "evidence restarts from this step")
@@ -488,9 +488,10 @@ class Monitor:
         """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
         update-size snapshots start again from the weights the model has now."""
         if len(self._weights) == len(self._weight_sites) and all(
-                getattr(s.module, "weight", None) is w and w.shape == p.shape
-                for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
-            return  # (the same parameters, same shapes: the usual case, checked without building lists)
+                (s.module._parameters.get("weight") is w or getattr(s.module, "weight", None) is w)
+                and w.shape == p.shape for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
+            return  # (the same parameters, same shapes: the usual case, checked without building lists or
+            # calling Module.__getattr__)
         now = [(s.index, s.module.weight) for s in self._weight_sites
                if isinstance(getattr(s.module, "weight", None), Tensor)]
         if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in

@@ -101,7 +101,7 @@ class CarryProbe:
         if self._closed:
             return
         self._armed = step
-        if len(self._hooks):
+        if self._hooks:
             return
         if self._probes is None:
             self._probes = self._choose()
@@ -125,10 +125,16 @@ class CarryProbe:
 
     def _file(self) -> None:
         """Move the armed step's reading (if a backward pass ran) to the pending checks; disarm."""
-        if self._armed is not None and self._seen:
-            self._pending.append((self._armed, [self._seen[i] for i in sorted(self._seen)]))
-            if len(self._pending) >= FOLD:
-                self._fold()
+        if self._armed is None:
+            return  # (nothing armed: a step between checked ones)
+        if self._seen:
+            readings = [self._seen[i] for i in sorted(self._seen)]
+            if not self._pending and all(h is None for h, _ in readings):
+                self._checks, self._run = self._checks + 1, 0  # every .grad was reset: counted as _fold would
+            else:
+                self._pending.append((self._armed, readings))
+                if len(self._pending) >= FOLD:
+                    self._fold()
         self._armed, self._seen = None, {}
 
     # -- reading --

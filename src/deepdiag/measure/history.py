@@ -29,6 +29,10 @@ class StepBuffer:
         self.steps: list[int] = []  # the optimizer step of each kept row
         self.n = 0
         self.stride = 1  # keep every stride-th recorded step
+        # each row flattened and each loss slot, as views made once (indexing is a dispatched op per step);
+        # decimation writes in place, so they stay valid
+        self._flat_rows = [r.view(-1) for r in self.rows]  # (n_sites * n_stats,) each
+        self._loss_at = self.loss.unbind()  # 0-d each
 
     def keeps(self, recorded: int) -> bool:
         """Whether the `recorded`-th recorded step gets a row at the current stride."""
@@ -42,9 +46,13 @@ class StepBuffer:
         if cols is None:
             self.rows[self.n] = row
         elif row is not None:  # a kept row is all NaN until written (created so, and so after decimation)
-            self.rows[self.n].view(-1).index_copy_(0, cols, row.to(self.rows.dtype))
-        if loss is not None:
-            self.loss[self.n] = loss.detach().float() if isinstance(loss, Tensor) else float(loss)
+            src = row if row.dtype == self.rows.dtype else row.to(self.rows.dtype)
+            self._flat_rows[self.n].index_copy_(0, cols, src)
+        if isinstance(loss, Tensor):  # (copy_ rounds to float32 as .float() does; records nothing under no_grad)
+            t = loss.detach() if torch.is_grad_enabled() else loss
+            self._loss_at[self.n].copy_(t.reshape(()) if t.dim() else t)
+        elif loss is not None:
+            self.loss[self.n] = float(loss)
         self.steps.append(step)
         self.n += 1
 
@@ -116,8 +124,9 @@ class UnitWindows:
     def __init__(self, window: int):
         self.window, self.in_window = window, 0
         self.units: dict[int, UnitWindow] = {}
+        self.version = 0  # bumped whenever a window is created, dropped or rolled (its tensors replaced)
         self._segs: dict[tuple, tuple[Tensor, Tensor]] = {}  # (widths, device) -> (_segments)
-        self._flat: tuple | None = None  # ReLU windows: (current views, previous views, their two buffers)
+        self._groups: tuple[int, list] | None = None  # (version, ``_group()``) for bad_fractions
 
     def add(self, index: int, d: dict) -> None:
         """Add one recorded step of site `index` (its ``unit_max`` or ``unit_count``, and ``positions``)."""
@@ -127,7 +136,13 @@ class UnitWindows:
         if w is None:
             init = -math.inf if is_max else 0
             w = self.units[index] = UnitWindow(torch.full_like(u, init), 0, None, 0, init, is_max)
+            self.version += 1
         w.add(u, d["positions"])
+
+    def drop(self, index: int) -> None:
+        """Forget site `index`'s evidence (a layer whose width changed starts again)."""
+        del self.units[index]
+        self.version += 1
 
     def add_all(self, items: list[tuple[int, dict]]) -> None:
         """``add`` for several sites of one recorded step: the ReLU maxima in one fused kernel."""
@@ -145,62 +160,82 @@ class UnitWindows:
 
     def bad_fractions(self) -> list[tuple[list[int], Tensor]]:
         """``UnitWindow.bad_fraction`` of every unit layer, as (site indices, 1-d float32 tensor of their
-        fractions) groups on the device (no host sync), in a fixed number of kernels whatever the number
-        of layers: the windows' values are concatenated, compared with their threshold (ReLU: fired iff
-        maximum > 0; tanh/sigmoid: saturated iff count > half the positions seen) and summed per layer
-        (``index_add_``). The fractions are the same float32 numbers: sums of 0/1 over n are exact, so
-        (n − fired)/n equals the mean of the 0/1s."""
-        out: list[tuple[list[int], Tensor]] = []
+        fractions) groups on the device (no host sync): ``bad_counts``' numerators over their denominators."""
+        return [(indices, num / torch.tensor(den, dtype=torch.float32, device=num.device))
+                for indices, num, den in self.bad_counts()]
+
+    def bad_counts(self) -> list[tuple[list[int], Tensor, tuple[float, ...]]]:
+        """The share of units in trouble of every unit layer as (site indices, 1-d float32 numerators,
+        denominators) groups, numerator / denominator (in float32) = ``UnitWindow.bad_fraction``: the
+        number of ReLU units that never fired, or of tanh/sigmoid units saturated, over the layer's units
+        (the division is left to the caller, which divides its whole row at once). In a fixed number of
+        kernels whatever the number of layers: the windows' values are concatenated, compared with their
+        threshold (ReLU: fired iff maximum > 0; tanh/sigmoid: saturated iff count > half the positions
+        seen) and summed per layer (``index_add_``). Sums of 0/1 over n units are exact in float32, so
+        (n − fired)/n equals the mean of the 0/1s. The grouping is made once per ``version``. A layer
+        that is not fused gives its fraction over 1."""
+        if self._groups is None or self._groups[0] != self.version:
+            self._groups = (self.version, self._group())
+        out: list[tuple[list[int], Tensor, tuple[float, ...]]] = []
+        for indices, ws, is_max, fused in self._groups[1]:
+            if fused is None:  # nothing to fuse (or layers on several devices)
+                out += [([i], w.bad_fraction().reshape(1), (1.0,)) for i, w in zip(indices, ws)]
+                continue
+            sizes, seg, n, flat = fused
+            if is_max:  # max(c, c) = c: a window without a previous one is its own
+                if flat is not None:  # (layers of one width: (layers, width) buffers)
+                    cur, prev = flat
+                    v = torch.maximum(cur, prev) if prev is not None else cur
+                else:
+                    v = torch.cat([m.reshape(-1) for m in torch._foreach_maximum(
+                        [w.current for w in ws], [w.previous if w.previous is not None else w.current for w in ws])])
+                hit = v > 0  # fired
+            else:
+                prev = [w.previous if w.previous is not None else torch.zeros_like(w.current) for w in ws]
+                v = torch.cat([c.reshape(-1) for c in torch._foreach_add([w.current for w in ws], prev)]).float()
+                thr = torch.tensor([0.5 * max(1, w.seen) for w in ws], dtype=torch.float32, device=v.device)
+                hit = v > thr.repeat_interleave(torch.tensor(sizes, device=v.device))  # saturated
+            if len(set(sizes)) == 1:  # layers of one width: a row each (the same exact sums of 0/1)
+                count = (hit if hit.dim() == 2 else hit.view(len(ws), -1)).sum(1, dtype=torch.float32)
+            else:
+                count = torch.zeros(len(ws), dtype=torch.float32, device=v.device).index_add_(0, seg, hit.float())
+            out.append((indices, n - count if is_max else count, tuple(float(k) for k in sizes)))
+        return out
+
+    def _group(self) -> list[tuple]:
+        """The unit layers by kind (ReLU maxima, then saturation counts): (site indices, windows, is_max,
+        fused), fused = (widths, ``_segments``, flat ReLU buffers or None), or None when there is nothing
+        to fuse (one layer, or layers on several devices)."""
+        groups = []
         for is_max in (True, False):
             ws = [(i, w) for i, w in self.units.items() if w.is_max == is_max]
             if not ws:
                 continue
-            devices = {w.current.device for _, w in ws}
-            if len(ws) == 1 or len(devices) > 1:  # nothing to fuse (or layers on several devices)
-                out += [([i], w.bad_fraction().reshape(1)) for i, w in ws]
-                continue
-            cur = [w.current for _, w in ws]
-            sizes = tuple(c.numel() for c in cur)
-            seg, n = self._segments(sizes, cur[0].device)
-            if is_max:  # max(c, c) = c: a window without a previous one is its own
-                flat = self._maxima(ws, sizes)
-                if flat is None:
-                    prev = [w.previous if w.previous is not None else w.current for _, w in ws]
-                    flat = torch.cat([m.reshape(-1) for m in torch._foreach_maximum(cur, prev)])
-                hit = flat > 0  # fired
-            else:
-                prev = [w.previous if w.previous is not None else torch.zeros_like(w.current) for _, w in ws]
-                flat = torch.cat([c.reshape(-1) for c in torch._foreach_add(cur, prev)]).float()
-                thr = torch.tensor([0.5 * max(1, w.seen) for _, w in ws], dtype=torch.float32, device=flat.device)
-                hit = flat > thr.repeat_interleave(torch.tensor(sizes, device=flat.device))  # saturated
-            if len(set(sizes)) == 1:  # layers of one width: a row each (the same exact sums of 0/1)
-                count = hit.float().view(len(ws), -1).sum(1)
-            else:
-                count = torch.zeros(len(ws), dtype=torch.float32, device=flat.device).index_add_(0, seg, hit.float())
-            out.append(([i for i, _ in ws], (n - count) / n if is_max else count / n))
-        return out
+            fused = None
+            if len(ws) > 1 and len({w.current.device for _, w in ws}) == 1:
+                sizes = tuple(w.current.numel() for _, w in ws)
+                flat = self._flatten([w for _, w in ws], sizes) if is_max else None
+                if flat is not None and len(set(sizes)) == 1:
+                    flat = tuple(f.view(len(ws), -1) if f is not None else None for f in flat)
+                fused = (sizes, *self._segments(sizes, ws[0][1].current.device), flat)
+            groups.append(([i for i, _ in ws], [w for _, w in ws], is_max, fused))
+        return groups
 
-    def _maxima(self, ws: list[tuple[int, UnitWindow]], sizes: tuple) -> Tensor | None:
-        """max(current, previous) of the ReLU windows `ws`, concatenated, in one kernel: their tensors are
-        views into two flat buffers, made anew (one copy) when a window was created, resized or rolled.
-        None when only some of them have a previous window, or their dtypes differ (the caller takes them
-        one by one)."""
-        cur = [w.current for _, w in ws]
-        prev = [w.previous for _, w in ws]
-        held = self._flat
-        if held is None or len(held[0]) != len(cur) or not all(a is b for a, b in zip(cur, held[0])) \
-                or not all(a is b for a, b in zip(prev, held[1])):
-            if (any(p is None for p in prev) and not all(p is None for p in prev)) \
-                    or len({t.dtype for t in cur}) > 1:  # (one buffer: one dtype)
-                self._flat = None
-                return None
-            flats = [torch.cat([t.reshape(-1) for t in ts]) if ts[0] is not None else None for ts in (cur, prev)]
-            views = [[f[a - k:a].view(t.shape) for k, a, t in zip(sizes, itertools.accumulate(sizes), ts)]
-                     if f is not None else [None] * len(ts) for f, ts in zip(flats, (cur, prev))]
-            for (_, w), c, p in zip(ws, *views):
-                w.current, w.previous = c, p
-            held = self._flat = (views[0], views[1], flats[0], flats[1])
-        return torch.maximum(held[2], held[3]) if held[3] is not None else held[2]
+    @staticmethod
+    def _flatten(ws: list[UnitWindow], sizes: tuple) -> tuple[Tensor, Tensor | None] | None:
+        """The ReLU windows' current (and previous) values as views into one flat buffer each (one copy),
+        so max(current, previous) of all of them is one kernel: (current buffer, previous buffer or None).
+        None when only some of them have a previous window, or their dtypes differ (one buffer: one
+        dtype); the caller then takes them one by one."""
+        cur, prev = [w.current for w in ws], [w.previous for w in ws]
+        if (any(p is None for p in prev) and not all(p is None for p in prev)) or len({t.dtype for t in cur}) > 1:
+            return None
+        flats = [torch.cat([t.reshape(-1) for t in ts]) if ts[0] is not None else None for ts in (cur, prev)]
+        views = [[f[a - k:a].view(t.shape) for k, a, t in zip(sizes, itertools.accumulate(sizes), ts)]
+                 if f is not None else [None] * len(ts) for f, ts in zip(flats, (cur, prev))]
+        for w, c, p in zip(ws, *views):
+            w.current, w.previous = c, p
+        return flats[0], flats[1]
 
     def _segments(self, sizes: tuple, device) -> tuple[Tensor, Tensor]:
         """(layer index of each concatenated unit, units per layer as float32), kept for the layer widths."""
@@ -216,6 +251,7 @@ class UnitWindows:
             for w in self.units.values():
                 w.roll()
             self.in_window = 0
+            self.version += 1
 
     def min_seen(self) -> int | None:
         """The fewest positions any unit layer has seen over both windows (None: no unit layers)."""

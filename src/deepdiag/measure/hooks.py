@@ -27,12 +27,17 @@ class Hooks:
         return h
 
     def remove(self) -> None:
-        for h in self.items:
-            h.remove()
-        self.items = []
+        if self.items:  # (a Monitor calls this at every step between its recorded ones)
+            for h in self.items:
+                h.remove()
+            self.items = []
 
     def __len__(self) -> int:
         return sum(not h.removed for h in self.items)
+
+    def __bool__(self) -> bool:
+        """Any hook still registered (without counting them all)."""
+        return any(not h.removed for h in self.items)
 
     def __enter__(self):
         return self

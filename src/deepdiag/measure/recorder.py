@@ -50,16 +50,17 @@ class Recorder:
         """Register the hooks (a no-op while they are registered). Once the sites are found only their
         modules are hooked (a module without a site returns at once from ``_forward``), from a list kept
         since: a Monitor attaches before every recorded step, and walking the model costs more than that."""
-        if len(self.hooks):
+        if self.hooks:
             return self
-        self.hooks.add(self.model.register_forward_pre_hook(self._root_pre))
         if self.discovered and not self.detail:
             if self._targets is None:
                 self._targets = list({id(s.module): s.module for s in self.sites}.values())
                 self._plans = {s.index: p for s in self.sites if (p := self._plan(s)) is not None}
+            self.hooks.add(self.model.register_forward_pre_hook(self._root_pre_known))
             for m in self._targets:
                 self.hooks.add(m.register_forward_hook(self._forward_known))
             return self
+        self.hooks.add(self.model.register_forward_pre_hook(self._root_pre))
         if not self.discovered:
             self._discovery_hooks.add(self.model.register_forward_hook(self._root_post))
         for name, m in self.model.named_modules():
@@ -80,7 +81,7 @@ class Recorder:
 
     def finish_discovery(self) -> None:
         """Called after the first forward pass: the sites are fixed from now on."""
-        self._keep, self._last_out = [], None
+        self._reset_pass()  # (drops what the discovery pass traced)
         if self.sites:
             self.discovered = True
             self._discovery_hooks.remove()
@@ -105,6 +106,10 @@ class Recorder:
         for a in list(args):
             if isinstance(a, Tensor):
                 self._inputs.add(a.data_ptr())
+
+    def _root_pre_known(self, module, args):
+        """``_root_pre`` once the sites are known: only the per-module call counts restart."""
+        self._calls = {}
 
     def _root_post(self, module, args, out):
         """End of the discovery pass: mark each site's main-path tensor (``site.path`` = "in"/"out")."""
@@ -188,12 +193,17 @@ class Recorder:
             return
         x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
         plan = self._plans.get(site.index)
-        self.latest[site.index] = self._measure(site, x, y, args, out) if plan is None else plan(site, x, y)
+        _set_grad_enabled(False)  # reductions only: nothing for autograd to record, no detach() per tensor
+        try:
+            self.latest[site.index] = self._measure(site, x, y, args, out) if plan is None else plan(site, x, y)
+        finally:
+            _set_grad_enabled(True)
 
     def _plan(self, site: Site):
         """The measurement of a discovered weight or activation site without ``detail``: what ``_measure``
         computes for it, as a function of (site, x, y) with the per-site choices made here; None for other
-        kinds (``_measure`` serves them)."""
+        kinds (``_measure`` serves them). They run with autograd off (``_forward_known``), so the tensors
+        they reduce need no ``detach()``; what they keep (a 1-d ReLU output as its own maximum) is detached."""
         if site.kind == "weight":
             in_norm = site.index in self._edges
             path_in = site.path == "in"
@@ -201,14 +211,13 @@ class Recorder:
                 if site.family in UNIT_FAMILIES else None
 
             def weight(site, x, y):
-                yd = y.detach()
-                s = {"numel": yd.numel(), "act_norm": _vector_norm(yd)}
+                s = {"numel": y.numel(), "act_norm": _vector_norm(y)}
                 if path_in and isinstance(x, Tensor) and x.requires_grad:
                     x.register_hook(self._path_hook(site, "in", x.shape[0] if x.dim() > 1 else 1))
                 if x is not None and x.is_floating_point() and in_norm:
-                    s["in_norm"], s["in_numel"] = _vector_norm(x.detach()), x.numel()
+                    s["in_norm"], s["in_numel"] = _vector_norm(x), x.numel()
                 if y.requires_grad:
-                    y.register_hook(self._grad_hook(site.index, yd.shape[0] if yd.dim() > 1 else 1))
+                    y.register_hook(self._grad_hook(site.index, y.shape[0] if y.dim() > 1 else 1))
                 if unit is not None and x is not None:
                     self._units(s, x.detach(), *unit)
                 return s
@@ -219,7 +228,7 @@ class Recorder:
                 def relu(site, x, y):
                     dims = _reduce_dims(y.dim(), site.unit_dim)
                     n = y.numel()
-                    u = y.detach().amax(dims) if dims else y.detach()
+                    u = y.amax(dims) if dims else y.detach()
                     return {"numel": n, "unit_max": u, "positions": n // max(1, u.numel())}
                 return relu
 
@@ -341,7 +350,7 @@ class Recorder:
 
         def hook(g: Tensor):
             if self.enabled and site.index in self.latest and site.path == side:
-                self.latest[site.index]["path_norm"] = norm(g.detach())
+                self.latest[site.index]["path_norm"] = norm(_plain(g))
                 self.latest[site.index]["path_numel"] = batch
         return hook
 
@@ -358,12 +367,19 @@ class Recorder:
         def hook(g: Tensor):
             d = self.latest.get(index) if self.enabled else None
             if d is not None:
-                d["signal_norm"] = norm(g.detach())
+                d["signal_norm"] = norm(_plain(g))
                 d["signal_numel"] = batch
         return hook
 
 
 _grad_enabled, _vector_norm = torch.is_grad_enabled, torch.linalg.vector_norm
+_set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls, without its Python wrapper
+
+
+def _plain(g: Tensor) -> Tensor:
+    """A gradient without autograd history: itself (a backward pass without ``create_graph``), else
+    detached (``detach()`` is a dispatched op; the backward hooks run at every recorded step)."""
+    return g.detach() if g.requires_grad else g
 
 
 @functools.lru_cache(maxsize=64)
