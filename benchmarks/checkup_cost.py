@@ -4,7 +4,8 @@ Models (written here from their papers; torchvision is not needed): ResNet-18 (H
 blocks [2, 2, 2, 2]) and VGG-11 (Simonyan & Zisserman 2015, configuration A, 4096-4096 classifier on a
 7×7 pooled map), 10 classes, batch 8 of 3×64×64 inputs, CPU.
 
-Time: best of `--repeats` runs of each (the best is the run least disturbed by other processes).
+Time: best of `--repeats` runs of each, run alternately (the best is the run least disturbed by other
+processes; alternating puts a shared machine's load on both alike).
 Memory: peak resident set size of a fresh Python process that builds the model, resets its peak
 counter (Linux ``/proc/self/clear_refs``; elsewhere ``ru_maxrss`` of the whole process) and runs the
 operation once, so neither measurement inherits the other's allocator state (tracemalloc does not see
@@ -138,14 +139,18 @@ def child(name: str, op: str) -> None:
     print(json.dumps({"maxrss_mib": _peak_mib()}))
 
 
-def best_time(fn, model, x, y, repeats: int) -> float:
-    fn(model, x, y)  # warm-up (allocator, first-call dispatch)
-    times = []
+def best_times(fns, model, x, y, repeats: int) -> list[float]:
+    """Best time of each of `fns`, run alternately (plain, checkup, plain, ...) so that load on a shared
+    machine falls on both alike."""
+    for fn in fns:
+        fn(model, x, y)  # warm-up (allocator, first-call dispatch)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn(model, x, y)
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn(model, x, y)
+            ts.append(time.perf_counter() - t)
+    return [min(ts) for ts in times]
 
 
 def main() -> None:
@@ -163,8 +168,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in a.models.split(","):
         model, x, y = setup(name)
-        t_plain = best_time(plain, model, x, y, a.repeats)
-        t_check = best_time(checkup, model, x, y, a.repeats)
+        t_plain, t_check = best_times((plain, checkup), model, x, y, a.repeats)
         mem = {}
         for op in OPS:
             out = subprocess.run([sys.executable, __file__, "--threads", str(a.threads), "--child", name, op],
