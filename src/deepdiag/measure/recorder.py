@@ -9,7 +9,6 @@ decided once (``Recorder._plan``): the same numbers with less Python per hook, a
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -19,8 +18,8 @@ from ..init import fans
 from .hooks import Hooks
 from .records import UNIT_FAMILIES
 from .paths import dominators_of_sources
-from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, PATH_KINDS, Site, first_tensor, infer_family, module_kind,
-                    ptr, reduce_dims, safe_norm, unit_counts, weight_matrix)
+from .sites import (ACTIVATION_FAMILIES, CONV_LAYERS, PATH_KINDS, Site, dims_except, first_tensor, infer_family,
+                    module_kind, ptr, safe_norm, unit_counts, weight_matrix)
 
 
 class Recorder:
@@ -226,7 +225,7 @@ class Recorder:
             unit = (site.family, site.unit_dim) if site.family in UNIT_FAMILIES else None
             if site.family == "relu":  # ``_units`` without detail: the per-unit maximum
                 def relu(site, x, y):
-                    dims = _reduce_dims(y.dim(), site.unit_dim)
+                    dims = dims_except(y.dim(), site.unit_dim)
                     n = y.numel()
                     u = y.amax(dims) if dims else y.detach()
                     return {"numel": n, "unit_max": u, "positions": n // max(1, u.numel())}
@@ -337,7 +336,7 @@ class Recorder:
 
     def _units(self, s: dict, v: Tensor, family: str, unit_dim: int) -> None:
         if family == "relu" and not self.detail:
-            dims = _reduce_dims(v.dim(), unit_dim)
+            dims = dims_except(v.dim(), unit_dim)
             u = s["unit_max"] = v.amax(dims) if dims else v
             s["positions"] = v.numel() // max(1, u.numel())
         else:
@@ -380,13 +379,6 @@ def _plain(g: Tensor) -> Tensor:
     """A gradient without autograd history: itself (a backward pass without ``create_graph``), else
     detached (``detach()`` is a dispatched op; the backward hooks run at every recorded step)."""
     return g.detach() if g.requires_grad else g
-
-
-@functools.lru_cache(maxsize=64)
-def _reduce_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
-    """``reduce_dims`` by the number of dimensions: the same tuple, kept (it is asked at every step)."""
-    d = unit_dim % ndim
-    return tuple(i for i in range(ndim) if i != d)
 
 
 def _batch_spread(t: Tensor, bdim: int) -> Tensor:

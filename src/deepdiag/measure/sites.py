@@ -30,6 +30,7 @@ tensors of the latest forward/backward pass; ``checkup`` reads them once, ``Moni
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -165,8 +166,16 @@ def ptr(t: Tensor | None) -> int | None:
 
 
 def reduce_dims(t: Tensor, unit_dim: int) -> tuple[int, ...]:
-    d = unit_dim % t.dim()
-    return tuple(i for i in range(t.dim()) if i != d)
+    """The dimensions of `t` other than its unit dimension `unit_dim` (the ones a per-unit statistic
+    reduces over)."""
+    return dims_except(t.dim(), unit_dim)
+
+
+@functools.lru_cache(maxsize=64)
+def dims_except(ndim: int, unit_dim: int) -> tuple[int, ...]:
+    """``reduce_dims`` by the number of dimensions: the same tuple, kept (the Monitor asks at every step)."""
+    d = unit_dim % ndim
+    return tuple(i for i in range(ndim) if i != d)
 
 
 def infer_family(x: Tensor, z: Tensor | None = None) -> str | None:
