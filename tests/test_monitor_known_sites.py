@@ -1,6 +1,7 @@
 """The Monitor's fast paths held to their references: the per-site measurement of known sites
 (``Recorder._forward_known``) to the generic hook (``Recorder._forward``) on the same pass, and the
-flat-buffer dead/saturated shares (``UnitWindows.bad_fractions``) to each window's ``bad_fraction``."""
+flat-buffer dead/saturated shares (``UnitWindows.bad_counts``, numerators over denominators) to each
+window's ``bad_fraction``."""
 import math
 
 import pytest
@@ -93,7 +94,8 @@ def test_bad_fractions_match_each_window(case):
             items = items + [(9, {"unit_max": torch.full((4,), 0.5), "positions": 8} if is_max
                               else {"unit_count": torch.full((4,), 8), "positions": 8})]
         units.add_all(items)
-        got = {i: float(f) for indices, fs in units.bad_fractions() for i, f in zip(indices, fs)}
+        got = {i: float(f) for indices, num, den in units.bad_counts()  # the Monitor divides them in float32
+               for i, f in zip(indices, num / torch.tensor(den, dtype=torch.float32))}
         want = {i: float(w.bad_fraction()) for i, w in units.units.items()}
         assert got.keys() == want.keys()
         assert all(got[i] == want[i] or (math.isnan(got[i]) and math.isnan(want[i])) for i in want), (k, got, want)

@@ -126,7 +126,7 @@ class UnitWindows:
         self.units: dict[int, UnitWindow] = {}
         self.version = 0  # bumped whenever a window is created, dropped or rolled (its tensors replaced)
         self._segs: dict[tuple, tuple[Tensor, Tensor]] = {}  # (widths, device) -> (_segments)
-        self._groups: tuple[int, list] | None = None  # (version, ``_group()``) for bad_fractions
+        self._groups: tuple[int, list] | None = None  # (version, ``_group()``) for bad_counts
 
     def add(self, index: int, d: dict) -> None:
         """Add one recorded step of site `index` (its ``unit_max`` or ``unit_count``, and ``positions``)."""
@@ -157,12 +157,6 @@ class UnitWindows:
             w.positions += d["positions"]
         if fused_cur:
             torch._foreach_maximum_(fused_cur, fused_new)  # = UnitWindow.add, per window
-
-    def bad_fractions(self) -> list[tuple[list[int], Tensor]]:
-        """``UnitWindow.bad_fraction`` of every unit layer, as (site indices, 1-d float32 tensor of their
-        fractions) groups on the device (no host sync): ``bad_counts``' numerators over their denominators."""
-        return [(indices, num / torch.tensor(den, dtype=torch.float32, device=num.device))
-                for indices, num, den in self.bad_counts()]
 
     def bad_counts(self) -> list[tuple[list[int], Tensor, tuple[float, ...]]]:
         """The share of units in trouble of every unit layer as (site indices, 1-d float32 numerators,
