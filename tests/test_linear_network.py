@@ -180,7 +180,7 @@ class CalledTwice(nn.Module):
 def test_skipped_products_match_computed_ones(name, monkeypatch):
     """Passes 2 and 3 skip the products of torch's weight layers (their output is replaced anyway): the
     facts are those of computing every product, to the bit, and no layer keeps a replaced forward."""
-    import deepdiag.measure.affine as affine
+    from deepdiag.measure import affine
 
     build, data = (CalledTwice, flat) if name == "called_twice" else CASES[name][:2]
     x = data()[0]
@@ -208,7 +208,7 @@ def test_two_row_screen_gives_the_full_measurement(name, monkeypatch):
     """The passes run on ``SCREEN_ROWS`` rows first and on all rows only when the screen could miss a
     link: the links and the whole-model verdict are those of measuring all rows, and a network whose
     every chain is nonlinear is settled by the screen alone."""
-    import deepdiag.measure.affine as affine
+    from deepdiag.measure import affine
 
     build, data, _ = CASES[name]
     x = data()[0]

@@ -594,9 +594,9 @@ def _search(build, data, config, loss_fn, rounds, max_candidates, runner) -> Rep
 def _anchor_findings(t: Trial) -> list[Finding]:
     """What the next round builds on `t` to answer: its findings at seed 0, and those of its seed-1
     confirmation when that failed (a fix that holds at one seed only has not answered them)."""
-    seen = {f.code for f in _findings(t.record)}
-    return _findings(t.record) + [f for f in _findings({"findings": t.record.get("seed1_findings", [])})
-                                  if f.code not in seen]
+    first = _findings(t.record)
+    seen = {f.code for f in first}
+    return first + [f for f in _findings({"findings": t.record.get("seed1_findings", [])}) if f.code not in seen]
 
 
 def _train_new(cands: list[Candidate], tried: dict, rnd: int, result: RepairResult, runner, spec) -> list[Trial]:
