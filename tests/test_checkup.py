@@ -427,8 +427,30 @@ def test_batch_spread_matches_std(shape, bdim):
     from deepdiag.measure.recorder import _batch_spread
 
     torch.manual_seed(0)
-    t = torch.randn(shape) * 1e-30  # float32 denormals: the float64 reduction must still see them
-    ref = t.double().std(dim=bdim).pow(2).mean().sqrt() / t.double().pow(2).mean().sqrt()
-    torch.testing.assert_close(_batch_spread(t, bdim), ref, rtol=1e-12, atol=0)
-    same = t.narrow(bdim, 0, 1).expand_as(t) * 3.3  # every sample identical: exactly 0
-    assert float(_batch_spread(same, bdim)) == 0.0
+    for scale in (1.0, 1e-30):  # 1e-30: squares below float32's range, still measured
+        t = torch.randn(shape) * scale
+        ref = t.double().std(dim=bdim).pow(2).mean().sqrt() / t.double().pow(2).mean().sqrt()
+        torch.testing.assert_close(_batch_spread(t, bdim), ref, rtol=1e-6, atol=0)  # float32 centring
+        same = t.narrow(bdim, 0, 1).expand_as(t) * 3.3  # every sample identical: exactly 0
+        assert float(_batch_spread(same, bdim)) == 0.0
+
+
+@pytest.mark.parametrize("case", ["conv", "transposed", "mean_dominated", "constant", "zeros", "half", "nan"])
+def test_weight_summary_matches_float64(case):
+    """std and Frobenius norm over all entries, against float64 (the one-pass formula, its two-pass
+    fallback when the mean dominates, exact 0 for a constant weight)."""
+    from deepdiag.measure.weights import weight_summary
+
+    torch.manual_seed(0)
+    w = {"conv": torch.randn(64, 32, 3, 3) * 0.05, "transposed": (torch.randn(30, 70) * 0.1).t(),
+         "mean_dominated": 1 + 1e-4 * torch.randn(300, 200), "constant": torch.full((64, 64), 0.37),
+         "zeros": torch.zeros(8, 8), "half": torch.randn(64, 64).half(),
+         "nan": torch.tensor([[1.0, float("nan")], [2.0, 3.0]])}[case]
+    std, norm = weight_summary(w)
+    ref_std, ref_norm = float(w.double().std()), float(w.double().norm())
+    if case == "nan":
+        assert math.isnan(std) and math.isnan(norm)
+    elif case in ("constant", "zeros"):
+        assert std == 0.0 and norm == pytest.approx(ref_norm, rel=1e-5)
+    else:
+        assert std == pytest.approx(ref_std, rel=1e-4) and norm == pytest.approx(ref_norm, rel=1e-5)

@@ -311,23 +311,24 @@ class Recorder:
                     and isinstance(out[1], Tensor) and out[1].dim() >= 3:
                 p = out[1].detach()
                 s["attention_peak"] = p.amax(-1).mean()  # mean over queries (and heads) of the largest probability
+        if site.kind == "weight" and x is not None and x.is_floating_point() \
+                and (self.detail or not self.discovered or site.index in self._edges):
+            s["in_norm"], s["in_numel"] = norm(x.detach()), x.numel()
         if self.detail and site.kind in ("weight", "recurrent", "attention"):
             bdim = 1 if site.kind != "weight" and not getattr(site.module, "batch_first", True) and yd.dim() == 3 else 0
-            s["batch_spread"] = _batch_spread(yd, bdim)
+            s["batch_spread"] = _batch_spread(yd, bdim, s["act_norm"])
             if x is not None and x.is_floating_point() and x.dim() == yd.dim():
-                s["in_batch_spread"] = _batch_spread(x.detach(), bdim)
+                s["in_batch_spread"] = _batch_spread(x.detach(), bdim, s.get("in_norm"))
         if site.kind == "weight":
-            if x is not None and x.is_floating_point() and (self.detail or not self.discovered
-                                                            or site.index in self._edges):
-                s["in_norm"], s["in_numel"] = norm(x.detach()), x.numel()
             if y.requires_grad:
                 y.register_hook(self._grad_hook(site.index, batch))
             if site.family in UNIT_FAMILIES and x is not None:
                 self._units(s, x.detach(), site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1)
             if self.detail and yd.dim() >= 2 and site.units > 1:
                 d = site.unit_dim % yd.dim()
-                spread = (yd.amax(d) - yd.amin(d)).abs().max()
-                s["unit_spread"], s["act_absmax"] = spread, yd.abs().max()
+                lo, hi = torch.aminmax(yd)  # one pass for the largest |y| (abs().max() takes two)
+                s["unit_spread"] = (yd.amax(d) - yd.amin(d)).max()  # ≥ 0 (NaN stays NaN)
+                s["act_absmax"] = torch.maximum(hi, -lo)
         elif site.kind == "activation" and site.family in UNIT_FAMILIES:
             self._units(s, yd, site.family, site.unit_dim)
             if self.detail and site.family in ("sigmoid", "tanh"):  # the derivative, read from the output
@@ -381,21 +382,25 @@ def _plain(g: Tensor) -> Tensor:
     return g.detach() if g.requires_grad else g
 
 
-def _batch_spread(t: Tensor, bdim: int) -> Tensor:
+def _batch_spread(t: Tensor, bdim: int, norm: Tensor | None = None) -> Tensor:
     """How much `t` differs between the samples of the batch, relative to its scale: the RMS over the
     other entries of the standard deviation along the batch dimension `bdim`, over the RMS of `t`
     (0: every sample gives the same tensor; NaN for a batch of one).
 
     With n samples and P other entries, the mean over entries of the (n − 1)-normalised variance is
-    ‖t − t̄‖² / ((n − 1)·P), t̄ the mean over the batch: one mean and one norm, in float64 (so ~1e-30
-    values do not square to 0); ``Tensor.std`` along the batch dimension, a strided reduction, took
-    ~16× longer. Identical samples give t − t̄ = 0 exactly for float32 inputs (n·x is exact in float64).
-    No float64 copy of `t`: the mean and the norm accumulate in float64, t − t̄ is formed in float64."""
+    ‖t − t̄‖² / ((n − 1)·P), t̄ the mean over the batch: one mean and two norms (``Tensor.std`` along the
+    batch dimension, a strided reduction, took ~16× longer). t̄ accumulates in float64 and is rounded
+    to float32, and t − t̄ is formed in float32 (a float64 copy of a conv layer's output took 8× longer):
+    identical samples still give exactly 0 (the float64 mean of n equal float32 numbers is exact), and
+    otherwise the rounding of t̄ (2⁻²⁴ relative) moves the ratio by ~10⁻⁷, far below the 10⁻⁵ at which
+    an output counts as the same for every sample. The norms are ``safe_norm``: values of ~10⁻³⁰ are
+    still measured; `norm`, when given, is ``safe_norm(t)`` already taken."""
     if t.dim() < 2 or t.shape[bdim] < 2:
         return torch.tensor(float("nan"), dtype=torch.float64, device=t.device)
-    n, f64 = t.shape[bdim], torch.float64
-    rms = torch.linalg.vector_norm(t, dtype=f64) / math.sqrt(t.numel())
-    sd = torch.linalg.vector_norm(t - t.mean(bdim, keepdim=True, dtype=f64)) / math.sqrt((n - 1) * (t.numel() // n))
+    n, work = t.shape[bdim], torch.promote_types(t.dtype, torch.float32)
+    centred = t.to(work) - t.mean(bdim, keepdim=True, dtype=torch.float64).to(work)
+    rms = (safe_norm(t) if norm is None else norm) / math.sqrt(t.numel())
+    sd = safe_norm(centred) / math.sqrt((n - 1) * (t.numel() // n))
     return torch.where(rms > 0, sd / rms, torch.zeros_like(sd))
 
 

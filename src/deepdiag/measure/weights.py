@@ -19,28 +19,36 @@ def weight_of(site: Site) -> Tensor | None:
     return weight_matrix(site.module)
 
 
-SUMMARY_SAMPLE = 1 << 20  # weights larger than this: their std is read from ~2²⁰ evenly strided entries
+CANCELLATION = 10  # mean² / variance above which the one-pass variance is redone in two passes
 
 
 def weight_summary(w: Tensor) -> tuple[float, float]:
-    """(std, ‖w‖_F) of a weight in float32, without a float64 copy of a 100M-entry matrix.
+    """(std, ‖w‖_F) of a weight over all its entries, from two float32 reductions and one host sync.
 
-    ‖w‖ is exact (one fast reduction). The std comes from all entries up to 2²⁰ and from every k-th
-    entry beyond (k odd, so the sample does not fall on one column): the relative standard error of a
-    sample std over m ≥ 2²⁰ entries is ≈ 1/√(2m) < 0.1 %, far inside the ±15 % the init recognition
-    allows, and a constant weight still has std exactly 0. float32 is enough: weights are
+    With N entries, m = Σw/N and Var = (‖w‖² − N·m²)/(N − 1): a norm and a sum, each one read of `w`
+    in place (no copy, no float64 cast; ``Tensor.std`` took 9× as long on a 512×512×3×3 weight).
+    float32 accumulation errs by δ ≲ 10⁻⁴ relative (4·10⁻⁵ measured on 2.4M entries), which moves Var
+    by ~δ·(Var + m²). When m² > ``CANCELLATION``·Var (the mean, not the spread, dominates: never so at
+    initialisation, where m² ≈ Var/N) the variance is taken again as ‖w − m‖²/(N − 1), which has no
+    cancellation, after a min/max check that gives a constant weight std exactly 0; otherwise Var is
+    within ~10⁻³, far inside the ±15 % that init recognition allows. float32 is enough: weights are
     O(1/√fan_in), far from float32's underflow (gradients, which reach 10⁻³⁰, use ``safe_norm``)."""
     wd = w.detach()
-    if not wd.is_contiguous():
-        wd = wd.t() if wd.dim() == 2 and wd.t().is_contiguous() else wd.contiguous()
-    flat = wd.reshape(-1)
-    if flat.numel() < 2:
-        return 0.0, float(flat.float().abs().sum())
-    norm = float(torch.linalg.vector_norm(flat.float()))
-    if flat.numel() > SUMMARY_SAMPLE:
-        k = flat.numel() // SUMMARY_SAMPLE
-        flat = flat[::k | 1]
-    return float(flat.float().std()), norm
+    x = wd if wd.dtype in (torch.float32, torch.float64) else wd.float()
+    n = x.numel()
+    if n < 2:
+        return 0.0, float(x.abs().sum())
+    norm, total = torch.stack([torch.linalg.vector_norm(x), x.sum()]).tolist()  # host sync
+    if norm == 0.0:
+        return 0.0, 0.0
+    mean = total / n
+    var = (norm * norm - n * mean * mean) / (n - 1)
+    if not mean * mean <= CANCELLATION * var:  # the mean dominates (a constant weight too), or NaN
+        lo, hi = torch.aminmax(x)
+        if lo == hi:
+            return 0.0, norm
+        var = float(torch.linalg.vector_norm(x - mean)) ** 2 / (n - 1)
+    return math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan, norm
 
 
 def recognise_init(w: Tensor, std: float | None = None) -> tuple[str, float]:
