@@ -223,6 +223,9 @@ class Monitor:
             self._warn_once(f"step:{type(e).__name__}", f"could not record step {self.steps - 1} "
                             f"({type(e).__name__}: {e}); its statistics are skipped, training goes on "
                             "(see monitor.problems)", e)
+        # the next recorded step's row is kept, or dropped by decimation: then its pass measures only
+        # the per-unit evidence (the same numbers as a full pass; a dropped row's norms are never read)
+        self.rec.full = self._buf is None or self._buf.keeps(self.recorded)
 
     def _scalar_loss(self, loss):
         """The batch loss as a scalar: a per-sample loss (``reduction="none"``) is averaged, with a note
