@@ -174,6 +174,7 @@ class Monitor:
         self.n_classes, self.baseline, self.log_dir = n_classes, baseline, log_dir
         self.rec = Recorder(model)
         self.steps = 0  # optimizer steps seen
+        self._quiet_until = 0  # steps before this one are only counted (``_next_busy``)
         self.recorded = 0  # steps whose statistics were taken
         self.closed = False
         self._buf: StepBuffer | None = None  # (capacity, n_sites, len(STATS)) statistics, created on the first row
@@ -214,7 +215,12 @@ class Monitor:
         """Call once per optimizer step, after ``optimizer.step()``; `loss` (the batch loss) is optional."""
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
-        loss, s = self._scalar_loss(loss), self.steps
+        s = self.steps
+        if s < self._quiet_until:  # a step between recorded ones with nothing due: only counted (its loss unread)
+            self.steps = s + 1
+            self._carry.stepped()
+            return
+        loss = self._scalar_loss(loss)
         try:
             self._step(loss)
         except Exception as e:  # never break the user's loop: skip this step's statistics, say so once
@@ -226,6 +232,20 @@ class Monitor:
         # the next recorded step's row is kept, or dropped by decimation: then its pass measures only
         # the per-unit evidence (the same numbers as a full pass; a dropped row's norms are never read)
         self.rec.full = self._buf is None or self._buf.keeps(self.recorded)
+        self._quiet_until = self._next_busy()
+
+    def _next_busy(self) -> int:
+        """The first step from now at which ``step`` has more to do than count it (the steps before it take
+        a short path, so that a step between recorded ones costs next to nothing): the step before the next
+        recorded one (it registers the hooks) or the next automatic check (on_finding); this step while the
+        hooks are on (every=1, or the sites not found yet) or the first training pass is not judged yet."""
+        s = self.steps
+        if self.rec.hooks or self._io is None:
+            return s
+        busy = s + (-(s + 1)) % self.every  # the first t >= s with (t + 1) % every == 0
+        if self.on_finding is not None:
+            busy = min(busy, s + (-(s + 1)) % self.check_every)
+        return busy
 
     def _scalar_loss(self, loss):
         """The batch loss as a scalar: a per-sample loss (``reduction="none"``) is averaged, with a note
