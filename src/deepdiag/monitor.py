@@ -67,7 +67,7 @@ from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, 
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.coverage import coverage
-from .measure.records import Coverage, LayerStats
+from .measure.records import UNIT_FAMILIES, Coverage, LayerStats
 from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.judge import bottleneck
@@ -419,6 +419,10 @@ class Monitor:
         dev = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self._buf = StepBuffer(self.capacity, len(sites), len(STATS), dev)
         self._weight_sites = [s for s in sites if s.kind == "weight"]
+        # the sites whose entries can hold per-unit evidence, and the others with their row offset (an
+        # activation site measures its units only): the loops of _commit, without the sites they skip
+        self._unit_sites = [s for s in sites if s.kind in ("weight", "activation") and s.family in UNIT_FAMILIES]
+        self._row_sites = [(s.index, s.index * len(STATS)) for s in sites if s.kind != "activation"]
         self._weights = [(s.index, s.module.weight) for s in self._weight_sites]
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
@@ -448,7 +452,7 @@ class Monitor:
             torch._foreach_copy_(self._prev, ws)
             self._prev_step = s
         unit_steps = []  # per-unit evidence: every recorded step
-        for site in sites:
+        for site in self._unit_sites:
             d = latest.get(site.index)
             if d is not None and "positions" in d:
                 self._fit_units(site, d)
@@ -460,32 +464,31 @@ class Monitor:
         # weight and gradient norms of every weight layer: two fused kernels, no host sync
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
-        wn, gn = norms[:len(ws)], norms[len(ws):]
         # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
-        # constant each is divided by (norm -> RMS / per sample); entries not measured stay NaN
-        vals, cols, scale = [], [], []
-        n_stats = len(STATS)
-        for i, d in latest.items():
-            base = i * n_stats
-            for key, col, numel in MEASURED:
-                v = d.get(key)
-                if v is not None:
-                    vals.append(v)
-                    cols.append(base + col)
-                    scale.append(math.sqrt(max(1, d.get(numel, 1))))
-        vals += [*gn, *wn]  # the weight layers' ‖∂L/∂W‖, ‖W‖ (then ‖ΔW‖ per step, a 1-d tensor)
-        for off in range(3):
-            cols += [i * n_stats + GRAD_NORM + off for i, _ in self._weights]
-        scale += [1.0] * (3 * len(self._weights))
+        # count each is divided by the square root of (norm -> RMS / per sample); entries not measured stay
+        # NaN. Activation sites measure only their units (``Recorder._plan``), so only the others are read.
+        vals, cols, counts = [], [], []
+        for i, base in self._row_sites:
+            d = latest.get(i)
+            if d is not None:
+                for key, col, numel in MEASURED:
+                    v = d.get(key)
+                    if v is not None:
+                        vals.append(v)
+                        cols.append(base + col)
+                        counts.append(d.get(numel, 1))
+        vals += norms[len(ws):] + norms[:len(ws)]  # the weight layers' ‖∂L/∂W‖, ‖W‖ (then ‖ΔW‖ per step, 1-d)
         # dead / saturated share of each unit layer's units (history only), by groups of layers: counts,
         # divided by the layer's number of units with the rest of the row
         bad = self._units.bad_counts()
-        for indices, _, den in bad:
-            cols += [i * n_stats + UNIT_FRAC for i in indices]
-            scale += den
-        key = (tuple(cols), tuple(scale))
-        if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
-            dev = self._buf.rows.device
+        key = (tuple(cols), tuple(counts), self._units.version)
+        if self._scale is None or self._scale[0] != key:  # other entries, batch size or layers: new places, divisors
+            n_stats, dev = len(STATS), self._buf.rows.device
+            cols += [i * n_stats + GRAD_NORM + off for off in range(3) for i, _ in self._weights]
+            scale = [math.sqrt(max(1, n)) for n in counts] + [1.0] * (3 * len(self._weights))
+            for indices, _, den in bad:
+                cols += [i * n_stats + UNIT_FRAC for i in indices]
+                scale += den
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
         parts = [torch.stack(vals)] if vals else []
         if ws:
@@ -522,7 +525,7 @@ class Monitor:
             return
         self._weights = now
         self._prev = [w.detach().clone() for _, w in now]
-        self._prev_step, self._upd = None, None
+        self._prev_step, self._upd, self._scale = None, None, None
 
     def _done(self) -> None:
         self.recorded += 1
