@@ -16,8 +16,9 @@ ignored): per layer the output's mean and variance, the input's RMS, the back-pr
 per-unit firing/saturation counts; ``step()`` adds the weight and weight-gradient norms of all layers
 with one ``torch._foreach_norm`` call. The input scale is measured at the first and last weight layers
 only (what the activation-scale rule compares); ``checkup`` measures it everywhere. A non-finite loss
-is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`). Between recorded steps the hooks are removed, so
-unrecorded steps cost nothing. Everything stays on the model's device as tensors until ``diagnose()``
+is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`). Between recorded
+steps the hooks are removed and ``step()`` only counts, so unrecorded steps cost next to nothing; a recorded
+step whose row decimation (below) drops measures only the per-unit evidence (no norms, no gradient hooks). Everything stays on the model's device as tensors until ``diagnose()``
 or ``history`` reads it in one stacked ``.cpu()``.
 
 Bounded memory (``deepdiag.measure.history``). Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
