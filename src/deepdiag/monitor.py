@@ -16,10 +16,11 @@ ignored): per layer the output's mean and variance, the input's RMS, the back-pr
 per-unit firing/saturation counts; ``step()`` adds the weight and weight-gradient norms of all layers
 with one ``torch._foreach_norm`` call. The input scale is measured at the first and last weight layers
 only (what the activation-scale rule compares); ``checkup`` measures it everywhere. A non-finite loss
-is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`). Between recorded
-steps the hooks are removed and ``step()`` only counts, so unrecorded steps cost next to nothing; a recorded
-step whose row decimation (below) drops measures only the per-unit evidence (no norms, no gradient hooks). Everything stays on the model's device as tensors until ``diagnose()``
-or ``history`` reads it in one stacked ``.cpu()``.
+is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`).
+Between recorded steps the hooks are removed and ``step()`` only counts, so unrecorded steps cost next
+to nothing; a recorded step whose row decimation (below) drops measures only the per-unit evidence (no
+norms, no gradient hooks). Everything stays on the model's device as tensors until ``diagnose()`` or
+``history`` reads it in one stacked ``.cpu()``.
 
 Bounded memory (``deepdiag.measure.history``). Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
 dropped and the stride between kept rows doubles (decimation), so any run length keeps between
@@ -241,7 +242,7 @@ class Monitor:
         recorded one (it registers the hooks) or the next automatic check (on_finding); this step while the
         hooks are on (every=1, or the sites not found yet) or the first training pass is not judged yet."""
         s = self.steps
-        if self.rec.hooks or self._io is None:
+        if self.every == 1 or self.rec.hooks or self._io is None:
             return s
         busy = s + (-(s + 1)) % self.every  # the first t >= s with (t + 1) % every == 0
         if self.on_finding is not None:
