@@ -6,9 +6,11 @@ from an older copy of the package imported as ``ddold`` ("old"). 20-step blocks 
 time (time.process_time); per kind the median over rounds of its block time over the same round's bare
 block (paired ratio), and the ratio of the medians. Interleaving in one process makes load on a shared
 machine hit all kinds alike; separate runs of ``monitor_overhead.py`` swing by several percent.
+With the default `capacity` most of a long run's recorded steps are dropped by decimation (from 256
+recorded steps on); ``--capacity 4096`` keeps every row, as the first 256 recorded steps of any run do.
 
     git archive REV src/deepdiag | tar -x -C /tmp/old && mv /tmp/old/src/deepdiag /tmp/old/ddold
-    PYTHONPATH=src:/tmp/old python benchmarks/monitor_ab.py [--rounds 80] [--threads 1]
+    PYTHONPATH=src:/tmp/old python benchmarks/monitor_ab.py [--rounds 80] [--threads 1] [--capacity 256]
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=80)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--capacity", type=int, default=256, help="the Monitors' capacity (rows kept)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     import ddold.monitor  # the older version (see the module docstring)
@@ -48,7 +51,7 @@ def main() -> None:
         model = dd.mlp(64, 10, width=256, depth=8, seed=0)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         version, _, every = k.partition(" every=")
-        runs[k] = [model, opt, monitors[version](model, every=int(every)) if every else None, 0]
+        runs[k] = [model, opt, monitors[version](model, every=int(every), capacity=a.capacity) if every else None, 0]
 
     def block(k: str) -> float:
         model, opt, mon, i = runs[k]
@@ -73,7 +76,7 @@ def main() -> None:
             times[k].append(block(k))
     bare = statistics.median(times["bare"])
     print(f"torch {torch.__version__}, threads {a.threads}, rounds {a.rounds} of {BLOCK}-step blocks, "
-          f"bare {bare / BLOCK * 1e3:.3f} ms/step (CPU)")
+          f"capacity {a.capacity}, bare {bare / BLOCK * 1e3:.3f} ms/step (CPU)")
     print("| loop | paired ratio (median) | ratio of medians |")
     print("|---|---|---|")
     for k in kinds[1:]:

@@ -1,7 +1,8 @@
 """The Monitor's fast paths held to their references: the per-site measurement of known sites
 (``Recorder._forward_known``) to the generic hook (``Recorder._forward``) on the same pass, and the
 flat-buffer dead/saturated shares (``UnitWindows.bad_counts``, numerators over denominators) to each
-window's ``bad_fraction``."""
+window's ``bad_fraction``, the units-only passes of recorded steps whose row is dropped to full passes, and
+the short path of ``Monitor.step`` between recorded steps to the hooks and checks it must leave in place."""
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from deepdiag.measure.history import UnitWindows
+from deepdiag.measure.recorder import Recorder
 from deepdiag.monitor import Monitor
 
 
@@ -100,3 +102,59 @@ def test_bad_fractions_match_each_window(case):
         assert got.keys() == want.keys()
         assert all(got[i] == want[i] or (math.isnan(got[i]) and math.isnan(want[i])) for i in want), (k, got, want)
         units.tick()
+
+
+class _AlwaysFull(Recorder):
+    """A Recorder that measures everything at every pass (the reference for passes without ``full``)."""
+
+    full = property(lambda self: True, lambda self, value: None)
+
+
+def _train_bits(name, every, always_full):
+    """Statistics of 23 steps under a Monitor whose rows are decimated from the 4th kept one on."""
+    torch.manual_seed(0)
+    model, x = MODELS[name](), _input(name)
+    y = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(model, every=every, capacity=4, window=3)
+    if always_full:
+        mon.rec.__class__ = _AlwaysFull
+    for _ in range(23):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    units = {i: w.counts().tolist() for i, w in mon._units.units.items()}
+    out = (mon._buf.rows[:mon._buf.n].view(torch.int32).tolist(), mon._buf.loss.view(torch.int32).tolist(),
+           list(mon._buf.steps), units, mon.recorded)
+    mon.close()
+    return out
+
+
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("name", MODELS)
+def test_dropped_rows_measure_units_only_with_the_same_numbers(name, every):
+    """A recorded step whose row decimation drops measures only the per-unit evidence (``Recorder.full``
+    off): the kept rows, losses and unit windows are bit for bit those of a monitor measuring everything."""
+    fast, full = _train_bits(name, every, False), _train_bits(name, every, True)
+    assert fast == full
+    assert len(fast[2]) < fast[4]  # rows were dropped (the case under test)
+
+
+def test_steps_between_recorded_ones_keep_hooks_and_checks():
+    """The short path of ``Monitor.step`` between recorded steps: the hooks go on at the step before each
+    recorded one and off after it, and the automatic checks run every `check_every` steps."""
+    torch.manual_seed(0)
+    model, x = MODELS["relu_mlp"](), _input("relu_mlp")
+    checked = []
+    mon = Monitor(model, every=4, on_finding=lambda f: None, check_every=3)
+    check = mon.check
+    mon.check = lambda: checked.append(mon.steps) or check()
+    for s in range(20):
+        model.zero_grad()
+        model(x).square().mean().backward()
+        mon.step()
+        assert bool(mon.rec.hooks) == (mon.steps % 4 == 0), s  # on for the next step exactly when recorded
+    assert checked == [3, 6, 9, 12, 15, 18] and mon.steps == 20 and mon.recorded == 5
+    mon.close()

@@ -16,9 +16,11 @@ ignored): per layer the output's mean and variance, the input's RMS, the back-pr
 per-unit firing/saturation counts; ``step()`` adds the weight and weight-gradient norms of all layers
 with one ``torch._foreach_norm`` call. The input scale is measured at the first and last weight layers
 only (what the activation-scale rule compares); ``checkup`` measures it everywhere. A non-finite loss
-is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`). Between recorded steps the hooks are removed, so
-unrecorded steps cost nothing. Everything stays on the model's device as tensors until ``diagnose()``
-or ``history`` reads it in one stacked ``.cpu()``.
+is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`).
+Between recorded steps the hooks are removed and ``step()`` only counts, so unrecorded steps cost next
+to nothing; a recorded step whose row decimation (below) drops measures only the per-unit evidence (no
+norms, no gradient hooks). Everything stays on the model's device as tensors until ``diagnose()`` or
+``history`` reads it in one stacked ``.cpu()``.
 
 Bounded memory (``deepdiag.measure.history``). Rows go into a fixed buffer of `capacity` rows; when it is full every other row is
 dropped and the stride between kept rows doubles (decimation), so any run length keeps between
@@ -67,7 +69,7 @@ from .measure.io import IOProbe, function_output_facts, input_facts, loss_kind, 
 from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.coverage import coverage
-from .measure.records import Coverage, LayerStats
+from .measure.records import UNIT_FAMILIES, Coverage, LayerStats
 from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.judge import bottleneck
@@ -174,6 +176,7 @@ class Monitor:
         self.n_classes, self.baseline, self.log_dir = n_classes, baseline, log_dir
         self.rec = Recorder(model)
         self.steps = 0  # optimizer steps seen
+        self._quiet_until = 0  # steps before this one are only counted (``_next_busy``)
         self.recorded = 0  # steps whose statistics were taken
         self.closed = False
         self._buf: StepBuffer | None = None  # (capacity, n_sites, len(STATS)) statistics, created on the first row
@@ -214,7 +217,12 @@ class Monitor:
         """Call once per optimizer step, after ``optimizer.step()``; `loss` (the batch loss) is optional."""
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
-        loss, s = self._scalar_loss(loss), self.steps
+        s = self.steps
+        if s < self._quiet_until:  # a step between recorded ones with nothing due: only counted (its loss unread)
+            self.steps = s + 1
+            self._carry.stepped()
+            return
+        loss = self._scalar_loss(loss)
         try:
             self._step(loss)
         except Exception as e:  # never break the user's loop: skip this step's statistics, say so once
@@ -223,6 +231,23 @@ class Monitor:
             self._warn_once(f"step:{type(e).__name__}", f"could not record step {self.steps - 1} "
                             f"({type(e).__name__}: {e}); its statistics are skipped, training goes on "
                             "(see monitor.problems)", e)
+        # the next recorded step's row is kept, or dropped by decimation: then its pass measures only
+        # the per-unit evidence (the same numbers as a full pass; a dropped row's norms are never read)
+        self.rec.full = self._buf is None or self._buf.keeps(self.recorded)
+        self._quiet_until = self._next_busy()
+
+    def _next_busy(self) -> int:
+        """The first step from now at which ``step`` has more to do than count it (the steps before it take
+        a short path, so that a step between recorded ones costs next to nothing): the step before the next
+        recorded one (it registers the hooks) or the next automatic check (on_finding); this step while the
+        hooks are on (every=1, or the sites not found yet) or the first training pass is not judged yet."""
+        s = self.steps
+        if self.every == 1 or self.rec.hooks or self._io is None:
+            return s
+        busy = s + (-(s + 1)) % self.every  # the first t >= s with (t + 1) % every == 0
+        if self.on_finding is not None:
+            busy = min(busy, s + (-(s + 1)) % self.check_every)
+        return busy
 
     def _scalar_loss(self, loss):
         """The batch loss as a scalar: a per-sample loss (``reduction="none"``) is averaged, with a note
@@ -396,6 +421,10 @@ class Monitor:
         dev = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self._buf = StepBuffer(self.capacity, len(sites), len(STATS), dev)
         self._weight_sites = [s for s in sites if s.kind == "weight"]
+        # the sites whose entries can hold per-unit evidence, and the others with their row offset (an
+        # activation site measures its units only): the loops of _commit, without the sites they skip
+        self._unit_sites = [s for s in sites if s.kind in ("weight", "activation") and s.family in UNIT_FAMILIES]
+        self._row_sites = [(s.index, s.index * len(STATS)) for s in sites if s.kind != "activation"]
         self._weights = [(s.index, s.module.weight) for s in self._weight_sites]
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
@@ -425,7 +454,7 @@ class Monitor:
             torch._foreach_copy_(self._prev, ws)
             self._prev_step = s
         unit_steps = []  # per-unit evidence: every recorded step
-        for site in sites:
+        for site in self._unit_sites:
             d = latest.get(site.index)
             if d is not None and "positions" in d:
                 self._fit_units(site, d)
@@ -437,32 +466,31 @@ class Monitor:
         # weight and gradient norms of every weight layer: two fused kernels, no host sync
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
         norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
-        wn, gn = norms[:len(ws)], norms[len(ws):]
         # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
-        # constant each is divided by (norm -> RMS / per sample); entries not measured stay NaN
-        vals, cols, scale = [], [], []
-        n_stats = len(STATS)
-        for i, d in latest.items():
-            base = i * n_stats
-            for key, col, numel in MEASURED:
-                v = d.get(key)
-                if v is not None:
-                    vals.append(v)
-                    cols.append(base + col)
-                    scale.append(math.sqrt(max(1, d.get(numel, 1))))
-        vals += [*gn, *wn]  # the weight layers' ‖∂L/∂W‖, ‖W‖ (then ‖ΔW‖ per step, a 1-d tensor)
-        for off in range(3):
-            cols += [i * n_stats + GRAD_NORM + off for i, _ in self._weights]
-        scale += [1.0] * (3 * len(self._weights))
+        # count each is divided by the square root of (norm -> RMS / per sample); entries not measured stay
+        # NaN. Activation sites measure only their units (``Recorder._plan``), so only the others are read.
+        vals, cols, counts = [], [], []
+        for i, base in self._row_sites:
+            d = latest.get(i)
+            if d is not None:
+                for key, col, numel in MEASURED:
+                    v = d.get(key)
+                    if v is not None:
+                        vals.append(v)
+                        cols.append(base + col)
+                        counts.append(d.get(numel, 1))
+        vals += norms[len(ws):] + norms[:len(ws)]  # the weight layers' ‖∂L/∂W‖, ‖W‖ (then ‖ΔW‖ per step, 1-d)
         # dead / saturated share of each unit layer's units (history only), by groups of layers: counts,
         # divided by the layer's number of units with the rest of the row
         bad = self._units.bad_counts()
-        for indices, _, den in bad:
-            cols += [i * n_stats + UNIT_FRAC for i in indices]
-            scale += den
-        key = (tuple(cols), tuple(scale))
-        if self._scale is None or self._scale[0] != key:  # other entries or batch size: new places, divisors
-            dev = self._buf.rows.device
+        key = (tuple(cols), tuple(counts), self._units.version)
+        if self._scale is None or self._scale[0] != key:  # other entries, batch size or layers: new places, divisors
+            n_stats, dev = len(STATS), self._buf.rows.device
+            cols += [i * n_stats + GRAD_NORM + off for off in range(3) for i, _ in self._weights]
+            scale = [math.sqrt(max(1, n)) for n in counts] + [1.0] * (3 * len(self._weights))
+            for indices, _, den in bad:
+                cols += [i * n_stats + UNIT_FRAC for i in indices]
+                scale += den
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
         parts = [torch.stack(vals)] if vals else []
         if ws:
@@ -499,7 +527,7 @@ class Monitor:
             return
         self._weights = now
         self._prev = [w.detach().clone() for _, w in now]
-        self._prev_step, self._upd = None, None
+        self._prev_step, self._upd, self._scale = None, None, None
 
     def _done(self) -> None:
         self.recorded += 1

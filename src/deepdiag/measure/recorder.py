@@ -6,6 +6,8 @@ data to the output passes through), and then keeps, per site, the device tensors
 forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them. Once the sites are found
 (without ``detail``), only their modules stay hooked and each weight or activation site's measurement is
 decided once (``Recorder._plan``): the same numbers with less Python per hook, at every recorded step.
+A pass with ``full`` off measures only the per-unit evidence (``Recorder._units_plan``): what a Monitor
+needs at a recorded step whose row of statistics its bounded history drops (decimation).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Recorder:
         self.discovered = False
         self._edges: set[int] = set()  # first and last weight sites: their input scale is always measured
         self.enabled = True
+        self.full = True  # off: known-site passes measure only the per-unit evidence (``_units_plan``)
         self.hooks, self._discovery_hooks = Hooks(), Hooks()
         self._targets: list[nn.Module] | None = None  # the sites' modules, once discovered (attach)
         self._plans: dict[int, object] = {}  # site index -> its measurement once discovered (``_plan``)
@@ -54,7 +57,7 @@ class Recorder:
         if self.discovered and not self.detail:
             if self._targets is None:
                 self._targets = list({id(s.module): s.module for s in self.sites}.values())
-                self._plans = {s.index: p for s in self.sites if (p := self._plan(s)) is not None}
+                self._plans = {s.index: (self._plan(s), self._units_plan(s)) for s in self.sites}
             self.hooks.add(self.model.register_forward_pre_hook(self._root_pre_known))
             for m in self._targets:
                 self.hooks.add(m.register_forward_hook(self._forward_known))
@@ -191,7 +194,7 @@ class Recorder:
         if site is None or not self.enabled:
             return
         x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
-        plan = self._plans.get(site.index)
+        plan = self._plans[site.index][0 if self.full else 1]
         _set_grad_enabled(False)  # reductions only: nothing for autograd to record, no detach() per tensor
         try:
             self.latest[site.index] = self._measure(site, x, y, args, out) if plan is None else plan(site, x, y)
@@ -238,6 +241,24 @@ class Recorder:
                 return s
             return activation
         return None
+
+    def _units_plan(self, site: Site):
+        """The measurement of a known site in a pass without ``full``: only what the per-unit windows take
+        (``_units``: ReLU maxima or saturation counts and their positions), computed as ``_plan`` and
+        ``_measure`` compute it; no norms and no gradient hooks. Every site called gets an entry (empty
+        without units), so the pass is still seen as a recorded one."""
+        if site.kind == "weight" and site.family in UNIT_FAMILIES:
+            unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1)
+
+            def weight_units(site, x, y):
+                s = {}
+                if x is not None:
+                    self._units(s, x.detach(), *unit)
+                return s
+            return weight_units
+        if site.kind == "activation":
+            return self._plan(site)  # (an activation site's measurement is its units, and its numel)
+        return _no_units
 
     def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
         kind = module_kind(m)
@@ -374,6 +395,11 @@ class Recorder:
 
 _grad_enabled, _vector_norm = torch.is_grad_enabled, torch.linalg.vector_norm
 _set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls, without its Python wrapper
+
+
+def _no_units(site, x, y) -> dict:
+    """``Recorder._units_plan`` of a site without units."""
+    return {}
 
 
 def _plain(g: Tensor) -> Tensor:
