@@ -4,8 +4,11 @@ training step). Measured here on CPU, where a sync costs nothing but the operati
 one are still visible: a tensor read as a Python number (``aten._local_scalar_dense``: ``item()``,
 ``float()``, ``int()``, ``bool()``, a tensor in an ``if``) or a comparison answered on the host
 (``aten.equal``), counted by a ``TorchDispatchMode`` around the whole loop (forward and backward
-hooks included), and a copy to the host (``.tolist()``, ``.cpu()``, ``.numpy()``, which on a CPU tensor
-do not dispatch: counted by wrapping the methods)."""
+hooks included), a copy to the host (``.tolist()``, ``.cpu()``, ``.numpy()``, which on a CPU tensor
+do not dispatch: counted by wrapping the methods), and a tensor made from host data (``torch.tensor``,
+``torch.as_tensor``: on CUDA a copy from pageable memory, which waits for the stream)."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -31,17 +34,23 @@ class _Syncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+HOST_DATA = ("tensor", "as_tensor")
+
+
 @pytest.fixture
 def host_copies(monkeypatch):
-    """Calls of .tolist() / .cpu() / .numpy() on any tensor, by name."""
+    """Calls of .tolist() / .cpu() / .numpy() on any tensor and of torch.tensor / torch.as_tensor, by name."""
     seen = []
-    for name in HOST_COPIES:
-        method = getattr(torch.Tensor, name)
 
-        def wrapped(self, *a, _name=name, _method=method, **k):
-            seen.append(_name)
-            return _method(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    def counted(name, function):
+        def wrapped(*a, **k):
+            seen.append(name)
+            return function(*a, **k)
+        return wrapped
+    for name in HOST_COPIES:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    for name in HOST_DATA:
+        monkeypatch.setattr(torch, name, counted(name, getattr(torch, name)))
     return seen
 
 
@@ -51,6 +60,8 @@ MODELS = {
                                      nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 36, 4)),
                        torch.randn(32, 3, 6, 6)),
     "lstm": lambda: (_LSTMNet(), torch.randn(32, 5, 8)),
+    "tanh_sigmoid": lambda: (nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 24), nn.Sigmoid(),
+                                           nn.Linear(24, 4)), torch.randn(32, 16)),
 }
 
 
@@ -65,7 +76,8 @@ class _LSTMNet(nn.Module):
 
 def _train(model, x, mon, steps, syncs=None, copies=None, start=3):
     """`steps` optimizer steps with `mon.step(loss)`; the sync counters are active from step `start`
-    on (the first steps may read the host once: discovery, input/output facts, start weights)."""
+    on (the first two recorded steps may read the host once: discovery, input/output facts, start
+    weights, the layout of a row)."""
     torch.manual_seed(0)
     y = torch.randint(0, 4, (len(x),))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -94,8 +106,9 @@ def _train(model, x, mon, steps, syncs=None, copies=None, start=3):
 def test_monitor_steps_read_nothing_on_the_host(name, every, host_copies):
     model, x = MODELS[name]()
     syncs = _Syncs()
-    with Monitor(model, every=every, loss_fn=nn.functional.cross_entropy, optimizer=None) as mon:
-        copied = _train(model, x, mon, steps=3 + 4 * every, syncs=syncs, copies=host_copies)
+    with Monitor(model, every=every, window=2, loss_fn=nn.functional.cross_entropy) as mon:  # windows roll
+        start = max(3, 2 * every)  # from the third recorded step on
+        copied = _train(model, x, mon, steps=start + 4 * every, syncs=syncs, copies=host_copies, start=start)
         assert syncs.seen == [] and copied == [], (syncs.seen, copied)
         assert mon.diagnose() is not None  # the reads happen here, once
 
@@ -134,3 +147,41 @@ def test_checks_read_the_host_only_at_their_steps():
             per_step.append(len(syncs.seen))
     reading = [i for i, n in enumerate(per_step) if n and i >= 3]
     assert reading and all((i + 1) % 4 == 0 for i in reading), per_step
+
+
+LOSSES = {  # loss passed to step() at each of 12 steps; the first non-finite one is the answer
+    "tensors": [torch.tensor(1.0)] * 9 + [torch.tensor(float("nan"))] + [torch.tensor(2.0)] * 2,
+    "tensor_inf_late": [torch.tensor(1.0)] * 7 + [torch.tensor(float("inf"))] * 5,
+    "gaps": [torch.tensor(1.0), None, torch.tensor(1.0), None, None, torch.tensor(float("nan"))] + [None] * 6,
+    "numbers": [1.0, 2.0, 1e39, 3.0] + [1.0] * 8,  # 1e39: Inf in float32, as a tensor loss would be
+    "mixed": [1.0, torch.tensor(1.0), 2.0, torch.tensor(float("nan")), float("nan")] + [1.0] * 7,
+    "finite": [torch.tensor(0.5)] * 12,
+}
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("case", list(LOSSES))
+def test_first_nonfinite_step_is_found_without_host_data(case, every, monkeypatch, host_copies):
+    """The first recorded step whose loss is NaN/Inf, folded every 2 tracked losses (``LOSS_FOLD``), is the
+    host's answer; folds of tensor losses whose steps advance by `every` make no tensor from host data."""
+    import deepdiag.monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "LOSS_FOLD", 2)
+    model, x = MODELS["mlp"]()
+    losses = LOSSES[case]
+    with Monitor(model, every=every) as mon:
+        for i, loss in enumerate(losses):
+            out = model(x).square().mean()
+            model.zero_grad()
+            out.backward()
+            before = len(host_copies)
+            mon.step(loss)
+            made = host_copies[before:]
+            if case in ("tensors", "tensor_inf_late", "finite") and i >= 2 * every:
+                assert made == [], (i, made)
+        mon._fold_losses()
+        got = int(mon._bad_step)
+        assert mon.problems == []  # every step recorded (a 1e39 number is stored as Inf, not an error)
+    recorded = [(s, v) for s, v in enumerate(losses) if s % every == 0 and v is not None]
+    bad = [s for s, v in recorded if not math.isfinite(float(torch.tensor(float(v))))]
+    assert got == (bad[0] if bad else -1)

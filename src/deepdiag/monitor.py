@@ -399,21 +399,36 @@ class Monitor:
     @torch.no_grad()
     def _fold_losses(self) -> None:
         """Fold the kept losses into ``_bad_step`` (the first tracked step whose loss is NaN or ±Inf, -1 if
-        none) on the device, a few kernels for all of them, no host sync."""
+        none) with no host sync: the tensor losses on their device, a few kernels for all of them; the
+        losses given as numbers on the host (the caller has read them already), as the default float
+        dtype holds them (1e39 overflows to Inf in float32, as a tensor loss would). No tensor is made from
+        host data on the device either (on CUDA that copy waits for the stream): the tensor losses' steps,
+        which advance by ``every``, are made there from the first one; only when some recorded steps had
+        no loss are they copied."""
         if not self._tracked:
             return
         if self._bad_step is None:
             dev = next((t.device for _, t in self._tracked if isinstance(t, Tensor)), torch.device("cpu"))
             self._bad_step = torch.full((), -1, dtype=torch.long, device=dev)
-        dev = self._bad_step.device
-        losses = torch.stack([(t.reshape(-1)[0] if t.dim() else t).to(dev, torch.float64) if isinstance(t, Tensor)
-                              else torch.tensor(t).to(dev, torch.float64) for _, t in self._tracked])  # (a number: as
-        # the default float dtype holds it, so 1e39 overflows to Inf in float32 as a tensor loss would)
-        steps = torch.tensor([s for s, _ in self._tracked], dtype=torch.long, device=dev)
-        never = torch.iinfo(torch.long).max
-        first = torch.where(torch.isfinite(losses), never, steps).amin()
-        self._bad_step = torch.where((self._bad_step < 0) & (first < never), first, self._bad_step)
+        dev, never = self._bad_step.device, torch.iinfo(torch.long).max
+        numbers = [(s, t) for s, t in self._tracked if not isinstance(t, Tensor)]
+        tensors = [(s, t) for s, t in self._tracked if isinstance(t, Tensor)]
         self._tracked = []
+        first_number = never
+        if numbers:  # host only (a CPU tensor: the default dtype's overflow)
+            finite = torch.isfinite(torch.tensor([t for _, t in numbers])).tolist()
+            first_number = min((s for (s, _), ok in zip(numbers, finite) if not ok), default=never)
+        if not tensors:
+            first = torch.full((), first_number, dtype=torch.long, device=dev)
+        else:
+            losses = torch.stack([(t.reshape(-1)[0] if t.dim() else t).to(dev, torch.float64) for _, t in tensors])
+            s0, k = tensors[0][0], len(tensors)
+            if all(s == s0 + i * self.every for i, (s, _) in enumerate(tensors)):
+                steps = torch.arange(k, dtype=torch.long, device=dev) * self.every + s0
+            else:  # (recorded steps without a loss: the steps as they are, copied)
+                steps = torch.tensor([s for s, _ in tensors], dtype=torch.long, device=dev)
+            first = torch.where(torch.isfinite(losses), never, steps).amin().clamp_max(first_number)
+        self._bad_step = torch.where((self._bad_step < 0) & (first < never), first, self._bad_step)
 
     def _setup(self) -> None:
         self.rec.finish_discovery()
@@ -483,7 +498,7 @@ class Monitor:
         # dead / saturated share of each unit layer's units (history only), by groups of layers: counts,
         # divided by the layer's number of units with the rest of the row
         bad = self._units.bad_counts()
-        key = (tuple(cols), tuple(counts), self._units.version)
+        key = (tuple(cols), tuple(counts), self._units.layout)
         if self._scale is None or self._scale[0] != key:  # other entries, batch size or layers: new places, divisors
             n_stats, dev = len(STATS), self._buf.rows.device
             cols += [i * n_stats + GRAD_NORM + off for off in range(3) for i, _ in self._weights]

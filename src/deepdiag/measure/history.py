@@ -51,8 +51,8 @@ class StepBuffer:
         if isinstance(loss, Tensor):  # (copy_ rounds to float32 as .float() does; records nothing under no_grad)
             t = loss.detach() if torch.is_grad_enabled() else loss
             self._loss_at[self.n].copy_(t.reshape(()) if t.dim() else t)
-        elif loss is not None:
-            self.loss[self.n] = float(loss)
+        elif loss is not None:  # rounded as a cast to the buffer's dtype rounds it (1e39 -> Inf in float32)
+            self.loss[self.n] = torch.tensor(float(loss), dtype=torch.float64).to(self.loss.dtype).item()
         self.steps.append(step)
         self.n += 1
 
@@ -125,6 +125,7 @@ class UnitWindows:
         self.window, self.in_window = window, 0
         self.units: dict[int, UnitWindow] = {}
         self.version = 0  # bumped whenever a window is created, dropped or rolled (its tensors replaced)
+        self.layout = 0  # bumped whenever a window is created or dropped (the layers and widths of bad_counts)
         self._segs: dict[tuple, tuple[Tensor, Tensor]] = {}  # (widths, device) -> (_segments)
         self._groups: tuple[int, list] | None = None  # (version, ``_group()``) for bad_counts
 
@@ -137,12 +138,14 @@ class UnitWindows:
             init = -math.inf if is_max else 0
             w = self.units[index] = UnitWindow(torch.full_like(u, init), 0, None, 0, init, is_max)
             self.version += 1
+            self.layout += 1
         w.add(u, d["positions"])
 
     def drop(self, index: int) -> None:
         """Forget site `index`'s evidence (a layer whose width changed starts again)."""
         del self.units[index]
         self.version += 1
+        self.layout += 1
 
     def add_all(self, items: list[tuple[int, dict]]) -> None:
         """``add`` for several sites of one recorded step: the ReLU maxima in one fused kernel."""
@@ -187,8 +190,7 @@ class UnitWindows:
             else:
                 prev = [w.previous if w.previous is not None else torch.zeros_like(w.current) for w in ws]
                 v = torch.cat([c.reshape(-1) for c in torch._foreach_add([w.current for w in ws], prev)]).float()
-                thr = torch.tensor([0.5 * max(1, w.seen) for w in ws], dtype=torch.float32, device=v.device)
-                hit = v > thr.repeat_interleave(torch.tensor(sizes, device=v.device))  # saturated
+                hit = v > _half_seen(ws, sizes, v.device)  # saturated
             if len(set(sizes)) == 1:  # layers of one width: a row each (the same exact sums of 0/1)
                 count = (hit if hit.dim() == 2 else hit.view(len(ws), -1)).sum(1, dtype=torch.float32)
             else:
@@ -250,3 +252,16 @@ class UnitWindows:
     def min_seen(self) -> int | None:
         """The fewest positions any unit layer has seen over both windows (None: no unit layers)."""
         return min((w.seen for w in self.units.values()), default=None)
+
+
+def _half_seen(ws: list, sizes: tuple, device) -> float | Tensor:
+    """Half the positions each saturation window has seen (at least ½), per unit of the concatenated
+    windows: one Python number when the windows agree (the usual case: layers fed by the same batch), else
+    a vector made on the device by fills (``torch.tensor`` of host numbers would copy them to the device
+    at every step: on CUDA a copy that waits for the stream). Exact either way: 0.5·seen is exact in
+    float32 up to 2²⁴ positions, as the comparison with a float32 count needs."""
+    half = [0.5 * max(1, w.seen) for w in ws]
+    if len(set(half)) == 1:
+        return half[0]
+    return torch.cat([torch.full((k,), h, dtype=torch.float32, device=device) for k, h in zip(sizes, half)])
+
