@@ -17,7 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import deepdiag as dd
 from deepdiag.monitor import Monitor
 
-SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default}
+SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default,
+            # outputs whose size depends on the values: on CUDA the host waits to learn it
+            torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default, torch.ops.aten.bincount.default,
+            torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default}
 HOST_COPIES = ("tolist", "cpu", "numpy")
 
 
@@ -74,12 +77,13 @@ class _LSTMNet(nn.Module):
         return self.head(self.lstm(x)[0][:, -1])
 
 
-def _train(model, x, mon, steps, syncs=None, copies=None, start=3):
+def _train(model, x, mon, steps, syncs=None, copies=None, start=3, loss_fn=nn.functional.cross_entropy):
     """`steps` optimizer steps with `mon.step(loss)`; the sync counters are active from step `start`
     on (the first two recorded steps may read the host once: discovery, input/output facts, start
     weights, the layout of a row)."""
     torch.manual_seed(0)
     y = torch.randint(0, 4, (len(x),))
+    y[:2] = -100  # ignored targets (a loss module's ignore_index)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     counted = []
     for i in range(steps):
@@ -88,7 +92,7 @@ def _train(model, x, mon, steps, syncs=None, copies=None, start=3):
         if mode is not None:
             mode.__enter__()
         try:
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = loss_fn(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -101,15 +105,20 @@ def _train(model, x, mon, steps, syncs=None, copies=None, start=3):
     return counted
 
 
+@pytest.mark.parametrize("loss", ["function", "module"])  # a loss module: the batches' classes are kept too
 @pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_monitor_steps_read_nothing_on_the_host(name, every, host_copies):
+def test_monitor_steps_read_nothing_on_the_host(name, every, loss, host_copies):
     model, x = MODELS[name]()
     syncs = _Syncs()
-    with Monitor(model, every=every, window=2, loss_fn=nn.functional.cross_entropy) as mon:  # windows roll
+    loss_fn = nn.functional.cross_entropy if loss == "function" else nn.CrossEntropyLoss()
+    with Monitor(model, every=every, window=2, loss_fn=loss_fn) as mon:  # windows roll
         start = max(3, 2 * every)  # from the third recorded step on
-        copied = _train(model, x, mon, steps=start + 4 * every, syncs=syncs, copies=host_copies, start=start)
+        copied = _train(model, x, mon, steps=start + 4 * every, syncs=syncs, copies=host_copies, start=start,
+                        loss_fn=loss_fn)
         assert syncs.seen == [] and copied == [], (syncs.seen, copied)
+        assert loss == "function" or mon._classes.counts()[-1] == torch.bincount(
+            torch.randint(0, 4, (len(x),), generator=torch.manual_seed(0))[2:], minlength=4).tolist()
         assert mon.diagnose() is not None  # the reads happen here, once
 
 

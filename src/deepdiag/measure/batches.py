@@ -1,8 +1,8 @@
 """The class mix of training batches: which classes each mini-batch's targets hold.
 
 ``BatchClasses(loss_fn)`` puts a forward pre-hook on a loss *module* and, for the training calls (autograd
-on) of the first epoch, keeps each batch's class counts (``torch.bincount`` of its integer targets,
-negative ids such as ignore_index −100 left out). The counts stay on the device: nothing is read back
+on) of the first epoch, keeps each batch's class counts (of its integer targets, negative ids such as
+ignore_index −100 left out; ``_class_counts``). The counts stay on the device: nothing is read back
 until ``counts()``. It removes itself after ``max_batches`` batches or at ``epoch_end()``, so it costs
 one small kernel per step of the first epoch and nothing afterwards. A loss called as a function has no
 hook to take: then nothing is recorded.
@@ -27,8 +27,7 @@ class BatchClasses:
         y = args[1].detach()
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.numel() < 2:
             return
-        y = y.reshape(-1)
-        self._counts.append(torch.bincount(y[y >= 0]))
+        self._counts.append(_class_counts(y.reshape(-1), module, args[0]))
         if len(self._counts) >= self.max_batches:
             self.remove()
 
@@ -53,6 +52,18 @@ class BatchClasses:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def _class_counts(ids: Tensor, loss: nn.Module, scores) -> Tensor:
+    """Count of each class id in `ids`, negative ids (ignore_index) left out. For cross-entropy and NLL,
+    whose scores are (N, C, ...), into C bins fixed by the shape (a scatter-add: nothing read back; on
+    CUDA, ``bincount`` and a boolean mask both wait for the device to learn their output's size, at
+    every step of the first epoch); for other losses by ``bincount`` of the non-negative ids."""
+    if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) and isinstance(scores, Tensor) and scores.dim() >= 2:
+        k = int(scores.shape[1])
+        bins = ids.clamp(-1, k - 1) + 1  # negative ids into bin 0, dropped (an id >= C fails the loss itself)
+        return torch.zeros(k + 1, dtype=torch.long, device=ids.device).scatter_add_(0, bins, torch.ones_like(bins))[1:]
+    return torch.bincount(ids[ids >= 0])
 
 
 __all__ = ["MAX_BATCHES", "BatchClasses"]
