@@ -61,7 +61,7 @@ def _class_counts(ids: Tensor, loss: nn.Module, scores) -> Tensor:
     every step of the first epoch); for other losses by ``bincount`` of the non-negative ids."""
     if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) and isinstance(scores, Tensor) and scores.dim() >= 2:
         k = int(scores.shape[1])
-        bins = ids.clamp(-1, k - 1) + 1  # negative ids into bin 0, dropped (an id >= C fails the loss itself)
+        bins = (ids.clamp(-1, k - 1) + 1).long()  # negative ids into bin 0, dropped (an id >= C fails the loss)
         return torch.zeros(k + 1, dtype=torch.long, device=ids.device).scatter_add_(0, bins, torch.ones_like(bins))[1:]
     return torch.bincount(ids[ids >= 0])
 
