@@ -95,3 +95,25 @@ def test_the_monitor_names_a_loop_over_class_sorted_data():
     assert mon.n_hooks == 0
     assert _train(sort=False)[0] == []
     assert _train(sort=True, loss_fn=nn.functional.cross_entropy)[0] == []  # a function: not seen
+
+
+@pytest.mark.parametrize("case", ["int64", "uint8", "ignore_index_255", "nll_negative", "other_loss"])
+def test_class_counts_of_any_integer_targets(case):
+    """Each class id counted once per target, ignored targets (negative ids, the loss's ignore_index) left
+    out, for the targets' integer dtype (uint8 masks too), against bincount of the kept ids."""
+    from deepdiag.measure.batches import _class_counts
+
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    loss, scores = nn.CrossEntropyLoss(), torch.zeros(8, 4)
+    if case == "uint8":
+        ids = ids.to(torch.uint8)
+    elif case == "ignore_index_255":
+        ids, loss = torch.tensor([0, 0, 1, 1, 255, 255, 3, 1]), nn.CrossEntropyLoss(ignore_index=255)
+    elif case == "nll_negative":
+        ids, loss = torch.tensor([0, -100, 1, 3, -100, 2, 0, 1]), nn.NLLLoss()
+    elif case == "other_loss":
+        loss = nn.MultiMarginLoss()
+    got = _class_counts(ids, loss, scores).tolist()
+    kept = ids.long()[(ids.long() >= 0) & (ids.long() != getattr(loss, "ignore_index", -1))]
+    want = torch.bincount(kept, minlength=4 if case != "other_loss" else 0).tolist()
+    assert got == want

@@ -158,3 +158,44 @@ def test_steps_between_recorded_ones_keep_hooks_and_checks():
         assert bool(mon.rec.hooks) == (mon.steps % 4 == 0), s  # on for the next step exactly when recorded
     assert checked == [3, 6, 9, 12, 15, 18] and mon.steps == 20 and mon.recorded == 5
     mon.close()
+
+
+@pytest.mark.parametrize("change", [None, "every", "on_finding", "no_zero_grad"])
+def test_quiet_steps_leave_everything_as_the_full_path(change):
+    """The short path of ``Monitor.step`` between recorded steps against a Monitor that takes the full path
+    at every step (``_next_busy`` answering "now"): the same automatic checks, recorded steps, rows and
+    losses bit for bit, first non-finite step and findings, with a NaN loss at a recorded step and with
+    ``every`` or ``on_finding`` set by hand at step 5 (the quiet steps are planned again), and the
+    gradient-reset probe's facts in a loop that never calls ``zero_grad()``."""
+    def run(quiet: bool):
+        torch.manual_seed(0)
+        model, x = MODELS["relu_mlp"](), _input("relu_mlp")
+        y = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        checked = []
+        mon = Monitor(model, every=4, on_finding=None if change == "on_finding" else (lambda f: None), check_every=3)
+        if not quiet:
+            mon._next_busy = lambda: mon.steps
+        check = mon.check
+        mon.check = lambda: checked.append(mon.steps) or check()
+        for s in range(40):
+            if s == 5 and change == "every":
+                mon.every = 2
+            if s == 5 and change == "on_finding":
+                mon.on_finding = lambda f: None
+            loss = nn.functional.cross_entropy(model(x), y) * (float("nan") if s == 24 else 1.0)
+            if change != "no_zero_grad":
+                opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+        mon._fold_losses()
+        out = (checked, mon.recorded, int(mon._bad_step), mon._buf.rows[:mon._buf.n].view(torch.int32).tolist(),
+               mon._buf.loss.view(torch.int32).tolist(), list(mon._buf.steps), [f.code for f in mon.diagnose()],
+               repr(mon._carry.facts()))  # (repr: NaN fields compare equal)
+        mon.close()
+        return out
+
+    quiet, full = run(True), run(False)
+    assert quiet == full
+    assert quiet[0] and quiet[2] == 24  # checks ran, and the NaN step was found

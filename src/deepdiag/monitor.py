@@ -176,7 +176,8 @@ class Monitor:
         self.n_classes, self.baseline, self.log_dir = n_classes, baseline, log_dir
         self.rec = Recorder(model)
         self.steps = 0  # optimizer steps seen
-        self._quiet_until = 0  # steps before this one are only counted (``_next_busy``)
+        self._quiet_until = 0  # steps before this one are only counted (``_next_busy``) ...
+        self._quiet_for: tuple = ()  # ... while every, check_every and on_finding are these
         self.recorded = 0  # steps whose statistics were taken
         self.closed = False
         self._buf: StepBuffer | None = None  # (capacity, n_sites, len(STATS)) statistics, created on the first row
@@ -218,7 +219,9 @@ class Monitor:
         if self.closed:
             raise RuntimeError("Monitor is closed; create a new one to keep monitoring")
         s = self.steps
-        if s < self._quiet_until:  # a step between recorded ones with nothing due: only counted (its loss unread)
+        if s < self._quiet_until and self._quiet_for == (self.every, self.check_every, self.on_finding):
+            # a step between recorded ones with nothing due (under the settings it was planned with): only
+            # counted, its loss unread
             self.steps = s + 1
             self._carry.stepped()
             return
@@ -235,6 +238,7 @@ class Monitor:
         # the per-unit evidence (the same numbers as a full pass; a dropped row's norms are never read)
         self.rec.full = self._buf is None or self._buf.keeps(self.recorded)
         self._quiet_until = self._next_busy()
+        self._quiet_for = (self.every, self.check_every, self.on_finding)  # (set by hand later: plan again)
 
     def _next_busy(self) -> int:
         """The first step from now at which ``step`` has more to do than count it (the steps before it take
@@ -403,8 +407,8 @@ class Monitor:
         losses given as numbers on the host (the caller has read them already), as the default float
         dtype holds them (1e39 overflows to Inf in float32, as a tensor loss would). No tensor is made from
         host data on the device either (on CUDA that copy waits for the stream): the tensor losses' steps,
-        which advance by ``every``, are made there from the first one; only when some recorded steps had
-        no loss are they copied."""
+        when they advance by ``every`` (the usual case), are made there from the first one; otherwise
+        (recorded steps without a loss or skipped by an error, ``every`` changed) they are copied."""
         if not self._tracked:
             return
         if self._bad_step is None:

@@ -37,7 +37,8 @@ class BatchClasses:
             self.remove()
 
     def counts(self) -> list[list[int]]:
-        """Per recorded batch, its count of each class id (0, 1, ..., the largest id seen), as integers."""
+        """Per recorded batch, its count of each class id (0, 1, ..., C − 1 for cross-entropy and NLL, whose
+        scores give C; else up to the largest id seen), as integers."""
         if not self._counts:
             return []
         k = max(len(c) for c in self._counts)
@@ -55,13 +56,16 @@ class BatchClasses:
 
 
 def _class_counts(ids: Tensor, loss: nn.Module, scores) -> Tensor:
-    """Count of each class id in `ids`, negative ids (ignore_index) left out. For cross-entropy and NLL,
-    whose scores are (N, C, ...), into C bins fixed by the shape (a scatter-add: nothing read back; on
-    CUDA, ``bincount`` and a boolean mask both wait for the device to learn their output's size, at
-    every step of the first epoch); for other losses by ``bincount`` of the non-negative ids."""
+    """Count of each class id in `ids`, negative ids and the loss's ``ignore_index`` left out. For
+    cross-entropy and NLL, whose scores are (N, C, ...), into C bins fixed by the shape (a scatter-add:
+    nothing read back; on CUDA, ``bincount`` and a boolean mask both wait for the device to learn their
+    output's size, at every step of the first epoch); for other losses by ``bincount`` of the
+    non-negative ids. Integer targets of any dtype (uint8 masks too) are counted as int64."""
+    ids = ids.long()
     if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) and isinstance(scores, Tensor) and scores.dim() >= 2:
         k = int(scores.shape[1])
-        bins = (ids.clamp(-1, k - 1) + 1).long()  # negative ids into bin 0, dropped (an id >= C fails the loss)
+        ids = ids.masked_fill(ids == loss.ignore_index, -1)  # (e.g. 255 in segmentation masks)
+        bins = ids.clamp(-1, k - 1) + 1  # ignored and negative ids into bin 0, dropped (an id >= C fails the loss)
         return torch.zeros(k + 1, dtype=torch.long, device=ids.device).scatter_add_(0, bins, torch.ones_like(bins))[1:]
     return torch.bincount(ids[ids >= 0])
 

@@ -23,16 +23,17 @@ CANCELLATION = 10  # mean² / variance above which the one-pass variance is redo
 
 
 def weight_summary(w: Tensor) -> tuple[float, float]:
-    """(std, ‖w‖_F) of a weight over all its entries, from two float32 reductions and one host sync.
+    """(std, ‖w‖_F) of a weight over all its entries, from two reductions and one host sync.
 
     With N entries, m = Σw/N and Var = (‖w‖² − N·m²)/(N − 1): a norm and a sum, each one read of `w`
-    in place (no copy, no float64 cast; ``Tensor.std`` took 9× as long on a 512×512×3×3 weight).
-    float32 accumulation errs by δ ≲ 10⁻⁴ relative (4·10⁻⁵ measured on 2.4M entries), which moves Var
-    by ~δ·(Var + m²). When m² > ``CANCELLATION``·Var (the mean, not the spread, dominates: never so at
-    initialisation, where m² ≈ Var/N) the variance is taken again as ‖w − m‖²/(N − 1), which has no
-    cancellation, after a min/max check that gives a constant weight std exactly 0; otherwise Var is
-    within ~10⁻³, far inside the ±15 % that init recognition allows. float32 is enough: weights are
-    O(1/√fan_in), far from float32's underflow (gradients, which reach 10⁻³⁰, use ``safe_norm``)."""
+    in place, in its own dtype (float32 for half precision, which is copied; ``Tensor.std`` took 9× as
+    long on a 512×512×3×3 weight). float32 accumulation errs by δ ≲ 10⁻⁴ relative (4·10⁻⁵ measured on
+    2.4M entries), which moves Var by ~δ·(Var + m²), a few 10⁻³ at most while m² ≤ ``CANCELLATION``·Var:
+    far inside the ±15 % that init recognition allows. When the mean dominates (m² > 10·Var: never so
+    at initialisation, where m² ≈ Var/N), a min/max check first gives a constant weight std exactly 0,
+    then Var is taken in two passes, d = w − m and (‖d‖² − (Σd)²/N)/(N − 1) (the second term corrects
+    the rounding of m to first order). float32 is enough: weights are O(1/√fan_in), far from float32's
+    underflow (gradients, which reach 10⁻³⁰, use ``safe_norm``)."""
     wd = w.detach()
     x = wd if wd.dtype in (torch.float32, torch.float64) else wd.float()
     n = x.numel()
@@ -47,7 +48,9 @@ def weight_summary(w: Tensor) -> tuple[float, float]:
         lo, hi = torch.aminmax(x)
         if lo == hi:
             return 0.0, norm
-        var = float(torch.linalg.vector_norm(x - mean)) ** 2 / (n - 1)
+        d = x - mean
+        d_norm, d_sum = torch.stack([torch.linalg.vector_norm(d), d.sum()]).tolist()  # host sync
+        var = (d_norm * d_norm - d_sum * d_sum / n) / (n - 1)
     return math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan, norm
 
 
