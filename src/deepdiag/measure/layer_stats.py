@@ -65,8 +65,9 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
         if s.kind in ("embedding", "recurrent", "attention"):
             ps = matrix_params(s.module, s.kind)
             if ps:
-                r["weight_norm"] = math.sqrt(sum(weight_summary(p)[1] ** 2 for p in ps))
-                r["weight_std"] = weight_summary(ps[0])[0]
+                summaries = [weight_summary(p) for p in ps]  # (std, norm) each, read once
+                r["weight_norm"] = math.sqrt(sum(norm ** 2 for _, norm in summaries))
+                r["weight_std"] = summaries[0][0]
             if m.get("grad_norm") is not None:
                 r["grad_norm"] = _f(m["grad_norm"])
                 r["grad_rel"] = r["grad_norm"] / r["weight_norm"] if r.get("weight_norm") else None
