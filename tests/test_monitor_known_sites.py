@@ -57,9 +57,9 @@ def test_known_site_measurement_matches_generic_hook(name):
         rec = mon.rec
         assert rec._plans  # the fast path is in use
         fast = _pass(model, rec, x)
-        rec.detach()  # the same modules, hooked by the generic measurement
+        rec.detach()  # every site's module (activations measured by their consumers too), hooked by the generic measurement
         rec.hooks.add(model.register_forward_pre_hook(rec._root_pre))
-        for m in rec._targets:
+        for m in {id(s.module): s.module for s in rec.sites}.values():
             rec.hooks.add(m.register_forward_hook(rec._forward))
         generic = _pass(model, rec, x)
     assert fast.keys() == generic.keys() and fast
@@ -199,3 +199,60 @@ def test_quiet_steps_leave_everything_as_the_full_path(change):
     quiet, full = run(True), run(False)
     assert quiet == full
     assert quiet[0] and quiet[2] == 24  # checks ran, and the NaN step was found
+
+
+def _forward_hooks(module):
+    return len(module._forward_hooks)
+
+
+def test_activations_fed_to_a_layer_or_without_units_are_not_hooked():
+    """After discovery a ReLU/Tanh whose output is the next layer's input is measured by that layer (no
+    hook of its own), an activation without units (GELU) is not hooked at all, and one whose output goes
+    elsewhere (into Dropout) keeps its hook."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16),
+                          nn.GELU(), nn.Linear(16, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 3))
+    x = torch.randn(32, 12)
+    with Monitor(model) as mon:
+        for _ in range(3):
+            model(x).square().mean().backward()
+            mon.step()
+        hooked = [_forward_hooks(m) > 0 for m in model]
+        assert hooked == [True, False, True, False, True, False, True, True, False, True]
+        acts = {s.name: s.index for s in mon.rec.sites if s.kind == "activation"}
+        for name in ("1", "3", "7"):  # every unit activation still has its evidence
+            assert mon._units.units[acts[name]].positions == 3 * 32
+
+
+class _Route(nn.Module):
+    """Linear → ReLU → Linear; with `flip`, the ReLU's output is negated before the second layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.b = nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)
+        self.flip = False
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        return self.b(-h if self.flip else h)
+
+
+def test_consumer_that_sees_another_route_hands_back_to_the_activation_hook():
+    """When the layer's input is no longer the activation's output, that pass records nothing for the
+    activation (not the layer's input as its units) and the activation is hooked again from then on: the
+    window holds the maxima of the ReLU's own outputs over every other pass."""
+    torch.manual_seed(0)
+    model, g = _Route(), torch.Generator().manual_seed(2)
+    seen = []
+    model.act.register_forward_hook(lambda m, a, out: seen.append(out.detach().amax(0)))
+    with Monitor(model) as mon:
+        for i in range(6):
+            model.flip = i >= 3
+            model(torch.randn(32, 12, generator=g)).square().mean().backward()
+            mon.step()
+        relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
+        w = mon._units.units[relu]
+        assert _forward_hooks(model.act) == 2  # ours again, and the test's
+        assert w.positions == 5 * 32  # pass 3 (the first flipped one) recorded nothing
+        expected = torch.stack(seen[:3] + seen[4:]).amax(0)
+        assert torch.equal(w.current, expected)

@@ -7,7 +7,11 @@ forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them
 (without ``detail``), only their modules stay hooked and each weight or activation site's measurement is
 decided once (``Recorder._plan``): the same numbers with less Python per hook, at every recorded step.
 A pass with ``full`` off measures only the per-unit evidence (``Recorder._units_plan``): what a Monitor
-needs at a recorded step whose row of statistics its bounded history drops (decimation).
+needs at a recorded step whose row of statistics its bounded history drops (decimation). Known passes
+hook only the modules that still have something to measure: an activation module whose output is the
+very tensor a weight layer takes as input (``Linear → ReLU → Linear``) has its units measured by that
+layer's hook, from its input (the same tensor, so the same numbers), and an activation without units
+(GELU, LeakyReLU, ...) measures nothing there.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ class Recorder:
         self._targets: list[nn.Module] | None = None  # the sites' modules, once discovered (attach)
         self._plans: dict[int, object] = {}  # site index -> its measurement once discovered (``_plan``)
         self._by_key: dict[tuple[int, int], Site] = {}
+        self._consumed: dict[int, tuple[Site, type]] = {}  # activation site -> (weight site taking its output, grad_fn type)
+        self._replan = False  # a consumer lost its activation: plan and hook again at the next attach()
         self._names = {id(m): n for n, m in model.named_modules()}
         self._reset_pass()
 
@@ -52,12 +58,19 @@ class Recorder:
         """Register the hooks (a no-op while they are registered). Once the sites are found only their
         modules are hooked (a module without a site returns at once from ``_forward``), from a list kept
         since: a Monitor attaches before every recorded step, and walking the model costs more than that."""
-        if self.hooks:
+        if self.hooks and not self._replan:
             return self
+        if self._replan:  # an activation's consumer saw another route: hook the activation again
+            self.hooks.remove()
+            self._targets, self._replan = None, False
         if self.discovered and not self.detail:
             if self._targets is None:
-                self._targets = list({id(s.module): s.module for s in self.sites}.values())
-                self._plans = {s.index: (self._plan(s), self._units_plan(s)) for s in self.sites}
+                self._plans = {}
+                for s in sorted(self.sites, key=lambda s: s.kind != "activation"):  # (the consumers use them)
+                    self._plans[s.index] = (self._plan(s), self._units_plan(s))
+                served = {s.index for s in self.sites if s.kind == "activation"
+                          and (s.family not in UNIT_FAMILIES or s.index in self._consumed)}
+                self._targets = list({id(s.module): s.module for s in self.sites if s.index not in served}.values())
             self.hooks.add(self.model.register_forward_pre_hook(self._root_pre_known))
             for m in self._targets:
                 self.hooks.add(m.register_forward_hook(self._forward_known))
@@ -101,6 +114,7 @@ class Recorder:
         self._producer: dict[int, Site] = {}  # data_ptr -> weight/norm site that produced it
         self._inputs: set[int] = set()
         self._last_out: tuple[Site, Tensor] | None = None  # discovery: the latest weight layer output
+        self._act_out: dict[int, tuple[Site, Tensor]] = {}  # discovery: id of an activation's output -> (site, it)
         self._keep: list[Tensor] = []  # discovery: tensors whose data_ptr is in the maps above
 
     def _root_pre(self, module, args):
@@ -172,6 +186,7 @@ class Recorder:
                 self._keep += [n for n in (node_in, y.grad_fn) if n is not None]  # keep the ids valid
             if site.kind == "activation":
                 self._covered.add(y.data_ptr())
+                self._act_out[id(y)] = (site, y)
             else:
                 self._producer[y.data_ptr()] = site
                 if site.kind == "weight":
@@ -191,8 +206,8 @@ class Recorder:
         if y is None or not y.is_floating_point():
             return
         site = self._by_key.get((mid, k))
-        if site is None or not self.enabled:
-            return
+        if site is None or not self.enabled or site.index in self._consumed:
+            return  # (a consumed activation: its consumer measures it, see ``_consumer``)
         x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
         plan = self._plans[site.index][0 if self.full else 1]
         _set_grad_enabled(False)  # reductions only: nothing for autograd to record, no detach() per tensor
@@ -211,6 +226,7 @@ class Recorder:
             path_in = site.path == "in"
             unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1) \
                 if site.family in UNIT_FAMILIES else None
+            feed = self._feed_plan(site)
 
             def weight(site, x, y):
                 s = {"numel": y.numel(), "act_norm": _vector_norm(y)}
@@ -222,6 +238,8 @@ class Recorder:
                     y.register_hook(self._grad_hook(site.index, y.shape[0] if y.dim() > 1 else 1))
                 if unit is not None and x is not None:
                     self._units(s, x.detach(), *unit)
+                if feed is not None:
+                    feed(x)
                 return s
             return weight
         if site.kind == "activation":
@@ -247,18 +265,41 @@ class Recorder:
         (``_units``: ReLU maxima or saturation counts and their positions), computed as ``_plan`` and
         ``_measure`` compute it; no norms and no gradient hooks. Every site called gets an entry (empty
         without units), so the pass is still seen as a recorded one."""
-        if site.kind == "weight" and site.family in UNIT_FAMILIES:
-            unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1)
+        feed = self._feed_plan(site) if site.kind == "weight" else None
+        if site.kind == "weight" and (site.family in UNIT_FAMILIES or feed is not None):
+            unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1) \
+                if site.family in UNIT_FAMILIES else None
 
             def weight_units(site, x, y):
                 s = {}
-                if x is not None:
+                if unit is not None and x is not None:
                     self._units(s, x.detach(), *unit)
+                if feed is not None:
+                    feed(x)
                 return s
             return weight_units
         if site.kind == "activation":
             return self._plan(site)  # (an activation site's measurement is its units, and its numel)
         return _no_units
+
+    def _feed_plan(self, site: Site):
+        """For a weight site whose input is an activation module's output (``_consumed``): a function of
+        that input which records the activation site's measurement (its plan, given the input as the
+        output it is), so that the activation module needs no hook; None otherwise. When the input was made
+        by another operation than at discovery (its ``grad_fn`` type differs: the model took another
+        route), nothing is recorded for the activation in that pass, and from the next ``attach()`` on its
+        module is hooked again."""
+        for a, (consumer, via) in self._consumed.items():
+            if consumer is site:
+                act, plan = self.sites[a], self._plans[a][0]
+
+                def feed(x):
+                    if isinstance(x, Tensor) and type(x.grad_fn) is via:
+                        self.latest[a] = plan(act, None, x)
+                    elif self._consumed.pop(a, None) is not None:
+                        self._replan = True
+                return feed
+        return None
 
     def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
         kind = module_kind(m)
@@ -272,6 +313,9 @@ class Recorder:
             site.units = y.shape[site.unit_dim] if y.dim() else 1
             if x is not None and x.is_floating_point():
                 px = x.data_ptr()
+                fed = self._act_out.get(id(x))
+                if fed is not None and fed[1] is x and fed[0].family in UNIT_FAMILIES and fed[0].index not in self._consumed:
+                    self._consumed[fed[0].index] = (site, type(x.grad_fn))  # this layer measures its units
                 site.is_model_input = px in self._inputs
                 prev = [s for s in self.sites if s.kind == "weight"]
                 if not site.is_model_input and px not in self._covered and px not in self._producer and prev:
