@@ -13,8 +13,8 @@
 What is recorded. Every `every`-th optimizer step, the hooks of ``deepdiag.measure.recorder.Recorder`` measure
 the training forward/backward pass (forward passes under ``torch.no_grad()``, e.g. evaluation, are
 ignored): per layer the output's mean and variance, the input's RMS, the back-propagated signal's RMS,
-per-unit firing/saturation counts; ``step()`` adds the weight and weight-gradient norms of all layers
-with one ``torch._foreach_norm`` call. The input scale is measured at the first and last weight layers
+per-unit firing/saturation counts; ``step()`` adds the weight-gradient norms of all layers with one
+``torch._foreach_norm`` call. The input scale is measured at the first and last weight layers
 only (what the activation-scale rule compares); ``checkup`` measures it everywhere. A non-finite loss
 is looked for at recorded steps (a diverged run stays NaN, so the step is found within `every`).
 Between recorded steps the hooks are removed and ``step()`` only counts, so unrecorded steps cost next
@@ -29,9 +29,16 @@ and saturated units) are kept per window of `window` recorded steps: the current
 window, so units that die during training are seen once a whole window passes without them firing.
 Epoch curves are kept in full (one row per epoch).
 
-Update sizes. At every recorded step the weights are compared with a copy taken at the previous
-recorded step (one fused subtract/norm/copy into preallocated buffers, on the device): ‖Δw‖/‖w‖ per
-step for the stalled-updates rule; weights bit-identical across checks are "frozen".
+Update sizes. Every ``UPDATE_EVERY`` recorded steps the weights are copied, their norms ‖W‖ taken, and
+compared with the weights of the next recorded step (one fused subtract/norm/copy into preallocated
+buffers, on the device): ‖Δw‖/‖w‖ per step for the stalled-updates rule; weights bit-identical across
+checks are "frozen". Rows in between carry ‖ΔW‖ and ‖W‖ forward: reading all the weights costs as much
+as the rest of a row, and ‖W‖ moves by about update_rel per step (~10⁻³), so by ~1 % between
+readings. The rules never read ‖W‖ from the rows (they take it from the module when judging); the
+history's weight_norm, grad_rel and update_rel use the carried value. The same holds for the rows' share
+of dead or saturated units (history only; the rules read the unit windows themselves): it is read at a
+kept row once ``UPDATE_EVERY`` recorded steps have passed since the last reading, and carried forward in
+between; it moves only as units start or stop firing over windows of `window` recorded steps.
 
 Gradients carried over (``deepdiag.measure.carryover``). At the first backward pass after every
 `every`-th optimizer step, a tensor hook on the first and last trainable parameter reads whether
@@ -83,7 +90,7 @@ MEASURED = (("act_norm", 0, "numel"), ("in_norm", 1, "in_numel"), ("signal_norm"
             ("path_norm", PATH_NORM, "path_numel"))  # a recorder entry, its column, the count it is divided by
 RECENT = 10  # diagnose() judges the median of the last RECENT kept rows
 LOSS_FOLD = 256  # step losses kept before they are searched for a non-finite one (bounds their memory)
-UPDATE_EVERY = 10  # recorded steps between weight snapshots for the update-to-weight ratio
+UPDATE_EVERY = 10  # recorded steps between weight snapshots (‖W‖ and the update-to-weight ratio)
 _OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> WeakSet of its Monitors
 
 
@@ -109,8 +116,9 @@ def _seen_key(f: Finding) -> tuple:
 @dataclass
 class MonitorHistory:
     """``layers``: one row per kept step and layer (long format): act_rms, in_rms (RMS of the output and
-    input), signal_norm (per-sample ‖∂L/∂output‖), grad_norm and weight_norm (‖∂L/∂W‖, ‖W‖), grad_rel and
-    update_rel (‖∂L/∂W‖/‖W‖, and ‖ΔW‖ per step/‖W‖ from the latest weight snapshot), dead_frac /
+    input), signal_norm (per-sample ‖∂L/∂output‖), grad_norm and weight_norm (‖∂L/∂W‖, and ‖W‖ from the
+    latest weight snapshot), grad_rel and update_rel (‖∂L/∂W‖/‖W‖, and ‖ΔW‖ per step/‖W‖ from the latest
+    weight snapshot), dead_frac /
     saturated_frac (share of the layer's ReLU units that never fired / tanh-sigmoid units saturated over
     the last one or two unit windows); NaN where not measured. ``steps``: the loss per kept step (when
     ``step(loss)`` was given); ``epochs``: one row per ``epoch()`` call."""
@@ -448,8 +456,10 @@ class Monitor:
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
         self._upd = None  # latest ‖Δw‖ per step of each weight layer (device tensors)
+        self._wnorm = None  # ‖W‖ of each weight layer at the latest snapshot (device tensors)
         self._nan = torch.full((), math.nan, dtype=torch.float32, device=dev)
         self._scale = None
+        self._bad = None  # (recorded step, unit layout, ``UnitWindows.bad_counts()``) of the latest reading
         if self._bad_step is None:
             self._bad_step = torch.full((), -1, dtype=torch.long, device=dev)
 
@@ -471,6 +481,7 @@ class Monitor:
             self._prev_step = None
         if ws and self.recorded % UPDATE_EVERY == 0:
             torch._foreach_copy_(self._prev, ws)
+            self._wnorm = torch.stack(torch._foreach_norm(ws))  # (weight layers,)
             self._prev_step = s
         unit_steps = []  # per-unit evidence: every recorded step
         for site in self._unit_sites:
@@ -482,9 +493,9 @@ class Monitor:
         self._units.tick()
         if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
-        # weight and gradient norms of every weight layer: two fused kernels, no host sync
+        # gradient norms of every weight layer: one fused kernel, no host sync
         gs = [w.grad if w.grad is not None else torch.zeros_like(w) for w in ws]
-        norms = torch._foreach_norm(ws + gs) if ws else []  # one fused kernel
+        norms = torch._foreach_norm(gs) if ws else []
         # the row's measured entries (0-d tensors), their places in the flattened (site, stat) row and the
         # count each is divided by the square root of (norm -> RMS / per sample); entries not measured stay
         # NaN. Activation sites measure only their units (``Recorder._plan``), so only the others are read.
@@ -498,10 +509,13 @@ class Monitor:
                         vals.append(v)
                         cols.append(base + col)
                         counts.append(d.get(numel, 1))
-        vals += norms[len(ws):] + norms[:len(ws)]  # the weight layers' ‖∂L/∂W‖, ‖W‖ (then ‖ΔW‖ per step, 1-d)
+        vals += norms  # the weight layers' ‖∂L/∂W‖ (then ‖W‖ and ‖ΔW‖ per step, 1-d)
         # dead / saturated share of each unit layer's units (history only), by groups of layers: counts,
-        # divided by the layer's number of units with the rest of the row
-        bad = self._units.bad_counts()
+        # divided by the layer's number of units with the rest of the row; read again once UPDATE_EVERY
+        # recorded steps have passed (or the unit layers changed), carried forward in between
+        if self._bad is None or self.recorded - self._bad[0] >= UPDATE_EVERY or self._bad[1] != self._units.layout:
+            self._bad = (self.recorded, self._units.layout, self._units.bad_counts())
+        bad = self._bad[2]
         key = (tuple(cols), tuple(counts), self._units.layout)
         if self._scale is None or self._scale[0] != key:  # other entries, batch size or layers: new places, divisors
             n_stats, dev = len(STATS), self._buf.rows.device
@@ -513,7 +527,7 @@ class Monitor:
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
         parts = [torch.stack(vals)] if vals else []
         if ws:
-            parts.append(self._upd if self._upd is not None else self._nan.expand(len(ws)))
+            parts += [t if t is not None else self._nan.expand(len(ws)) for t in (self._wnorm, self._upd)]
         parts += [num for _, num, _ in bad]
         # one kernel each: stack, cat, divide (x / 1 = x: the norms that need no scaling are unchanged)
         row = (torch.cat(parts) if len(parts) > 1 else parts[0]) / self._scale[2] if parts else None
@@ -533,7 +547,7 @@ class Monitor:
 
     def _fit_weights(self) -> None:
         """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
-        update-size snapshots start again from the weights the model has now."""
+        update-size snapshots start again from the weights the model has now, and ‖W‖ is read again."""
         if len(self._weights) == len(self._weight_sites) and all(
                 (s.module._parameters.get("weight") is w or getattr(s.module, "weight", None) is w)
                 and w.shape == p.shape for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
@@ -547,6 +561,7 @@ class Monitor:
         self._weights = now
         self._prev = [w.detach().clone() for _, w in now]
         self._prev_step, self._upd, self._scale = None, None, None
+        self._wnorm = torch.stack(torch._foreach_norm([w for _, w in now])) if now else None
 
     def _done(self) -> None:
         self.recorded += 1
