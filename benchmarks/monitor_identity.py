@@ -9,8 +9,11 @@ equal to NaN): the statistics buffer and losses with their steps, ``history`` (l
 ``rows()``, ``diagnose()``, the findings ``check()`` returned along the way, ``coverage`` and the
 gradient-carry facts.
 
+`--skip weight_norm,unit_frac` leaves statistics out of the comparison (their buffer column and the
+history columns made from them): for comparing across a change that reads them on purpose at other steps.
+
     git archive REV src/deepdiag | tar -x -C /tmp/old && mv /tmp/old/src/deepdiag /tmp/old/ddold
-    PYTHONPATH=src:/tmp/old python benchmarks/monitor_identity.py [--steps 90]
+    PYTHONPATH=src:/tmp/old python benchmarks/monitor_identity.py [--steps 90] [--skip weight_norm,unit_frac]
 """
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ import warnings
 import torch
 from torch import nn
 
-from deepdiag.monitor import Monitor
+from deepdiag.monitor import STATS, Monitor
+
+DERIVED = {"weight_norm": ("weight_norm", "grad_rel", "update_rel"), "unit_frac": ("dead_frac", "saturated_frac"),
+           "update_norm": ("update_rel",), "grad_norm": ("grad_norm", "grad_rel")}  # history columns made from a statistic
 
 
 class _Seq(nn.Module):
@@ -69,8 +75,9 @@ CASES = {  # name -> (model factory, input shape without the batch)
 }
 
 
-def _train(monitor_cls, name: str, every: int, steps: int):
-    """Train case `name` under `monitor_cls`; return everything the Monitor recorded, as plain values."""
+def _train(monitor_cls, name: str, every: int, steps: int, skip: tuple = ()):
+    """Train case `name` under `monitor_cls`; return everything the Monitor recorded, as plain values
+    (without the statistics in `skip`)."""
     factory, shape = CASES[name]
     torch.manual_seed(0)
     model = factory()
@@ -103,9 +110,12 @@ def _train(monitor_cls, name: str, every: int, steps: int):
         if s % 40 == 39:
             checks.append([_finding(f) for f in mon.check()])
     hist = mon.history
-    out = {"buffer": _bits(mon._buf.rows[:mon._buf.n]), "losses": _bits(mon._buf.loss[:mon._buf.n]),
+    rows = mon._buf.rows[:mon._buf.n].clone()
+    rows[:, :, [STATS.index(k) for k in skip]] = math.nan
+    layers = hist.layers.drop(columns=[c for k in skip for c in DERIVED.get(k, (k,))])
+    out = {"buffer": _bits(rows), "losses": _bits(mon._buf.loss[:mon._buf.n]),
            "steps": list(mon._buf.steps), "recorded": mon.recorded,
-           "layers": hist.layers.to_dict("list"), "step_df": hist.steps.to_dict("list"),
+           "layers": layers.to_dict("list"), "step_df": hist.steps.to_dict("list"),
            "epochs": hist.epochs.to_dict("list"), "rows": [repr(r) for r in mon.rows()],
            "diagnose": [_finding(f) for f in mon.diagnose()], "checks": checks,
            "notified": [_finding(f) for f in seen], "coverage": repr(mon.coverage),
@@ -158,7 +168,12 @@ def _leaves(v) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--skip", default="", help=f"statistics left out, comma-separated, of {', '.join(STATS)}")
     a = p.parse_args()
+    skip = tuple(k for k in a.skip.split(",") if k)
+    unknown = [k for k in skip if k not in STATS]
+    if unknown:
+        p.error(f"--skip: unknown {', '.join(unknown)}; allowed: {', '.join(STATS)}")
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     import ddold.monitor  # the older version (see the module docstring)
@@ -166,8 +181,8 @@ def main() -> None:
     bad = 0
     for name in CASES:
         for every in (1, 3, 10):
-            old = _train(ddold.monitor.Monitor, name, every, a.steps)
-            new = _train(Monitor, name, every, a.steps)
+            old = _train(ddold.monitor.Monitor, name, every, a.steps, skip)
+            new = _train(Monitor, name, every, a.steps, skip)
             d = _diff(old, new)
             print(f"{name:22s} every={every}: {'identical' if d is None else 'DIFFERENT ' + d} "
                   f"({len(new['steps'])} rows, {new['recorded']} recorded, {len(new['diagnose'])} findings, "

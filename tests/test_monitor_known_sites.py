@@ -256,3 +256,62 @@ def test_consumer_that_sees_another_route_hands_back_to_the_activation_hook():
         assert w.positions == 5 * 32  # pass 3 (the first flipped one) recorded nothing
         expected = torch.stack(seen[:3] + seen[4:]).amax(0)
         assert torch.equal(w.current, expected)
+
+
+def test_weight_norms_and_unit_shares_are_the_latest_readings_carried_forward():
+    """A row's ‖W‖ is the norm at the latest weight snapshot (every UPDATE_EVERY recorded steps, and at
+    once when a weight is replaced), and its dead-unit share the windows' ``bad_fraction`` at the latest
+    reading: both exact, carried forward in between."""
+    from deepdiag.monitor import STATS, UPDATE_EVERY
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(3)
+    weights = [model[0], model[2], model[4]]
+    norms, fracs = [], []
+    with Monitor(model, capacity=1000, window=4) as mon:
+        for step in range(2 * UPDATE_EVERY + 5):
+            if step == 13:  # a weight replaced: read again at once
+                model[2].weight = nn.Parameter(torch.randn(16, 16) * 0.3)
+                opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            opt.zero_grad()
+            model(torch.randn(32, 12, generator=g) - 1).square().mean().backward()
+            opt.step()
+            mon.step()
+            norms.append([torch.linalg.vector_norm(m.weight.detach()) for m in weights])
+            fracs.append({i: w.bad_fraction() for i, w in mon._units.units.items()})
+        rows = mon._buf.rows[:mon._buf.n]
+        sites = {s.index: s for s in mon.rec.sites}
+    w_col, u_col = STATS.index("weight_norm"), STATS.index("unit_frac")
+    w_sites = [i for i, s in sites.items() if s.kind == "weight"]
+    read_w = read_u = 0
+    for r in range(len(rows)):
+        if r % UPDATE_EVERY == 0 or r == 13:
+            read_w = r
+        if r - read_u >= UPDATE_EVERY:
+            read_u = r
+        assert rows[r, w_sites, w_col].tolist() == torch.stack(norms[read_w]).tolist(), r
+        for i, frac in fracs[read_u].items():
+            assert rows[r, i, u_col].item() == frac.item(), (r, i)
+
+
+def test_activation_whose_consumer_is_replaced_is_measured_again():
+    """Layers replaced by wider ones mid-run: the old consumer of the ReLU is no longer called, so the
+    ReLU is hooked again from the next step (the step that saw no measurement of it releases it), and its
+    evidence restarts at the new width (with the width warning)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(32, 12)
+    with Monitor(model) as mon:
+        for step in range(6):
+            if step == 3:
+                model[0], model[2] = nn.Linear(12, 24), nn.Linear(24, 3)
+            model(x).square().mean().backward()
+            if step == 4:
+                with pytest.warns(RuntimeWarning, match="changed width from"):
+                    mon.step()
+            else:
+                mon.step()
+        relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
+        assert mon._units.units[relu].current.shape == (24,) and mon._units.units[relu].positions == 2 * 32

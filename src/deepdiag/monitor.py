@@ -59,6 +59,7 @@ module) the targets (output_loss_mismatch): host syncs on that step only.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 import weakref
 from dataclasses import dataclass, replace
@@ -282,6 +283,7 @@ class Monitor:
         if self._io is None and self.probe.results:
             self._judge_io(s, loss)
         if s % self.every == 0:
+            self.rec.check_fed()
             if loss is not None:
                 self._track_loss(s, loss)
             if self.rec.latest:
@@ -450,9 +452,11 @@ class Monitor:
         self._weight_sites = [s for s in sites if s.kind == "weight"]
         # the sites whose entries can hold per-unit evidence, and the others with their row offset (an
         # activation site measures its units only): the loops of _commit, without the sites they skip
-        self._unit_sites = [s for s in sites if s.kind in ("weight", "activation") and s.family in UNIT_FAMILIES]
+        self._unit_sites = [s.index for s in sites if s.kind in ("weight", "activation") and s.family in UNIT_FAMILIES]
         self._row_sites = [(s.index, s.index * len(STATS)) for s in sites if s.kind != "activation"]
         self._weights = [(s.index, s.module.weight) for s in self._weight_sites]
+        self._ws = [w for _, w in self._weights]
+        self._wdicts = [s.module._parameters for s in self._weight_sites]  # (where a plain weight lives)
         self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
         self._prev_step = None
         self._upd = None  # latest ‖Δw‖ per step of each weight layer (device tensors)
@@ -467,9 +471,9 @@ class Monitor:
     def _commit(self, s: int, loss) -> None:
         if self._buf is None:
             self._setup()
-        latest, sites = self.rec.latest, self.rec.sites
-        self._fit_weights()
-        ws = [w for _, w in self._weights]  # the parameters themselves (no_grad: nothing recorded); .grad read below
+        latest = self.rec.latest
+        self._fit_weights(shapes=self._prev_step is not None or self.recorded % UPDATE_EVERY == 0)
+        ws = self._ws  # the parameters themselves (no_grad: nothing recorded); .grad read below
         if ws and self._prev_step is not None:
             # ‖Δw‖ per step between this recorded step and the snapshot taken at the previous one: fused,
             # no sync. Snapshots are taken every UPDATE_EVERY recorded steps (a copy of every weight
@@ -483,13 +487,9 @@ class Monitor:
             torch._foreach_copy_(self._prev, ws)
             self._wnorm = torch.stack(torch._foreach_norm(ws))  # (weight layers,)
             self._prev_step = s
-        unit_steps = []  # per-unit evidence: every recorded step
-        for site in self._unit_sites:
-            d = latest.get(site.index)
-            if d is not None and "positions" in d:
-                self._fit_units(site, d)
-                unit_steps.append((site.index, d))
-        self._units.add_all(unit_steps)
+        # per-unit evidence: every recorded step
+        self._units.add_all([(i, d) for i in self._unit_sites if (d := latest.get(i)) is not None and "positions" in d],
+                            self._resized)
         self._units.tick()
         if not self._buf.keeps(self.recorded):
             return self._done()  # decimated away: no row for this step
@@ -534,20 +534,22 @@ class Monitor:
         self._buf.append(s, row, loss, self._scale[1])
         self._done()
 
-    def _fit_units(self, site, d: dict) -> None:
-        """A unit layer whose width changed (a layer grown or pruned during training): its per-unit
-        evidence restarts from this step (counts of different units cannot be added), noted once."""
-        w = self._units.units.get(site.index)
-        u = d.get("unit_max", d.get("unit_count"))
-        if w is not None and isinstance(u, Tensor) and w.current.shape != u.shape:
-            self._units.drop(site.index)
-            self._warn_once(f"width:{site.name}", f"layer {site.name!r} changed width from "
-                            f"{tuple(w.current.shape)} to {tuple(u.shape)} units; its dead/saturated-unit "
-                            "evidence restarts from this step")
+    def _resized(self, index: int, before: tuple, now: tuple) -> None:
+        """A unit layer whose width changed (a layer grown or pruned during training): its per-unit evidence
+        restarts from this step (``UnitWindows.add_all``: counts of different units cannot be added), noted once."""
+        name = self.rec.sites[index].name
+        self._warn_once(f"width:{name}", f"layer {name!r} changed width from {before} to {now} units; its "
+                        "dead/saturated-unit evidence restarts from this step")
 
-    def _fit_weights(self) -> None:
+    def _fit_weights(self, shapes: bool = True) -> None:
         """Weights replaced or resized since the last snapshot (``layer.weight = nn.Parameter(...)``): the
-        update-size snapshots start again from the weights the model has now, and ‖W‖ is read again."""
+        update-size snapshots start again from the weights the model has now, and ‖W‖ is read again.
+        Without `shapes` (a step that does not touch the snapshots) only the parameters' identity is
+        checked: a weight resized in place (``w.data = ...``) is found at the next step that does."""
+        ws = self._ws
+        if len(ws) == len(self._wdicts) and all(map(operator.is_, [d.get("weight") for d in self._wdicts], ws)) \
+                and (not shapes or all(w.shape == p.shape for w, p in zip(ws, self._prev))):
+            return  # (the usual case: the same parameters, read from the modules' own dicts)
         if len(self._weights) == len(self._weight_sites) and all(
                 (s.module._parameters.get("weight") is w or getattr(s.module, "weight", None) is w)
                 and w.shape == p.shape for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
@@ -558,7 +560,7 @@ class Monitor:
         if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in
                                                   zip(now, self._weights, self._prev)):
             return
-        self._weights = now
+        self._weights, self._ws = now, [w for _, w in now]
         self._prev = [w.detach().clone() for _, w in now]
         self._prev_step, self._upd, self._scale = None, None, None
         self._wnorm = torch.stack(torch._foreach_norm([w for _, w in now])) if now else None

@@ -128,11 +128,10 @@ class CarryProbe:
         if self._armed is None:
             return  # (nothing armed: a step between checked ones)
         if self._seen:
-            readings = [self._seen[i] for i in sorted(self._seen)]
-            if not self._pending and all(h is None for h, _ in readings):
+            if not self._pending and all(h is None for h, _ in self._seen.values()):
                 self._checks, self._run = self._checks + 1, 0  # every .grad was reset: counted as _fold would
             else:
-                self._pending.append((self._armed, readings))
+                self._pending.append((self._armed, [self._seen[i] for i in sorted(self._seen)]))
                 if len(self._pending) >= FOLD:
                     self._fold()
         self._armed, self._seen = None, {}

@@ -147,11 +147,20 @@ class UnitWindows:
         self.version += 1
         self.layout += 1
 
-    def add_all(self, items: list[tuple[int, dict]]) -> None:
-        """``add`` for several sites of one recorded step: the ReLU maxima in one fused kernel."""
+    def add_all(self, items: list[tuple[int, dict]], resized=None) -> None:
+        """``add`` for several sites of one recorded step: the ReLU maxima in one fused kernel. A site whose
+        number of units changed starts a new window (``drop``; counts of different units cannot be added),
+        after ``resized(index, old shape, new shape)`` when given."""
         fused_cur, fused_new = [], []
         for index, d in items:
             w = self.units.get(index)
+            if w is not None:
+                u = d["unit_max"] if "unit_max" in d else d.get("unit_count")
+                if isinstance(u, Tensor) and w.current.shape != u.shape:
+                    if resized is not None:
+                        resized(index, tuple(w.current.shape), tuple(u.shape))
+                    self.drop(index)
+                    w = None
             if w is None or "unit_max" not in d or not w.is_max:
                 self.add(index, d)
                 continue

@@ -15,6 +15,7 @@ layer's hook, from its input (the same tensor, so the same numbers), and an acti
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,11 +46,14 @@ class Recorder:
         self.enabled = True
         self.full = True  # off: known-site passes measure only the per-unit evidence (``_units_plan``)
         self.hooks, self._discovery_hooks = Hooks(), Hooks()
-        self._targets: list[nn.Module] | None = None  # the sites' modules, once discovered (attach)
+        self._targets: list | None = None  # (module, its forward hook) to register, once discovered (attach)
         self._plans: dict[int, object] = {}  # site index -> its measurement once discovered (``_plan``)
         self._by_key: dict[tuple[int, int], Site] = {}
         self._consumed: dict[int, tuple[Site, type]] = {}  # activation site -> (weight site taking its output, grad_fn type)
         self._replan = False  # a consumer lost its activation: plan and hook again at the next attach()
+        self._pass = 0  # training passes started (``_direct`` hooks count their calls by it)
+        self._fed: dict[int, int] = {}  # consumed activation site -> the pass its consumer last measured it in
+        self._checked = 0  # the pass count at the latest ``check_fed``
         self._names = {id(m): n for n, m in model.named_modules()}
         self._reset_pass()
 
@@ -70,10 +74,15 @@ class Recorder:
                     self._plans[s.index] = (self._plan(s), self._units_plan(s))
                 served = {s.index for s in self.sites if s.kind == "activation"
                           and (s.family not in UNIT_FAMILIES or s.index in self._consumed)}
-                self._targets = list({id(s.module): s.module for s in self.sites if s.index not in served}.values())
+                by_module: dict[int, list[Site]] = {}
+                for s in self.sites:
+                    by_module.setdefault(id(s.module), []).append(s)
+                self._targets = [(ss[0].module, self._direct(ss[0]) if len(ss) == 1 and self._plans[ss[0].index][0]
+                                  is not None else self._forward_known)
+                                 for ss in by_module.values() if any(s.index not in served for s in ss)]
             self.hooks.add(self.model.register_forward_pre_hook(self._root_pre_known))
-            for m in self._targets:
-                self.hooks.add(m.register_forward_hook(self._forward_known))
+            for m, hook in self._targets:
+                self.hooks.add(m.register_forward_hook(hook))
             return self
         self.hooks.add(self.model.register_forward_pre_hook(self._root_pre))
         if not self.discovered:
@@ -97,6 +106,7 @@ class Recorder:
     def finish_discovery(self) -> None:
         """Called after the first forward pass: the sites are fixed from now on."""
         self._reset_pass()  # (drops what the discovery pass traced)
+        self._checked = self._pass  # (the consumers measure from the next pass on)
         if self.sites:
             self.discovered = True
             self._discovery_hooks.remove()
@@ -108,6 +118,7 @@ class Recorder:
 
     # -- per forward pass --
     def _reset_pass(self):
+        self._pass += 1  # (also a pass started by hand: ``Monitor.new_pass``)
         self._calls: dict[int, int] = {}
         self._nodes: dict[int, tuple] = {}  # discovery: site index -> (input node, output node, input has grad)
         self._covered: set[int] = set()  # data_ptrs of activation-module outputs (and their pass-throughs)
@@ -124,8 +135,20 @@ class Recorder:
                 self._inputs.add(a.data_ptr())
 
     def _root_pre_known(self, module, args):
-        """``_root_pre`` once the sites are known: only the per-module call counts restart."""
+        """``_root_pre`` once the sites are known: only the per-module call counts restart (and the pass
+        count, at a training pass)."""
         self._calls = {}
+        if _grad_enabled():
+            self._pass += 1
+
+    def check_fed(self) -> None:
+        """Called once per recorded step: when training passes ran since the last call, the activations
+        that their consumer measured in none of them (it was replaced, or skipped) are released."""
+        if self.discovered and self._consumed and self._pass > self._checked:
+            missed = [a for a in self._consumed if self._fed.get(a, 0) <= self._checked]
+            if missed:
+                self.release(missed)
+        self._checked = self._pass
 
     def _root_post(self, module, args, out):
         """End of the discovery pass: mark each site's main-path tensor (``site.path`` = "in"/"out")."""
@@ -216,6 +239,30 @@ class Recorder:
         finally:
             _set_grad_enabled(True)
 
+    def _direct(self, site: Site):
+        """``_forward_known`` for a module with one site: the same checks and measurement, with the site
+        and its plans bound once; its call count is kept as the pass it was last called in (a second call
+        in one pass is not a site, as ``_forward_known`` finds no (module, 1) site)."""
+        index, (full, units) = site.index, self._plans[site.index]
+        last = [-1]
+
+        def hook(module, args, out):
+            if not _grad_enabled():
+                return  # evaluation passes are not training statistics
+            if last[0] == self._pass:
+                return
+            last[0] = self._pass
+            y = out if isinstance(out, Tensor) else first_tensor(out)
+            if y is None or not y.is_floating_point() or not self.enabled or index in self._consumed:
+                return
+            x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
+            _set_grad_enabled(False)  # reductions only (see ``_forward_known``)
+            try:
+                self.latest[index] = (full if self.full else units)(site, x, y)
+            finally:
+                _set_grad_enabled(True)
+        return hook
+
     def _plan(self, site: Site):
         """The measurement of a discovered weight or activation site without ``detail``: what ``_measure``
         computes for it, as a function of (site, x, y) with the per-site choices made here; None for other
@@ -228,14 +275,21 @@ class Recorder:
                 if site.family in UNIT_FAMILIES else None
             feed = self._feed_plan(site)
 
+            signal = self._signal_prehook(site.index)
+
             def weight(site, x, y):
                 s = {"numel": y.numel(), "act_norm": _vector_norm(y)}
                 if path_in and isinstance(x, Tensor) and x.requires_grad:
                     x.register_hook(self._path_hook(site, "in", x.shape[0] if x.dim() > 1 else 1))
-                if x is not None and x.is_floating_point() and in_norm:
+                if in_norm and x is not None and x.is_floating_point():
                     s["in_norm"], s["in_numel"] = _vector_norm(x), x.numel()
                 if y.requires_grad:
-                    y.register_hook(self._grad_hook(site.index, y.shape[0] if y.dim() > 1 else 1))
+                    s["signal_numel"] = y.shape[0] if y.dim() > 1 else 1
+                    node = y.grad_fn
+                    if node is not None and y.output_nr == 0:
+                        node.register_prehook(signal)
+                    else:  # (a leaf, or a later output of its node: the tensor's own hook)
+                        y.register_hook(self._grad_hook(site.index, s["signal_numel"]))
                 if unit is not None and x is not None:
                     self._units(s, x.detach(), *unit)
                 if feed is not None:
@@ -246,7 +300,7 @@ class Recorder:
             unit = (site.family, site.unit_dim) if site.family in UNIT_FAMILIES else None
             if site.family == "relu":  # ``_units`` without detail: the per-unit maximum
                 def relu(site, x, y):
-                    dims = dims_except(y.dim(), site.unit_dim)
+                    dims = _dims_except(y.dim(), site.unit_dim)
                     n = y.numel()
                     u = y.amax(dims) if dims else y.detach()
                     return {"numel": n, "unit_max": u, "positions": n // max(1, u.numel())}
@@ -288,7 +342,7 @@ class Recorder:
         output it is), so that the activation module needs no hook; None otherwise. When the input was made
         by another operation than at discovery (its ``grad_fn`` type differs: the model took another
         route), nothing is recorded for the activation in that pass, and from the next ``attach()`` on its
-        module is hooked again."""
+        module is hooked again (``release``)."""
         for a, (consumer, via) in self._consumed.items():
             if consumer is site:
                 act, plan = self.sites[a], self._plans[a][0]
@@ -296,10 +350,19 @@ class Recorder:
                 def feed(x):
                     if isinstance(x, Tensor) and type(x.grad_fn) is via:
                         self.latest[a] = plan(act, None, x)
-                    elif self._consumed.pop(a, None) is not None:
-                        self._replan = True
+                        self._fed[a] = self._pass
+                    else:
+                        self.release((a,))
                 return feed
         return None
+
+    def release(self, indices) -> None:
+        """Activation sites that their consumer no longer measures (it took another input, or was not
+        called in a recorded pass: replaced, skipped): from the next ``attach()`` on their own modules
+        are hooked again."""
+        for a in indices:
+            if self._consumed.pop(a, None) is not None:
+                self._replan = True
 
     def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
         kind = module_kind(m)
@@ -425,6 +488,21 @@ class Recorder:
                 self.latest[index]["_rnn_grads"][k] = g.detach()
         return hook
 
+    def _signal_prehook(self, index: int):
+        """``_grad_hook`` of a Monitor's weight site as a pre-hook of the node that made the layer's output
+        (its output 0): called with that node's output gradients, the first being ∂L/∂output, before the
+        node runs, as the tensor's own hook would be, also when the output is later changed in place (an
+        in-place ReLU makes a new node; this one still receives ∂L/∂ of the value the layer returned).
+        One function per site, made once (a tensor hook takes a new closure and handle at every pass);
+        the forward pass sets ``signal_numel``."""
+
+        def prehook(grad_outputs):
+            d = self.latest.get(index) if self.enabled else None
+            g = grad_outputs[0]
+            if d is not None and g is not None:
+                d["signal_norm"] = _vector_norm(_plain(g))
+        return prehook
+
     def _grad_hook(self, index: int, batch: int):
         """∂L/∂output: its norm in float64; divided by √batch when read, the per-sample norm."""
         norm = safe_norm if self.detail else torch.linalg.vector_norm
@@ -439,6 +517,12 @@ class Recorder:
 
 _grad_enabled, _vector_norm = torch.is_grad_enabled, torch.linalg.vector_norm
 _set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls, without its Python wrapper
+
+
+@functools.lru_cache(maxsize=64)
+def _dims_except(ndim: int, unit_dim: int) -> tuple[int, ...]:
+    """``dims_except``, remembered (the Monitor's ReLU sites ask at every recorded step)."""
+    return dims_except(ndim, unit_dim)
 
 
 def _no_units(site, x, y) -> dict:
