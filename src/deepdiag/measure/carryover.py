@@ -90,11 +90,12 @@ class CarryProbe:
             self.optimizer_seen = True
         elif self.optimizer_seen:
             return
-        self._file()
+        if self._armed is not None:
+            self._file()
         self.steps += 1
         if self.steps % self.every == 0:
             self._arm(self.steps)  # (the hooks stay registered from one checked step to the next)
-        else:
+        elif self._hooks.items:
             self._hooks.remove()
 
     def _arm(self, step: int) -> None:
