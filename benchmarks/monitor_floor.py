@@ -86,8 +86,12 @@ def main() -> None:
     runs = {}
     for kind in ("bare", "floor", "monitor every=1"):
         model, opt = make()
-        watcher = {"bare": None, "floor": Floor(model, 100_000),
-                   "monitor every=1": Monitor(model, every=1, capacity=100_000)}[kind]
+        if kind == "bare":
+            watcher = None
+        elif kind == "floor":
+            watcher = Floor(model, 100_000)
+        else:
+            watcher = Monitor(model, every=1, capacity=100_000)
         runs[kind] = [model, opt, watcher, 0]
 
     def block(kind: str, steps: int = 20) -> float:
