@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import deepdiag as dd
 from deepdiag.monitor import Monitor
+
+from paired_blocks import rotate, table
 
 BLOCK = 20  # steps per timed block
 
@@ -53,36 +54,11 @@ def main() -> None:
         version, _, every = k.partition(" every=")
         runs[k] = [model, opt, monitors[version](model, every=int(every), capacity=a.capacity) if every else None, 0]
 
-    def block(k: str) -> float:
-        model, opt, mon, i = runs[k]
-        t = time.process_time()
-        for j in range(BLOCK):
-            x, y = data[(i + j) % len(data)]
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if mon is not None:
-                mon.step(loss)
-        runs[k][3] = i + BLOCK
-        return time.process_time() - t
-
-    for k in kinds:  # warm-up
-        for _ in range(3):
-            block(k)
-    times = {k: [] for k in kinds}
-    for r in range(a.rounds):
-        for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-            times[k].append(block(k))
+    times = rotate(runs, data, loss_fn, a.rounds, BLOCK, warmup=3)
     bare = statistics.median(times["bare"])
     print(f"torch {torch.__version__}, threads {a.threads}, rounds {a.rounds} of {BLOCK}-step blocks, "
           f"capacity {a.capacity}, bare {bare / BLOCK * 1e3:.3f} ms/step (CPU)")
-    print("| loop | paired ratio (median) | ratio of medians |")
-    print("|---|---|---|")
-    for k in kinds[1:]:
-        paired = statistics.median(x / b for x, b in zip(times[k], times["bare"]))
-        print(f"| {k} | {paired:.3f}x | {statistics.median(times[k]) / bare:.3f}x |")
-
+    print("\n".join(table(times)))
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ import deepdiag as dd
 from deepdiag.monitor import Monitor
 
 from monitor_overhead import batches, make
+from paired_blocks import rotate, table
 
 _norm, _set_grad = torch.linalg.vector_norm, torch._C._set_grad_enabled
 
@@ -65,7 +65,7 @@ class Floor:
         return hook
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, loss=None) -> None:
         grads = torch._foreach_norm([m.weight.grad for m in self.linears])
         torch._foreach_maximum_(self.windows, self.unit_max)
         fired = (torch.maximum(self.current, self.previous) > 0).sum(1, dtype=torch.float32)
@@ -94,38 +94,11 @@ def main() -> None:
             watcher = Monitor(model, every=1, capacity=100_000)
         runs[kind] = [model, opt, watcher, 0]
 
-    def block(kind: str, steps: int = 20) -> float:
-        model, opt, watcher, i = runs[kind]
-        t = time.process_time()
-        for j in range(steps):
-            x, y = data[(i + j) % len(data)]
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if isinstance(watcher, Floor):
-                watcher.step()
-            elif watcher is not None:
-                watcher.step(loss)
-        runs[kind][3] = i + steps
-        return time.process_time() - t
-
-    kinds = list(runs)
-    for k in kinds:
-        block(k)
-    times = {k: [] for k in kinds}
-    for r in range(a.rounds):
-        for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-            times[k].append(block(k))
+    times = rotate(runs, data, loss_fn, a.rounds)
     bare = statistics.median(times["bare"])
     print(f"torch {torch.__version__}, threads {a.threads}, {a.rounds} rounds of 20-step blocks, bare "
           f"{bare / 20 * 1e3:.3f} ms/step (CPU)")
-    print("| loop | paired ratio (median) | ratio of medians |")
-    print("|---|---|---|")
-    for k in kinds[1:]:
-        paired = statistics.median(x / b for x, b in zip(times[k], times["bare"]))
-        print(f"| {k} | {paired:.3f}x | {statistics.median(times[k]) / bare:.3f}x |")
-
+    print("\n".join(table(times)))
 
 if __name__ == "__main__":
     main()
