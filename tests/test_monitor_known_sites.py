@@ -315,3 +315,30 @@ def test_activation_whose_consumer_is_replaced_is_measured_again():
                 mon.step()
         relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
         assert mon._units.units[relu].current.shape == (24,) and mon._units.units[relu].positions == 2 * 32
+
+
+class _Shifted(nn.Module):
+    """Linear → ReLU6, its output shifted in place, → Linear: the next layer's input is the activation's
+    output tensor, but not its values (ReLU6's backward reads its input, so autograd allows this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.b = nn.Linear(12, 16), nn.ReLU6(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        return self.b(h.sub_(0.5))
+
+
+def test_activation_changed_in_place_before_the_next_layer_keeps_its_own_hook():
+    torch.manual_seed(0)
+    model, g = _Shifted(), torch.Generator().manual_seed(2)
+    seen = []
+    model.act.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone().amax(0)))
+    with Monitor(model) as mon:
+        for _ in range(4):
+            model(torch.randn(32, 12, generator=g)).square().mean().backward()
+            mon.step()
+        relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
+        assert relu not in mon.rec._consumed and _forward_hooks(model.act) == 2
+        assert torch.equal(mon._units.units[relu].current, torch.stack(seen).amax(0))

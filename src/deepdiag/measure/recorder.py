@@ -125,7 +125,7 @@ class Recorder:
         self._producer: dict[int, Site] = {}  # data_ptr -> weight/norm site that produced it
         self._inputs: set[int] = set()
         self._last_out: tuple[Site, Tensor] | None = None  # discovery: the latest weight layer output
-        self._act_out: dict[int, tuple[Site, Tensor]] = {}  # discovery: id of an activation's output -> (site, it)
+        self._act_out: dict[int, tuple] = {}  # discovery: id of an activation's output -> (site, it, its version)
         self._keep: list[Tensor] = []  # discovery: tensors whose data_ptr is in the maps above
 
     def _root_pre(self, module, args):
@@ -209,7 +209,7 @@ class Recorder:
                 self._keep += [n for n in (node_in, y.grad_fn) if n is not None]  # keep the ids valid
             if site.kind == "activation":
                 self._covered.add(y.data_ptr())
-                self._act_out[id(y)] = (site, y)
+                self._act_out[id(y)] = (site, y, y._version)
             else:
                 self._producer[y.data_ptr()] = site
                 if site.kind == "weight":
@@ -376,8 +376,9 @@ class Recorder:
             site.units = y.shape[site.unit_dim] if y.dim() else 1
             if x is not None and x.is_floating_point():
                 px = x.data_ptr()
-                fed = self._act_out.get(id(x))
-                if fed is not None and fed[1] is x and fed[0].family in UNIT_FAMILIES and fed[0].index not in self._consumed:
+                fed = self._act_out.get(id(x))  # the activation's output itself, not changed in place since
+                if fed is not None and fed[1] is x and fed[2] == x._version and fed[0].family in UNIT_FAMILIES \
+                        and fed[0].index not in self._consumed:
                     self._consumed[fed[0].index] = (site, type(x.grad_fn))  # this layer measures its units
                 site.is_model_input = px in self._inputs
                 prev = [s for s in self.sites if s.kind == "weight"]
