@@ -57,7 +57,7 @@ def test_known_site_measurement_matches_generic_hook(name):
         rec = mon.rec
         assert rec._plans  # the fast path is in use
         fast = _pass(model, rec, x)
-        rec.detach()  # every site's module (activations measured by their consumers too), hooked by the generic measurement
+        rec.detach()  # every site's module, hooked by the generic measurement
         rec.hooks.add(model.register_forward_pre_hook(rec._root_pre))
         for m in {id(s.module): s.module for s in rec.sites}.values():
             rec.hooks.add(m.register_forward_hook(rec._forward))
@@ -205,10 +205,9 @@ def _forward_hooks(module):
     return len(module._forward_hooks)
 
 
-def test_activations_fed_to_a_layer_or_without_units_are_not_hooked():
-    """After discovery a ReLU/Tanh whose output is the next layer's input is measured by that layer (no
-    hook of its own), an activation without units (GELU) is not hooked at all, and one whose output goes
-    elsewhere (into Dropout) keeps its hook."""
+def test_activations_without_units_are_not_hooked():
+    """After discovery an activation without units (GELU) is not hooked (it measures nothing in a
+    Monitor); the weight layers and the ReLU/Tanh units keep their hooks and their evidence."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16),
                           nn.GELU(), nn.Linear(16, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 3))
@@ -218,7 +217,7 @@ def test_activations_fed_to_a_layer_or_without_units_are_not_hooked():
             model(x).square().mean().backward()
             mon.step()
         hooked = [_forward_hooks(m) > 0 for m in model]
-        assert hooked == [True, False, True, False, True, False, True, True, False, True]
+        assert hooked == [True, True, True, True, True, False, True, True, False, True]
         acts = {s.name: s.index for s in mon.rec.sites if s.kind == "activation"}
         for name in ("1", "3", "7"):  # every unit activation still has its evidence
             assert mon._units.units[acts[name]].positions == 3 * 32
@@ -237,10 +236,9 @@ class _Route(nn.Module):
         return self.b(-h if self.flip else h)
 
 
-def test_consumer_that_sees_another_route_hands_back_to_the_activation_hook():
-    """When the layer's input is no longer the activation's output, that pass records nothing for the
-    activation (not the layer's input as its units) and the activation is hooked again from then on: the
-    window holds the maxima of the ReLU's own outputs over every other pass."""
+def test_unit_window_holds_the_activations_own_outputs_when_the_route_changes():
+    """When the next layer's input stops being the activation's output (here negated), the window still
+    holds the maxima of the ReLU's own outputs, over every pass."""
     torch.manual_seed(0)
     model, g = _Route(), torch.Generator().manual_seed(2)
     seen = []
@@ -252,9 +250,9 @@ def test_consumer_that_sees_another_route_hands_back_to_the_activation_hook():
             mon.step()
         relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
         w = mon._units.units[relu]
-        assert _forward_hooks(model.act) == 2  # ours again, and the test's
-        assert w.positions == 5 * 32  # pass 3 (the first flipped one) recorded nothing
-        expected = torch.stack(seen[:3] + seen[4:]).amax(0)
+        assert _forward_hooks(model.act) == 2  # ours, and the test's
+        assert w.positions == 6 * 32
+        expected = torch.stack(seen).amax(0)
         assert torch.equal(w.current, expected)
 
 
@@ -296,10 +294,9 @@ def test_weight_norms_and_unit_shares_are_the_latest_readings_carried_forward():
             assert rows[r, i, u_col].item() == frac.item(), (r, i)
 
 
-def test_activation_whose_consumer_is_replaced_is_measured_again():
-    """Layers replaced by wider ones mid-run: the old consumer of the ReLU is no longer called, so the
-    ReLU is hooked again from the next step (the step that saw no measurement of it releases it), and its
-    evidence restarts at the new width (with the width warning)."""
+def test_activation_whose_layers_are_replaced_by_wider_ones_restarts_its_evidence():
+    """Layers replaced by wider ones mid-run: the ReLU between them now has more units, so its evidence
+    restarts at the new width, with the width warning."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
     x = torch.randn(32, 12)
@@ -308,13 +305,13 @@ def test_activation_whose_consumer_is_replaced_is_measured_again():
             if step == 3:
                 model[0], model[2] = nn.Linear(12, 24), nn.Linear(24, 3)
             model(x).square().mean().backward()
-            if step == 4:
+            if step == 3:
                 with pytest.warns(RuntimeWarning, match="changed width from"):
                     mon.step()
             else:
                 mon.step()
         relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
-        assert mon._units.units[relu].current.shape == (24,) and mon._units.units[relu].positions == 2 * 32
+        assert mon._units.units[relu].current.shape == (24,) and mon._units.units[relu].positions == 3 * 32
 
 
 class _Shifted(nn.Module):
@@ -330,7 +327,7 @@ class _Shifted(nn.Module):
         return self.b(h.sub_(0.5))
 
 
-def test_activation_changed_in_place_before_the_next_layer_keeps_its_own_hook():
+def test_activation_changed_in_place_before_the_next_layer_is_measured_before_the_change():
     torch.manual_seed(0)
     model, g = _Shifted(), torch.Generator().manual_seed(2)
     seen = []
@@ -340,5 +337,5 @@ def test_activation_changed_in_place_before_the_next_layer_keeps_its_own_hook():
             model(torch.randn(32, 12, generator=g)).square().mean().backward()
             mon.step()
         relu = next(s.index for s in mon.rec.sites if s.kind == "activation")
-        assert relu not in mon.rec._consumed and _forward_hooks(model.act) == 2
+        assert _forward_hooks(model.act) == 2
         assert torch.equal(mon._units.units[relu].current, torch.stack(seen).amax(0))

@@ -283,7 +283,6 @@ class Monitor:
         if self._io is None and self.probe.results:
             self._judge_io(s, loss)
         if s % self.every == 0:
-            self.rec.check_fed()
             if loss is not None:
                 self._track_loss(s, loss)
             if self.rec.latest:

@@ -8,10 +8,8 @@ forward/backward pass; ``checkup`` reads them once, ``Monitor`` accumulates them
 decided once (``Recorder._plan``): the same numbers with less Python per hook, at every recorded step.
 A pass with ``full`` off measures only the per-unit evidence (``Recorder._units_plan``): what a Monitor
 needs at a recorded step whose row of statistics its bounded history drops (decimation). Known passes
-hook only the modules that still have something to measure: an activation module whose output is the
-very tensor a weight layer takes as input (``Linear → ReLU → Linear``) has its units measured by that
-layer's hook, from its input (the same tensor, so the same numbers), and an activation without units
-(GELU, LeakyReLU, ...) measures nothing there.
+hook only the modules that have something to measure: an activation without units (GELU, LeakyReLU,
+Identity, ...) measures nothing there and is not hooked.
 """
 from __future__ import annotations
 
@@ -49,11 +47,7 @@ class Recorder:
         self._targets: list | None = None  # (module, its forward hook) to register, once discovered (attach)
         self._plans: dict[int, object] = {}  # site index -> its measurement once discovered (``_plan``)
         self._by_key: dict[tuple[int, int], Site] = {}
-        self._consumed: dict[int, tuple[Site, type]] = {}  # activation site -> (weight site taking its output, grad_fn type)
-        self._replan = False  # a consumer lost its activation: plan and hook again at the next attach()
         self._pass = 0  # training passes started (``_direct`` hooks count their calls by it)
-        self._fed: dict[int, int] = {}  # consumed activation site -> the pass its consumer last measured it in
-        self._checked = 0  # the pass count at the latest ``check_fed``
         self._names = {id(m): n for n, m in model.named_modules()}
         self._reset_pass()
 
@@ -62,18 +56,12 @@ class Recorder:
         """Register the hooks (a no-op while they are registered). Once the sites are found only their
         modules are hooked (a module without a site returns at once from ``_forward``), from a list kept
         since: a Monitor attaches before every recorded step, and walking the model costs more than that."""
-        if self.hooks and not self._replan:
+        if self.hooks:
             return self
-        if self._replan:  # an activation's consumer saw another route: hook the activation again
-            self.hooks.remove()
-            self._targets, self._replan = None, False
         if self.discovered and not self.detail:
             if self._targets is None:
-                self._plans = {}
-                for s in sorted(self.sites, key=lambda s: s.kind != "activation"):  # (the consumers use them)
-                    self._plans[s.index] = (self._plan(s), self._units_plan(s))
-                served = {s.index for s in self.sites if s.kind == "activation"
-                          and (s.family not in UNIT_FAMILIES or s.index in self._consumed)}
+                self._plans = {s.index: (self._plan(s), self._units_plan(s)) for s in self.sites}
+                served = {s.index for s in self.sites if s.kind == "activation" and s.family not in UNIT_FAMILIES}
                 by_module: dict[int, list[Site]] = {}
                 for s in self.sites:
                     by_module.setdefault(id(s.module), []).append(s)
@@ -106,7 +94,6 @@ class Recorder:
     def finish_discovery(self) -> None:
         """Called after the first forward pass: the sites are fixed from now on."""
         self._reset_pass()  # (drops what the discovery pass traced)
-        self._checked = self._pass  # (the consumers measure from the next pass on)
         if self.sites:
             self.discovered = True
             self._discovery_hooks.remove()
@@ -125,7 +112,6 @@ class Recorder:
         self._producer: dict[int, Site] = {}  # data_ptr -> weight/norm site that produced it
         self._inputs: set[int] = set()
         self._last_out: tuple[Site, Tensor] | None = None  # discovery: the latest weight layer output
-        self._act_out: dict[int, tuple] = {}  # discovery: id of an activation's output -> (site, it, its version)
         self._keep: list[Tensor] = []  # discovery: tensors whose data_ptr is in the maps above
 
     def _root_pre(self, module, args):
@@ -140,15 +126,6 @@ class Recorder:
         self._calls = {}
         if _grad_enabled():
             self._pass += 1
-
-    def check_fed(self) -> None:
-        """Called once per recorded step: when training passes ran since the last call, the activations
-        that their consumer measured in none of them (it was replaced, or skipped) are released."""
-        if self.discovered and self._consumed and self._pass > self._checked:
-            missed = [a for a in self._consumed if self._fed.get(a, 0) <= self._checked]
-            if missed:
-                self.release(missed)
-        self._checked = self._pass
 
     def _root_post(self, module, args, out):
         """End of the discovery pass: mark each site's main-path tensor (``site.path`` = "in"/"out")."""
@@ -209,7 +186,6 @@ class Recorder:
                 self._keep += [n for n in (node_in, y.grad_fn) if n is not None]  # keep the ids valid
             if site.kind == "activation":
                 self._covered.add(y.data_ptr())
-                self._act_out[id(y)] = (site, y, y._version)
             else:
                 self._producer[y.data_ptr()] = site
                 if site.kind == "weight":
@@ -229,8 +205,8 @@ class Recorder:
         if y is None or not y.is_floating_point():
             return
         site = self._by_key.get((mid, k))
-        if site is None or not self.enabled or site.index in self._consumed:
-            return  # (a consumed activation: its consumer measures it, see ``_consumer``)
+        if site is None or not self.enabled:
+            return
         x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
         plan = self._plans[site.index][0 if self.full else 1]
         _set_grad_enabled(False)  # reductions only: nothing for autograd to record, no detach() per tensor
@@ -253,7 +229,7 @@ class Recorder:
                 return
             last[0] = self._pass
             y = out if isinstance(out, Tensor) else first_tensor(out)
-            if y is None or not y.is_floating_point() or not self.enabled or index in self._consumed:
+            if y is None or not y.is_floating_point() or not self.enabled:
                 return
             x = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
             _set_grad_enabled(False)  # reductions only (see ``_forward_known``)
@@ -273,7 +249,6 @@ class Recorder:
             path_in = site.path == "in"
             unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1) \
                 if site.family in UNIT_FAMILIES else None
-            feed = self._feed_plan(site)
 
             signal = self._signal_prehook(site.index)
 
@@ -292,8 +267,6 @@ class Recorder:
                         y.register_hook(self._grad_hook(site.index, s["signal_numel"]))
                 if unit is not None and x is not None:
                     self._units(s, x.detach(), *unit)
-                if feed is not None:
-                    feed(x)
                 return s
             return weight
         if site.kind == "activation":
@@ -317,52 +290,20 @@ class Recorder:
     def _units_plan(self, site: Site):
         """The measurement of a known site in a pass without ``full``: only what the per-unit windows take
         (``_units``: ReLU maxima or saturation counts and their positions), computed as ``_plan`` and
-        ``_measure`` compute it; no norms and no gradient hooks. Every site called gets an entry (empty
-        without units), so the pass is still seen as a recorded one."""
-        feed = self._feed_plan(site) if site.kind == "weight" else None
-        if site.kind == "weight" and (site.family in UNIT_FAMILIES or feed is not None):
-            unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1) \
-                if site.family in UNIT_FAMILIES else None
+        ``_measure`` compute it; no norms and no gradient hooks. Every hooked site called gets an entry
+        (empty without units), so the pass is still seen as a recorded one."""
+        if site.kind == "weight" and site.family in UNIT_FAMILIES:
+            unit = (site.family, 1 if isinstance(site.module, CONV_LAYERS) else -1)
 
             def weight_units(site, x, y):
                 s = {}
-                if unit is not None and x is not None:
+                if x is not None:
                     self._units(s, x.detach(), *unit)
-                if feed is not None:
-                    feed(x)
                 return s
             return weight_units
         if site.kind == "activation":
             return self._plan(site)  # (an activation site's measurement is its units, and its numel)
         return _no_units
-
-    def _feed_plan(self, site: Site):
-        """For a weight site whose input is an activation module's output (``_consumed``): a function of
-        that input which records the activation site's measurement (its plan, given the input as the
-        output it is), so that the activation module needs no hook; None otherwise. When the input was made
-        by another operation than at discovery (its ``grad_fn`` type differs: the model took another
-        route), nothing is recorded for the activation in that pass, and from the next ``attach()`` on its
-        module is hooked again (``release``)."""
-        for a, (consumer, via) in self._consumed.items():
-            if consumer is site:
-                act, plan = self.sites[a], self._plans[a][0]
-
-                def feed(x):
-                    if isinstance(x, Tensor) and type(x.grad_fn) is via:
-                        self.latest[a] = plan(act, None, x)
-                        self._fed[a] = self._pass
-                    else:
-                        self.release((a,))
-                return feed
-        return None
-
-    def release(self, indices) -> None:
-        """Activation sites that their consumer no longer measures (it took another input, or was not
-        called in a recorded pass: replaced, skipped): from the next ``attach()`` on their own modules
-        are hooked again."""
-        for a in indices:
-            if self._consumed.pop(a, None) is not None:
-                self._replan = True
 
     def _new_site(self, m: nn.Module, k: int, x: Tensor | None, y: Tensor) -> Site:
         kind = module_kind(m)
@@ -376,10 +317,6 @@ class Recorder:
             site.units = y.shape[site.unit_dim] if y.dim() else 1
             if x is not None and x.is_floating_point():
                 px = x.data_ptr()
-                fed = self._act_out.get(id(x))  # the activation's output itself, not changed in place since
-                if fed is not None and fed[1] is x and fed[2] == x._version and fed[0].family in UNIT_FAMILIES \
-                        and fed[0].index not in self._consumed:
-                    self._consumed[fed[0].index] = (site, type(x.grad_fn))  # this layer measures its units
                 site.is_model_input = px in self._inputs
                 prev = [s for s in self.sites if s.kind == "weight"]
                 if not site.is_model_input and px not in self._covered and px not in self._producer and prev:
