@@ -46,7 +46,7 @@ from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.records import Coverage, LayerStats, OutputFacts
 from .measure.recurrent import recurrent_facts
-from .measure.sites import matrix_params, safe_norm, tensors
+from .measure.sites import grad_params, safe_norm, tensors
 from .rules import judge
 from .rules.io import output_loss_mismatch
 from .train import default_loss
@@ -208,7 +208,7 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                 loss.backward()
             meas = {i: dict(d) for i, d in rec.latest.items()}
             for s in rec.sites:
-                gs = [p.grad for p in matrix_params(s.module, s.kind) if p.grad is not None]
+                gs = [p.grad for p in grad_params(s.module, s.kind) if p.grad is not None]
                 if gs and s.index in meas:
                     meas[s.index]["grad_norm"] = torch.linalg.vector_norm(torch.stack([safe_norm(g) for g in gs]))
                 if s.kind == "recurrent" and s.index in meas:

@@ -78,6 +78,7 @@ from .measure.layer_stats import build_layer_stats
 from .measure.recorder import Recorder
 from .measure.coverage import coverage
 from .measure.records import UNIT_FAMILIES, Coverage, LayerStats
+from .measure.sites import weight_leaves, weight_slots
 from .measure.weights import frozen_modules
 from .rules import Context, Curves, judge, judge_layers, start_key
 from .rules.judge import bottleneck
@@ -453,10 +454,7 @@ class Monitor:
         # activation site measures its units only): the loops of _commit, without the sites they skip
         self._unit_sites = [s.index for s in sites if s.kind in ("weight", "activation") and s.family in UNIT_FAMILIES]
         self._row_sites = [(s.index, s.index * len(STATS)) for s in sites if s.kind != "activation"]
-        self._weights = [(s.index, s.module.weight) for s in self._weight_sites]
-        self._ws = [w for _, w in self._weights]
-        self._wdicts = [s.module._parameters for s in self._weight_sites]  # (where a plain weight lives)
-        self._prev = [w.detach().clone() for _, w in self._weights]  # weights at the previous recorded step
+        self._take_weights()
         self._prev_step = None
         self._upd = None  # latest ‖Δw‖ per step of each weight layer (device tensors)
         self._wnorm = None  # ‖W‖ of each weight layer at the latest snapshot (device tensors)
@@ -465,6 +463,27 @@ class Monitor:
         self._bad = None  # (recorded step, unit layout, ``UnitWindows.bad_counts()``) of the latest reading
         if self._bad_step is None:
             self._bad_step = torch.full((), -1, dtype=torch.long, device=dev)
+
+    def _take_weights(self) -> None:
+        """The tensors each weight layer's weight is made of (``weight_slots``: the weight itself, or a
+        parametrized weight's originals, read without computing it), flattened for the fused norms
+        (``_layer_norms`` folds a layer's several tensors into one norm), and the snapshot copies."""
+        layers = [(s.index, weight_slots(s.module)) for s in self._weight_sites]
+        self._weights = [(i, [d[k] for d, k in slots]) for i, slots in layers if slots]
+        self._slots = [slot for _, slots in layers for slot in slots]
+        self._ws = [w for _, ts in self._weights for w in ts]
+        self._leaf_layer = None if len(self._ws) == len(self._weights) else torch.tensor(
+            [j for j, (_, ts) in enumerate(self._weights) for _ in ts], device=self._ws[0].device)
+        self._prev = [w.detach().clone() for w in self._ws]  # weights at the previous snapshot
+
+    def _layer_norms(self, norms) -> Tensor:
+        """One norm per weight layer (1-d) from one per tensor of ``_ws``: a layer made of several tensors
+        (weight_norm's g and v) gets √(Σ‖tᵢ‖²), the norm of all its entries."""
+        if self._leaf_layer is None:
+            return torch.stack(norms)
+        sq = torch.stack(norms).square()
+        return torch.zeros(len(self._weights), dtype=sq.dtype, device=sq.device).index_add_(
+            0, self._leaf_layer, sq).sqrt()
 
     @torch.no_grad()
     def _commit(self, s: int, loss) -> None:
@@ -480,11 +499,11 @@ class Monitor:
             # In place: the snapshot becomes -Δw (its norm is ‖Δw‖'s, bit for bit) until the next snapshot.
             gap = max(1, s - self._prev_step)
             torch._foreach_sub_(self._prev, ws)
-            self._upd = torch.stack(torch._foreach_div(torch._foreach_norm(self._prev), gap))  # (weight layers,)
+            self._upd = self._layer_norms(torch._foreach_div(torch._foreach_norm(self._prev), gap))  # (layers,)
             self._prev_step = None
         if ws and self.recorded % UPDATE_EVERY == 0:
             torch._foreach_copy_(self._prev, ws)
-            self._wnorm = torch.stack(torch._foreach_norm(ws))  # (weight layers,)
+            self._wnorm = self._layer_norms(torch._foreach_norm(ws))  # (weight layers,)
             self._prev_step = s
         # per-unit evidence: every recorded step
         self._units.add_all([(i, d) for i in self._unit_sites if (d := latest.get(i)) is not None and "positions" in d],
@@ -508,7 +527,8 @@ class Monitor:
                         vals.append(v)
                         cols.append(base + col)
                         counts.append(d.get(numel, 1))
-        vals += norms  # the weight layers' ‖∂L/∂W‖ (then ‖W‖ and ‖ΔW‖ per step, 1-d)
+        if self._leaf_layer is None:
+            vals += norms  # the weight layers' ‖∂L/∂W‖ (then ‖W‖ and ‖ΔW‖ per step, 1-d)
         # dead / saturated share of each unit layer's units (history only), by groups of layers: counts,
         # divided by the layer's number of units with the rest of the row; read again once UPDATE_EVERY
         # recorded steps have passed (or the unit layers changed), carried forward in between
@@ -526,7 +546,10 @@ class Monitor:
             self._scale = (key, torch.tensor(cols, device=dev), torch.tensor(scale, dtype=torch.float32, device=dev))
         parts = [torch.stack(vals)] if vals else []
         if ws:
-            parts += [t if t is not None else self._nan.expand(len(ws)) for t in (self._wnorm, self._upd)]
+            n = len(self._weights)
+            if self._leaf_layer is not None:  # (a layer made of several tensors: ‖∂L/∂W‖ per layer here)
+                parts.append(self._layer_norms(norms))
+            parts += [t if t is not None else self._nan.expand(n) for t in (self._wnorm, self._upd)]
         parts += [num for _, num, _ in bad]
         # one kernel each: stack, cat, divide (x / 1 = x: the norms that need no scaling are unchanged)
         row = (torch.cat(parts) if len(parts) > 1 else parts[0]) / self._scale[2] if parts else None
@@ -546,23 +569,12 @@ class Monitor:
         Without `shapes` (a step that does not touch the snapshots) only the parameters' identity is
         checked: a weight resized in place (``w.data = ...``) is found at the next step that does."""
         ws = self._ws
-        if len(ws) == len(self._wdicts) and all(map(operator.is_, [d.get("weight") for d in self._wdicts], ws)) \
+        if len(ws) == len(self._slots) and all(map(operator.is_, [d.get(k) for d, k in self._slots], ws)) \
                 and (not shapes or all(w.shape == p.shape for w, p in zip(ws, self._prev))):
-            return  # (the usual case: the same parameters, read from the modules' own dicts)
-        if len(self._weights) == len(self._weight_sites) and all(
-                (s.module._parameters.get("weight") is w or getattr(s.module, "weight", None) is w)
-                and w.shape == p.shape for s, (_, w), p in zip(self._weight_sites, self._weights, self._prev)):
-            return  # (the same parameters, same shapes: the usual case, checked without building lists or
-            # calling Module.__getattr__)
-        now = [(s.index, s.module.weight) for s in self._weight_sites
-               if isinstance(getattr(s.module, "weight", None), Tensor)]
-        if len(now) == len(self._weights) and all(a is b and a.shape == p.shape for (_, a), (_, b), p in
-                                                  zip(now, self._weights, self._prev)):
-            return
-        self._weights, self._ws = now, [w for _, w in now]
-        self._prev = [w.detach().clone() for _, w in now]
+            return  # (the usual case: the same parameters, read where they live)
+        self._take_weights()
         self._prev_step, self._upd, self._scale = None, None, None
-        self._wnorm = torch.stack(torch._foreach_norm([w for _, w in now])) if now else None
+        self._wnorm = self._layer_norms(torch._foreach_norm(self._ws)) if self._ws else None
 
     def _done(self) -> None:
         self.recorded += 1
@@ -665,8 +677,8 @@ class Monitor:
     def _with_updates(site, r: LayerStats, u: Tensor) -> LayerStats:
         """`r` with its update ratio (median ‖Δw‖ per step over ‖w‖), frozen and trainable flags."""
         u = u[~torch.isnan(u)]
-        w = getattr(site.module, "weight", None)
-        more = {"trainable": bool(w.requires_grad) if isinstance(w, Tensor) else None}
+        leaves = weight_leaves(site.module)  # (not the weight itself: a parametrized one would be computed)
+        more = {"trainable": any(t.requires_grad for t in leaves) if leaves else None}
         if len(u) >= 2 and r.weight_norm:
             more.update(update_rel=float(u.median()) / r.weight_norm, frozen=bool((u == 0).all()))
         return replace(r, **more)

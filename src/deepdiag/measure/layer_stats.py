@@ -7,7 +7,7 @@ import math
 from torch import Tensor, nn
 
 from .records import LAYER_FIELDS, UNIT_FAMILIES, LayerStats
-from .sites import Site, matrix_params
+from .sites import Site, matrix_params, read_weight
 from .weights import column_symmetry, recognise_init, row_symmetry, weight_of, weight_summary
 
 SYMMETRIC = 1e-3  # rows this close are worth comparing the outgoing weights of (the rule's tolerance is 1e-4)
@@ -76,7 +76,7 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
             r["unit_spread"] = 0.0 if amax == 0 else _f(m["unit_spread"]) / amax
         w = weight_of(s)
         if w is not None and s.kind == "weight":
-            r["weight_std"], r["weight_norm"] = weight_summary(s.module.weight)
+            r["weight_std"], r["weight_norm"] = weight_summary(read_weight(s.module))
             r["init_scheme"], r["init_std"] = recognise_init(w, r["weight_std"])
             b = getattr(s.module, "bias", None)
             b = b if isinstance(b, Tensor) else None

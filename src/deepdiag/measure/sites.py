@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..init import NORM_LAYERS
 WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
@@ -81,22 +82,67 @@ class Site:
 
 def is_transposed_linear(m: nn.Module) -> bool:
     """transformers' ``Conv1D`` (GPT-2): y = x·W + b with W of shape (in, out), a Linear with W transposed."""
-    w = getattr(m, "weight", None)
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and isinstance(w, Tensor) and w.dim() == 2
+    if type(m).__name__ != "Conv1D" or not hasattr(m, "nf"):
+        return False
+    w = read_weight(m)
+    return isinstance(w, Tensor) and w.dim() == 2
 
 
 def weight_matrix(m: nn.Module) -> Tensor | None:
     """The module's weight as (out, in, *kernel): transposed for ``Conv1D``; None without a ≥ 2-D weight."""
-    w = getattr(m, "weight", None)
+    w = read_weight(m)
     if not isinstance(w, Tensor) or w.dim() < 2:
         return None
     return w.t() if is_transposed_linear(m) else w
 
 
+def read_weight(m: nn.Module) -> Tensor | None:
+    """``m.weight`` without side effects. A parametrized weight (``torch.nn.utils.parametrize``:
+    ``parametrizations.weight_norm``, ``spectral_norm``, ``orthogonal``, ...) is computed at every read,
+    and a spectral norm in training mode advances its power iteration when computed: reading it would
+    change the run. It is computed here with its parametrizations in eval mode and autograd off."""
+    if not parametrize.is_parametrized(m, "weight"):
+        w = getattr(m, "weight", None)
+        return w if isinstance(w, Tensor) else None
+    modes = [(p, p.training) for p in m.parametrizations["weight"].modules()]
+    try:
+        for p, _ in modes:
+            p.training = False
+        with torch.no_grad():
+            return m.weight
+    finally:
+        for p, training in modes:
+            p.training = training
+
+
+def weight_slots(m: nn.Module) -> list[tuple[dict, str]]:
+    """Where the trainable tensors a layer's weight is made of live, as (dict, key) pairs: the weight
+    itself (``m._parameters["weight"]``), or for a weight computed from others their originals — a
+    parametrization's ``original`` / ``original0``, ``original1``, ... (weight_norm: g and v), the old
+    hook-based ``weight_norm``'s ``weight_g``/``weight_v`` and ``spectral_norm``'s ``weight_orig``. Their
+    gradients are the layer's (a computed weight is not a leaf: its ``.grad`` is never filled); reading
+    them never computes the weight."""
+    if parametrize.is_parametrized(m, "weight"):
+        plist = m.parametrizations["weight"]
+        return [(plist._parameters, k) for k, v in plist._parameters.items() if v is not None]
+    own = m._parameters
+    if own.get("weight") is not None:
+        return [(own, "weight")]
+    for keys in (("weight_g", "weight_v"), ("weight_orig",)):
+        if all(own.get(k) is not None for k in keys):
+            return [(own, k) for k in keys]
+    return []
+
+
+def weight_leaves(m: nn.Module) -> list[Tensor]:
+    """The tensors of ``weight_slots``."""
+    return [d[k] for d, k in weight_slots(m)]
+
+
 def module_kind(m: nn.Module) -> str | None:
     """weight (Linear, Bilinear, Conv, transformers' Conv1D), embedding, recurrent (RNN/LSTM/GRU),
     attention (MultiheadAttention), norm, activation, or None (not a site)."""
-    if isinstance(m, WEIGHT_LAYERS) and getattr(m, "weight", None) is not None and m.weight.dim() >= 2:
+    if isinstance(m, WEIGHT_LAYERS) and (w := read_weight(m)) is not None and w.dim() >= 2:
         return "weight"
     if is_transposed_linear(m):
         return "weight"
@@ -124,14 +170,21 @@ def is_activation(m: nn.Module) -> bool:
 
 
 def matrix_params(m: nn.Module, kind: str) -> list[Tensor]:
-    """The ≥ 2-D parameters a site's weight statistics cover: the weight of a weight/embedding site,
-    every ≥ 2-D parameter of a recurrent or attention module (its gates; in_proj and out_proj)."""
+    """The ≥ 2-D parameters a site's weight statistics cover: the weight of a weight/embedding site (read
+    by ``read_weight``), every ≥ 2-D parameter of a recurrent or attention module (its gates; in_proj
+    and out_proj)."""
     if kind in ("weight", "embedding"):
-        w = getattr(m, "weight", None)
+        w = read_weight(m)
         return [w] if isinstance(w, Tensor) and w.dim() >= 2 else []
     if kind in ("recurrent", "attention"):
         return [p for p in m.parameters() if p.dim() >= 2]
     return []
+
+
+def grad_params(m: nn.Module, kind: str) -> list[Tensor]:
+    """The leaf tensors whose gradients a site's ‖∂L/∂W‖ covers: ``weight_leaves`` of a weight/embedding
+    site (a parametrized weight's originals), ``matrix_params`` of a recurrent or attention module."""
+    return weight_leaves(m) if kind in ("weight", "embedding") else matrix_params(m, kind)
 
 
 def first_tensor(obj) -> Tensor | None:
