@@ -569,7 +569,7 @@ class Monitor:
         Without `shapes` (a step that does not touch the snapshots) only the parameters' identity is
         checked: a weight resized in place (``w.data = ...``) is found at the next step that does."""
         ws = self._ws
-        if len(ws) == len(self._slots) and all(map(operator.is_, [d.get(k) for d, k in self._slots], ws)) \
+        if all(map(operator.is_, [d.get(k) for d, k in self._slots], ws)) \
                 and (not shapes or all(w.shape == p.shape for w, p in zip(ws, self._prev))):
             return  # (the usual case: the same parameters, read where they live)
         self._take_weights()

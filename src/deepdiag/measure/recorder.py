@@ -13,7 +13,6 @@ Identity, ...) measures nothing there and is not hooked.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -273,7 +272,7 @@ class Recorder:
             unit = (site.family, site.unit_dim) if site.family in UNIT_FAMILIES else None
             if site.family == "relu":  # ``_units`` without detail: the per-unit maximum
                 def relu(site, x, y):
-                    dims = _dims_except(y.dim(), site.unit_dim)
+                    dims = dims_except(y.dim(), site.unit_dim)
                     n = y.numel()
                     u = y.amax(dims) if dims else y.detach()
                     return {"numel": n, "unit_max": u, "positions": n // max(1, u.numel())}
@@ -455,12 +454,6 @@ class Recorder:
 
 _grad_enabled, _vector_norm = torch.is_grad_enabled, torch.linalg.vector_norm
 _set_grad_enabled = torch._C._set_grad_enabled  # what torch.no_grad() calls, without its Python wrapper
-
-
-@functools.lru_cache(maxsize=64)
-def _dims_except(ndim: int, unit_dim: int) -> tuple[int, ...]:
-    """``dims_except``, remembered (the Monitor's ReLU sites ask at every recorded step)."""
-    return dims_except(ndim, unit_dim)
 
 
 def _no_units(site, x, y) -> dict:
