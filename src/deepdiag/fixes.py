@@ -23,6 +23,7 @@ from torch import nn
 
 from . import surgery
 from ._validate import check_bool, check_choice, check_number
+from .computed_weights import deepcopy_model
 from .data import STD_FLOOR
 from .findings import FIX_KEYS
 from .jsonsafe import json_safe
@@ -150,7 +151,7 @@ def apply_fix(model: nn.Module, fix: Mapping, *, optimizer: torch.optim.Optimize
     fix = check_fix(fix)
     config = None if config is None else TrainConfig.coerce(config)
     memo: dict = {}
-    fixed = copy.deepcopy(model, memo)  # memo: id(original object) -> its copy (the parameters' map)
+    fixed = deepcopy_model(model, memo)  # memo: id(original object) -> its copy (the parameters' map)
     applied, skipped, unreached = [], [], []
     for key in MODEL_KEYS:
         if key in fix:

@@ -18,7 +18,6 @@ layer* is the last weight layer (Linear, ConvNd, transformers' ``Conv1D``) in th
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import re
@@ -29,6 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_choice
+from .computed_weights import (
+    deepcopy_model,
+    is_computed,
+    plain_weight,
+    scale_is_fixed,
+    set_weight,
+)
 from .init import NORM_LAYERS, he_, lecun_, orthogonal_, scheme_std, xavier_
 from .measure.io import call_model
 from .measure.sites import (
@@ -38,6 +44,7 @@ from .measure.sites import (
     is_activation,
     is_transposed_linear,
     module_kind,
+    read_weight,
     weight_matrix,
 )
 from .models import ACTIVATIONS as BASE_ACTIVATIONS
@@ -87,9 +94,13 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
     return new if p is None else new.to(device=p.device, dtype=p.dtype)
 
 
-def _listed(m: nn.Module) -> bool:
-    """The modules an order lists: leaves, and attention (it uses its out_proj child functionally)."""
-    return not next(m.children(), None) or isinstance(m, ATTENTION)
+def _listed(name: str, m: nn.Module) -> bool:
+    """The modules an order lists: leaves, attention (it uses its out_proj child functionally) and layers
+    whose only child holds their weight's parametrizations (``torch.nn.utils.parametrize``), but not the
+    parametrizations themselves (they run when the weight is computed, not as layers)."""
+    if "parametrizations" in name.split("."):
+        return False
+    return not any(k != "parametrizations" for k, _ in m.named_children()) or isinstance(m, ATTENTION)
 
 
 def order(model: nn.Module, inputs=None) -> list[str]:
@@ -107,7 +118,7 @@ def _traced(model: nn.Module, inputs=None, watched: dict[str, nn.Module] | None 
     forward pass serves every question ``swap_activations`` asks. Without `inputs`: registration order and
     no inputs."""
     if inputs is None:
-        return [n for n, m in model.named_modules() if n and _listed(m)], {}
+        return [n for n, m in model.named_modules() if n and _listed(n, m)], {}
     seen: dict[str, None] = {}
     taken: dict[str, Tensor] = {}
 
@@ -118,7 +129,7 @@ def _traced(model: nn.Module, inputs=None, watched: dict[str, nn.Module] | None 
     handles = [m.register_forward_hook(lambda _m, args, _out, n=n: take(n, args))
                for n, m in (watched or {}).items()]
     handles += [m.register_forward_hook(lambda *_, n=n: seen.setdefault(n) and None)
-                for n, m in model.named_modules() if n and _listed(m)]
+                for n, m in model.named_modules() if n and _listed(n, m)]
     was_training = model.training
     try:
         with torch.enable_grad():
@@ -343,7 +354,7 @@ def make_norm(kind: str, layer: nn.Module) -> nn.Module:
     kind = check_choice("norm", kind, NORM_KINDS)
     c = out_units(layer)
     if isinstance(layer, nn.modules.conv._ConvNd):
-        dims = layer.weight.dim() - 2
+        dims = weight_matrix(layer).dim() - 2
         if kind == "layer":
             return nn.GroupNorm(1, c)
         return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](c)
@@ -489,10 +500,13 @@ def resize_output(model: nn.Module, n: int, inputs=None) -> tuple[list[str], lis
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, n, bias=old.bias is not None)
     else:
-        new = type(old)(n, old.weight.shape[0])  # Conv1D(nf=out, nx=in), weight (in, out)
+        new = type(old)(n, read_weight(old).shape[0])  # Conv1D(nf=out, nx=in), weight (in, out)
     _replace(model, name, _like(new, old))
-    shared = [k for k, m in model.named_modules() if getattr(m, "weight", None) is old.weight]
+    weight = read_weight(old)
+    shared = [k for k, m in model.named_modules() if read_weight(m) is weight]
     notes = [f"{name}: its weight was shared with {', '.join(shared)}; the new layer has its own"] if shared else []
+    if is_computed(old):
+        notes.append(f"{name}: its weight was computed ({_computed_by(old)}); the new layer holds a plain weight")
     return [name], notes
 
 
@@ -530,13 +544,31 @@ def unfreeze(model: nn.Module, names: list[str] | bool = True) -> list[str]:
 class Matrix:
     """One computing weight matrix: `param` of the module `layer`; `gates` row blocks initialised
     separately (an LSTM's weight_ih holds 4 gates, attention's in_proj q, k and v); `transposed`: stored
-    (in, out), transformers' Conv1D."""
+    (in, out), transformers' Conv1D. `module`: the weight layer whose weight it is, when that weight may be
+    computed from other tensors (``deepdiag.computed_weights``): `param` is then the weight as the layer
+    computes it, and ``set`` writes where it comes from."""
 
     layer: str
     name: str
-    param: nn.Parameter
+    param: Tensor
     gates: int = 1
     transposed: bool = False
+    module: nn.Module | None = None
+
+    def set(self, w: Tensor) -> bool:
+        """Make `w` (laid out as `param`) this matrix; False when the layer computes its weight with a
+        scale of its own (``computed_weights.set_weight``)."""
+        if self.module is None:
+            self.param.copy_(w)
+            return True
+        exact = set_weight(self.module, w)
+        self.param = read_weight(self.module)
+        return exact
+
+    @property
+    def fixed_scale(self) -> bool:
+        """The layer's weight scale is set by its parametrization (spectral norm, orthogonal)."""
+        return self.module is not None and scale_is_fixed(self.module)
 
     def blocks(self, w: Tensor | None = None) -> list[Tensor]:
         """The (out, in, *kernel) views of each gate, of `w` (laid out as the parameter) or the parameter."""
@@ -551,15 +583,15 @@ def matrices(model: nn.Module) -> tuple[list[Matrix], list[Tensor]]:
     in-projections; not embeddings, not normalisation layers, not an output layer tied to an embedding,
     GPT-2's lm_head) and their biases."""
     mats, biases = [], []
-    tied = {id(m.weight) for m in model.modules() if isinstance(m, EMBEDDINGS)}
+    tied = {id(read_weight(m)) for m in model.modules() if isinstance(m, EMBEDDINGS)}
     for n, m in model.named_modules():
-        if isinstance(m, (*NORM_LAYERS, *EMBEDDINGS)):
+        if isinstance(m, (*NORM_LAYERS, *EMBEDDINGS)) or "parametrizations" in n.split("."):
             continue
         prefix = f"{n}." if n else ""
-        if is_weight_layer(m) and id(m.weight) in tied:
+        if is_weight_layer(m) and id(read_weight(m)) in tied:
             continue
         if is_weight_layer(m):
-            mats.append(Matrix(n, prefix + "weight", m.weight, 1, is_transposed_linear(m)))
+            mats.append(Matrix(n, prefix + "weight", read_weight(m), 1, is_transposed_linear(m), m))
             biases += [m.bias] if isinstance(getattr(m, "bias", None), Tensor) else []
         elif isinstance(m, RECURRENT):
             for k, p in m.named_parameters(recurse=False):
@@ -599,7 +631,10 @@ FILL = {"he": he_, "xavier": xavier_, "lecun": lecun_, "orthogonal": orthogonal_
 
 
 @torch.no_grad()
-def _redraw(mats: list[Matrix], biases: list[Tensor], scheme: str) -> None:
+def _redraw(mats: list[Matrix], biases: list[Tensor], scheme: str, what: str | None = None) -> list[str]:
+    """Draw every matrix from `scheme` (each gate block with its own fans), biases zero; return notes on
+    the layers that keep a scale of their own (``_kept_scale``)."""
+    kept = []
     for mat in mats:
         w = torch.empty_like(mat.param)
         for b in mat.blocks(w):  # a Conv1D's blocks are transposed views: filled through a copy
@@ -607,9 +642,23 @@ def _redraw(mats: list[Matrix], biases: list[Tensor], scheme: str) -> None:
                 FILL[scheme](b)
             else:
                 b.copy_(FILL[scheme](torch.empty_like(b, memory_format=torch.contiguous_format)))
-        mat.param.copy_(w)
+        if not mat.set(w):
+            kept.append(mat)
     for b in biases:
         b.zero_()
+    return [_kept_scale(m, what or f"init={scheme!r}") for m in kept]
+
+
+def _computed_by(m: nn.Module) -> str:
+    """How a layer computes its weight, for notes: its parametrizations' or hook's class names."""
+    if hasattr(m, "parametrizations") and "weight" in m.parametrizations:
+        return " then ".join(type(p).__name__.lstrip("_") for p in m.parametrizations["weight"])
+    return ", ".join(type(h).__name__ for h in m._forward_pre_hooks.values() if getattr(h, "name", None) == "weight")
+
+
+def _kept_scale(mat: Matrix, what: str) -> str:
+    return (f"{what}: {mat.layer} computes its weight ({_computed_by(mat.module)}), which sets its scale; "
+            "the tensor it is computed from was redrawn, the layer's scale is its parametrization's")
 
 
 def _shifted(biases: list[Tensor], mats: list[Matrix]) -> bool:
@@ -668,20 +717,23 @@ def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[
         done, notes = _library_default(model, mats, biases)
         return done + norms, ([] if norms else notes)
     if scheme != "lsuv":
-        ratios = scale_ratios(mats, scheme)
-        if all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
+        free = [m for m in mats if not m.fixed_scale]  # (a spectral norm's scale is its own: not judged)
+        ratios = scale_ratios(free, scheme)
+        if free and all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
             note = (f"init={scheme!r}: the weights already have the {scheme} scale (median std / "
                     f"{scheme} std from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} "
                     f"blocks, within {SAME_SCALE:.0%}) and the biases are small: a redraw at the same "
                     f"scale changes nothing")
             return norms, ([] if norms else [note])
-        _redraw(mats, biases, scheme)
-        return [m.name for m in mats] + norms, []
+        return [m.name for m in mats] + norms, _redraw(mats, biases, scheme)
     if inputs is None:
         raise ValueError("init='lsuv' needs inputs: a batch the model takes (a tensor, a tuple of "
                          "arguments or a dict of keyword arguments)")
-    _redraw(mats, biases, "orthogonal")
-    notes = _lsuv(model, inputs, {m.layer: m for m in mats if is_weight_layer(model.get_submodule(m.layer))})
+    notes = _redraw(mats, biases, "orthogonal", "init='lsuv'")
+    notes += [f"init='lsuv': {m.layer} computes its weight ({_computed_by(m.module)}), which sets its scale: "
+              "left orthogonal, not rescaled" for m in mats if m.fixed_scale]
+    notes += _lsuv(model, inputs, {m.layer: m for m in mats if is_weight_layer(model.get_submodule(m.layer))
+                                   and not m.fixed_scale})
     return [m.name for m in mats], notes
 
 
@@ -710,28 +762,41 @@ def _redraw_default(model: nn.Module, name: str) -> bool:
 @torch.no_grad()
 def _library_default(model: nn.Module, mats: list[Matrix], biases: list[Tensor]) -> tuple[list[str], list[str]]:
     """``reinit``'s "default": the layers owning `mats` redrawn on a copy, compared block by block (median
-    row std, as ``scale_ratios``), then copied in unless the model already has that scale."""
-    fresh = copy.deepcopy(model)
+    row std, as ``scale_ratios``), then copied in unless the model already has that scale. A layer that
+    computes its weight (weight norm, spectral norm, ...) is redrawn as a plain layer and the draw assigned
+    through its parametrization (``Matrix.set``): what building the layer and wrapping it again gives; its
+    scale is judged only when the parametrization does not set it."""
+    fresh = deepcopy_model(model)
     layers = list(dict.fromkeys(m.layer for m in mats))
+    for n in layers:
+        plain_weight(fresh.get_submodule(n))
     unreached = [n for n in layers if not _redraw_default(fresh, n)]
+    drawn = {m.name: m for m in matrices(fresh)[0]}
     ratios = []
     for mat in mats:
-        new = fresh.get_parameter(mat.name)
-        for b_old, b_new in zip(mat.blocks(), mat.blocks(new), strict=True):
-            ratios.append(_row_std(b_old) / max(_row_std(b_new), 1e-12))
+        if not mat.fixed_scale:
+            for b_old, b_new in zip(mat.blocks(), mat.blocks(drawn[mat.name].param), strict=True):
+                ratios.append(_row_std(b_old) / max(_row_std(b_new), 1e-12))
     notes = [f"init='default': {n} has no reset_parameters and no transformers _init_weights; left as it is"
              for n in unreached]
-    if all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
-        return [], notes + [f"init='default': the weights already have the default scale (std / default std "
-                            f"from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} blocks, within "
-                            f"{SAME_SCALE:.0%}) and the biases are small: a redraw changes nothing"]
-    done = []
+    if ratios and all(abs(r - 1.0) <= SAME_SCALE for r in ratios) and not _shifted(biases, mats):
+        return [], notes + [(f"init='default': the weights already have the default scale (std / default std "
+                             f"from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} blocks, within "
+                             f"{SAME_SCALE:.0%}) and the biases are small: a redraw changes nothing")]
+    done, computed = [], {m.layer: m for m in mats if m.module is not None}
     for n in layers:
         if n in unreached:
             continue
-        for k, p in model.get_submodule(n).named_parameters(recurse=False):
-            p.copy_(fresh.get_submodule(n).get_parameter(k))
-            done.append(f"{n}.{k}" if n else k)
+        old, new = model.get_submodule(n), fresh.get_submodule(n)
+        for k, p in old.named_parameters(recurse=False):
+            if k in new._parameters and not (n in computed and k == "weight"):
+                p.copy_(new.get_parameter(k))
+                done.append(f"{n}.{k}" if n else k)
+        if n in computed:
+            mat = computed[n]
+            if not mat.set(drawn[mat.name].param):
+                notes.append(_kept_scale(mat, "init='default'"))
+            done.append(mat.name)
     return done, notes
 
 
@@ -762,7 +827,7 @@ def _lsuv(model: nn.Module, inputs, layers: dict[str, Matrix]) -> list[str]:
                     var = float(seen["var"])  # host sync per pass
                     if abs(var - 1.0) < LSUV_TOL or not math.isfinite(var) or var == 0.0:
                         break
-                    layers[n].param.div_(math.sqrt(var))
+                    layers[n].set(layers[n].param / math.sqrt(var))
             finally:
                 handle.remove()
             if var == 0.0 or not math.isfinite(var):
