@@ -146,3 +146,10 @@ def test_set_weight_reports_whether_the_layer_computes_with_it():
         assert torch.allclose(read_weight(layer), w, rtol=1e-4) is exact
     plain = nn.Linear(64, 64)
     assert set_weight(plain, w) and torch.equal(plain.weight, w)
+
+
+def test_resizing_a_computed_output_layer_says_it_becomes_plain():
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), P.weight_norm(nn.Linear(16, 3)))
+    fixed, changes = dd.apply_fix(model, {"out_features": 5}, inputs=torch.randn(4, 20))
+    assert fixed(torch.randn(4, 20)).shape == (4, 5)
+    assert any("2: its weight was computed (WeightNorm)" in a for a in changes.applied), changes.applied
