@@ -198,7 +198,8 @@ def checkup(model: nn.Module, inputs, targets: Tensor | None = None, loss_fn=Non
                 else:
                     loss = loss_fn(out, targets)
                 if output is None and loss_fn is not None and isinstance(loss, Tensor):
-                    output = function_output_facts(out, loss, seen.get("last_module"), targets, seen.get("last_name"))
+                    output = function_output_facts(out, loss, seen.get("last_module"), targets, seen.get("last_name"),
+                                                   seen.get("last_op"))
             except (IndexError, RuntimeError, ValueError):
                 if not any(f.rank >= 2 for f in output_loss_mismatch(output)):
                     raise
@@ -301,7 +302,8 @@ def _output_facts(seen: dict, out: Tensor, targets, loss_fn) -> OutputFacts | No
         kind = loss_kind(_default_loss(out, targets)[0]) if isinstance(targets, Tensor) else None
     if kind is None:
         return None
-    return output_facts(out, seen.get("last_module"), kind, targets, seen.get("last_name"), loss_fn is None)
+    return output_facts(out, seen.get("last_module"), kind, targets, seen.get("last_name"), loss_fn is None,
+                        seen.get("last_op"))
 
 
 def _to_host(meas: dict) -> dict:

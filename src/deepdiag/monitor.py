@@ -357,9 +357,11 @@ class Monitor:
         kind = loss_kind(self.loss_fn)
         output = None
         if kind is not None and out is not None:
-            output = output_facts(out, seen.get("last_module"), kind, seen.get("target"), seen.get("last_name"))
+            output = output_facts(out, seen.get("last_module"), kind, seen.get("target"), seen.get("last_name"),
+                                  last_op=seen.get("last_op"))
         elif self.loss_fn is not None and isinstance(loss, Tensor) and out is not None:
-            output = function_output_facts(out, loss, seen.get("last_module"), None, seen.get("last_name"))
+            output = function_output_facts(out, loss, seen.get("last_module"), None, seen.get("last_name"),
+                                           seen.get("last_op"))
         first = next((si for si in self.rec.sites if si.kind == "weight"), None)
         inputs = input_facts(x, first.name if first is not None else None)
         self.probe.results = []

@@ -64,6 +64,26 @@ def _single_input(node):
     return nxt[0] if len(nxt) == 1 else None
 
 
+_OUTPUT_MOVES = _RESHAPES + ("TBackward0", "TransposeBackward0", "PermuteBackward0", "ExpandBackward0",
+                             "AliasBackward0", "SelectBackward0", "SliceBackward0")  # entries moved, not changed
+# the op that made the model's output -> the module computing the same function (``output_op``)
+OP_MODULES = {"SigmoidBackward0": "Sigmoid", "SoftmaxBackward0": "Softmax", "LogSoftmaxBackward0": "LogSoftmax",
+              "ReluBackward0": "ReLU", "TanhBackward0": "Tanh", "SoftplusBackward0": "Softplus",
+              "HardsigmoidBackward0": "Hardsigmoid"}
+
+
+def output_op(y) -> str | None:
+    """The activation that computed the tensor `y`, read from its autograd graph, as the module computing
+    it is named ("Sigmoid", "Softmax", "ReLU", "Tanh", ...), through ops that only move entries (view,
+    reshape, squeeze, transpose, ...): what ends the model, whether a module or a function
+    (``torch.sigmoid(self.out(h))``) computed it. "" when another op made it (a Linear's addmm, an
+    addition, ...); None without a graph (computed without autograd)."""
+    node = getattr(y, "grad_fn", None)
+    while node is not None and type(node).__name__ in _OUTPUT_MOVES:
+        node = next((n for n, _ in node.next_functions if n is not None), None)
+    return None if node is None else OP_MODULES.get(type(node).__name__, "")
+
+
 def graph_loss_kind(loss) -> str | None:
     """The kind of torch loss that computed the tensor `loss`, read from its autograd graph: a user's own
     loss function (``def my_loss(out, y): return F.cross_entropy(out.reshape(-1, V), y.reshape(-1))``)
@@ -95,7 +115,7 @@ class IOProbe:
     tensor identity), for ``passes`` training forward passes; then they remove themselves.
 
     ``last`` holds, after a pass, {"input": tensor, "output": tensor, "last_module": type name or None,
-    "last_name": name}; with ``loss_fn`` an ``nn.Module``, a pre-hook on it adds "target".
+    "last_name": name, "last_op": ``output_op`` of the output}; with ``loss_fn`` an ``nn.Module``, a pre-hook on it adds "target".
     """
 
     def __init__(self, model: nn.Module, loss_fn=None, passes: int = 1):
@@ -129,6 +149,7 @@ class IOProbe:
             return
         y = first_tensor(out)
         self.last["output"] = y.detach() if y is not None else None
+        self.last["last_op"] = output_op(y)
         if self._leaf_out is not None and y is not None and self._leaf_out[1] is y:
             m = self._leaf_out[0]
             self.last["last_module"], self.last["last_name"] = type(m).__name__, self._names.get(id(m))
@@ -150,11 +171,13 @@ class IOProbe:
 
 
 def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets: Tensor | None = None,
-                 last_name: str | None = None, default_loss: bool | None = None) -> OutputFacts:
+                 last_name: str | None = None, default_loss: bool | None = None,
+                 last_op: str | None = None) -> OutputFacts:
     """The numbers ``output_loss_mismatch`` reads (host syncs: call once per checkup / first steps)."""
     o = out.detach()
     width = int(o.shape[1]) if o.dim() >= 2 else 1
-    facts: dict = {"loss": loss, "last_module": last_module, "last_name": last_name, "out_width": width,
+    facts: dict = {"loss": loss, "last_module": last_module, "last_name": last_name, "last_op": last_op,
+                   "out_width": width,
                    "n_samples": int(o.shape[0]) if o.dim() else 1, "default_loss": default_loss}
     if o.numel() and o.is_floating_point():
         of = o.float()
@@ -188,7 +211,7 @@ def output_facts(out: Tensor, last_module: str | None, loss: str | None, targets
 
 
 def function_output_facts(out: Tensor, loss: Tensor, last_module: str | None, targets: Tensor | None = None,
-                          last_name: str | None = None) -> OutputFacts | None:
+                          last_name: str | None = None, last_op: str | None = None) -> OutputFacts | None:
     """``output_facts`` for a loss given as the user's own function (kind read from the loss tensor's
     graph, ``graph_loss_kind``; None when not recognised). A class-score output with more than 2 dims
     (batch, ..., classes) is read with its classes last, as token losses flatten it
@@ -200,7 +223,7 @@ def function_output_facts(out: Tensor, loss: Tensor, last_module: str | None, ta
         out = out.reshape(-1, out.shape[-1])
         if isinstance(targets, Tensor) and targets.numel() == out.shape[0]:
             targets = targets.reshape(-1)
-    return output_facts(out, last_module, kind, targets, last_name)
+    return output_facts(out, last_module, kind, targets, last_name, last_op=last_op)
 
 
 def input_facts(x: Tensor | None, first_layer: str | None = None,

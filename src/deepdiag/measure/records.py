@@ -132,6 +132,8 @@ class OutputFacts:
 
     ``loss``: cross_entropy / nll / bce_with_logits / bce / mse; ``last_module`` / ``last_name``: type
     and name of the leaf module whose output is the model's output (None when not a module's output);
+    ``last_op``: the activation that computed the output, module or function (``measure.io.output_op``:
+    "Sigmoid", "ReLU", ...; "" another op; None no graph);
     ``out_width``: size of dimension 1 (1 for a 1-D output); ``n_samples``; ``out_min`` / ``out_max``;
     ``strictly_inside01``: every output in (0, 1) on ≥ 8 samples; ``rows_sum_to_one``: every row sums to
     1 ± 10⁻⁴; ``target_kind`` ("int" / "float"), ``target_min`` / ``target_max``, ``target_rms`` (float
@@ -148,6 +150,7 @@ targets: √mean(y²)), ``target_distinct`` (integer targets: how many distinct 
     loss: str | None
     last_module: str | None = None
     last_name: str | None = None
+    last_op: str | None = None
     out_width: int | None = None
     n_samples: int | None = None
     out_min: float | None = None

@@ -24,7 +24,10 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
 
     * double softmax: cross-entropy on outputs in [0, 1] whose rows sum to 1 (or a Softmax last module)
       → warning: log-softmax of probabilities squashes them into a range of 1 nat, gradients shrink.
-    * double sigmoid: BCE-with-logits on outputs in [0, 1] (or a Sigmoid last module) → warning.
+    * double sigmoid: BCE-with-logits on a sigmoid's output → warning. Only when neither the graph nor a
+      module says what made the output, outputs strictly inside (0, 1) on ≥ 8 samples stand for it: raw
+      logits of a fresh model often all lie there too (a Linear's output at PyTorch's init spreads ~0.1
+      around its bias), so the range is no evidence once the op is known.
     * ReLU into a logit loss: outputs ≥ 0 from a ReLU-family last module → warning (negative logits impossible).
     * NLL on outputs that are not log-probabilities (some > 0) → warning; BCE on outputs outside [0, 1]
       (error), or from a last module whose range is not [0, 1] (ReLU, Linear, ...) → warning: it lies in
@@ -41,11 +44,15 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
     * cross-entropy over one output unit → error: softmax over one logit is 1, the loss is identically 0.
     * targets outside the output's range: class ids ≥ width or < 0 (cross-entropy/NLL) → error, the
       class count ≠ the output width; float targets outside [0, 1] for BCE → error.
+    "Last module" is the activation that computed the output as the autograd graph records it (``last_op``:
+    a module's or a function's, ``torch.sigmoid(self.out(h))``, through reshapes), else the leaf module
+    whose output the model returns.
     Why no numeric threshold: each is a structural fact; "rows sum to 1" is tested to 10⁻⁴.
     """
     if facts is None or not facts.loss:
         return []
-    loss, last, width = facts.loss, facts.last_module, facts.out_width
+    loss, width = facts.loss, facts.out_width
+    last = facts.last_op or facts.last_module  # the activation that made the output (module or function)
     lo, hi = facts.out_min, facts.out_max
     ev = facts.evidence()
     out = []
@@ -68,12 +75,12 @@ def output_loss_mismatch(facts: OutputFacts | None, step: int | None = None) -> 
             "again: the logits are squashed into [0, 1], so the loss barely moves and gradients shrink.",
             "Remove the final softmax: CrossEntropyLoss takes raw logits (apply softmax only for prediction).",
             {"replace_output": "identity"})
-    elif loss == "bce_with_logits" and (last == "Sigmoid" or (in01 and width is not None)):
-        if last == "Sigmoid" or facts.strictly_inside01:
-            add("double_sigmoid", "warning",
-                "The model's outputs already pass through a sigmoid and BCEWithLogitsLoss applies another: "
-                "predicted probabilities cannot leave [0.5, 0.73].",
-                "Remove the final sigmoid: BCEWithLogitsLoss takes raw logits.", {"replace_output": "identity"})
+    elif loss == "bce_with_logits" and (last == "Sigmoid" or (facts.last_op is None and facts.last_module is None
+                                                               and facts.strictly_inside01)):
+        add("double_sigmoid", "warning",
+            "The model's outputs already pass through a sigmoid and BCEWithLogitsLoss applies another: "
+            "predicted probabilities cannot leave [0.5, 0.73].",
+            "Remove the final sigmoid: BCEWithLogitsLoss takes raw logits.", {"replace_output": "identity"})
     elif loss == "cross_entropy" and last in BOUNDED and width and width >= 2:
         lo_b, hi_b = BOUNDED[last]
         p_max, floor = bounded_logit_limits(hi_b - lo_b, width)
