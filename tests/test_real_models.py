@@ -18,10 +18,10 @@ V, T, B = 200, 12, 32
 class SeqClassifier(nn.Module):
     """Embedding → RNN/LSTM/GRU → Linear on the last step (or on h_n)."""
 
-    def __init__(self, cell: str, std: float | None = None, use_state: bool = False):
+    def __init__(self, cell: str, std: float | None = None, use_state: bool = False, layers: int = 1):
         super().__init__()
         self.emb = nn.Embedding(V, 32)
-        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](32, 64, batch_first=True)
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](32, 64, num_layers=layers, batch_first=True)
         self.fc = nn.Linear(64, 2)
         self.use_state = use_state
         if std is not None:
@@ -79,13 +79,17 @@ def build(name: str):
         return Encoder(), x, y2
     if name == "lstm_std_3":
         return SeqClassifier("lstm", std=3.0), x, y2
+    if name.endswith("x3"):  # three stacked layers, PyTorch's default init (or weights std 1e-3: "_tiny")
+        cell = name.split("x")[0].split("_")[0]
+        return SeqClassifier(cell, std=1e-3 if "tiny" in name else None, layers=3), x, y2
     cell, _, state = name.partition("_")
     return SeqClassifier(cell, use_state=bool(state)), x, y2
 
 
 CASES = {  # name: codes at warning or worse that must be found (empty: a healthy control, silent)
     "bert2": set(), "bert4": set(), "gpt2": set(), "encoder": set(), "lstm": set(), "lstm_state": set(),
-    "gru": set(), "rnn": set(),
+    "gru": set(), "rnn": set(), "lstmx3": set(), "grux3": set(),
+    "lstm_tinyx3": {"vanishing_gradients"},
     "lstm_std_3": {"saturated_units", "exploding_gradients"},
     "gpt2_init_1": {"exploding_gradients"},
 }
@@ -164,3 +168,32 @@ def test_gradient_flow_reads_only_the_main_path():
              _row("head", 1.0, 1.0)]
     f = gradient_flow(grown)
     assert [x.code for x in f] == ["exploding_gradients"] and f[0].evidence["ratio"] == pytest.approx(1e4)
+
+
+def test_gated_recurrent_layers_take_their_gates_share_of_the_decay():
+    """Three stacked recurrent layers between an embedding and a head: of a 300× decay toward the input,
+    an LSTM's gates take 4³ = 64× at init (¼ per layer), leaving 4.7×: silent; of 10⁴×, 156× is left:
+    reported, with both numbers (and as an error only beyond 10⁴× left). A GRU's gates take 2³ = 8×; a
+    plain RNN has none. The recurrent layer's position may be its input (its gates then sit after it)."""
+    def rows(decay, cell="LSTM", side="out"):
+        before = 1.0 / decay
+        return [LayerStats(name="emb", kind="embedding", path_signal=before, path_side="out", weight_norm=1.0),
+                LayerStats(name="rnn", type=cell, kind="recurrent", stacked=3, path_side=side, weight_norm=1.0,
+                           path_signal=1.0 if side == "out" else before),
+                LayerStats(name="head", kind="weight", path_signal=1.0, path_side="out", signal_norm=1.0,
+                           weight_norm=1.0)]
+
+    def codes(found):
+        return [(f.code, f.severity) for f in found]
+
+    for side in ("out", "in"):
+        assert gradient_flow(rows(300, side=side)) == []
+        f = gradient_flow(rows(1e4, side=side))
+        assert codes(f) == [("vanishing_gradients", "warning")]
+        assert f[0].evidence["ratio"] == pytest.approx(1e-4)
+        assert f[0].evidence["gate_gain"] == pytest.approx(0.25 ** 3)
+        assert f[0].evidence["ratio_beyond_gates"] == pytest.approx(1e-4 / 0.25 ** 3)
+    assert codes(gradient_flow(rows(1e7))) == [("vanishing_gradients", "error")]
+    assert gradient_flow(rows(300, "GRU")) == []
+    assert codes(gradient_flow(rows(1e3, "GRU"))) == [("vanishing_gradients", "warning")]
+    assert codes(gradient_flow(rows(300, "RNN"))) == [("vanishing_gradients", "warning")]

@@ -62,6 +62,8 @@ def build_layer_stats(sites: list[Site], meas: dict[int, dict]) -> list[LayerSta
         for k in ("attention_peak", "time_ratio", "gate_saturation"):
             if m.get(k) is not None:
                 r[k] = m[k] if k == "gate_saturation" else _f(m[k])
+        if s.kind == "recurrent":
+            r["stacked"] = int(getattr(s.module, "num_layers", 1))
         if s.kind in ("embedding", "recurrent", "attention"):
             ps = matrix_params(s.module, s.kind)
             if ps:

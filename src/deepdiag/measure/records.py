@@ -44,7 +44,8 @@ class LayerStats:
     largest attention probability: 1/keys when uniform, 1 when collapsed onto one key).
     Recurrent (RNN/LSTM/GRU, checkup): ``gate_saturation`` (((gate, fraction of its units saturated on
     more than half of the samples × time steps), ...)), ``time_ratio`` (per-sample ‖∂L/∂h_1‖ over
-    ‖∂L/∂h_T‖ of the last layer's state: > 1 when the gradient grows back through time).
+    ‖∂L/∂h_T‖ of the last layer's state: > 1 when the gradient grows back through time), ``stacked``
+    (its ``num_layers``).
     Derivative (sigmoid/tanh activation modules, checkup): ``deriv_rms`` (RMS over the batch of the
     activation's derivative f′(z), read from its output: σ(1 − σ) or 1 − tanh²; the factor by which
     the activation scales the back-propagated signal).
@@ -99,6 +100,7 @@ class LayerStats:
     attention_peak: float | None = None
     gate_saturation: tuple | None = None
     time_ratio: float | None = None
+    stacked: int | None = None
     deriv_rms: float | None = None
     batch_spread: float | None = None
     in_batch_spread: float | None = None

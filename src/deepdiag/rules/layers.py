@@ -29,6 +29,8 @@ from ..measure.records import LayerStats
 from .remedies import fmt, init_advice, remedy_init, weight_layers
 
 ORDERS = 1e2  # "orders of magnitude": >= 100x -> warning
+# the input gradient of one layer of a gated recurrent cell at init, from its gates alone (see ``gate_gain``)
+GATE_GAIN = {"LSTM": 0.25, "GRU": 0.5}
 ORDERS_ERROR = 1e4  # >= 10^4x -> error: training of the far layers is effectively stopped
 DEAD_ERROR = 0.95
 
@@ -81,7 +83,9 @@ def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[F
     signal that is exactly 0 (float32 underflow or no path) → error; R ≥ 10² → exploding (warning),
     ≥ 10⁴ or non-finite → error. Why 100×: with He/Xavier init the signal's scale is constant in depth
     up to shape factors (healthy nets measured within 30×, see the module docstring), so a change by
-    two orders of magnitude is not explained by the architecture. Positions whose signal is exactly 0
+    two orders of magnitude is not explained by the architecture. The decay is judged beyond what gated
+    recurrent layers (LSTM, GRU) take by construction (``gate_gain``: ¼ per stacked LSTM layer, ½ per GRU
+    layer; the evidence gives both numbers). Positions whose signal is exactly 0
     because an all-zero weight layer blocks it (a zero-initialised output layer) are left out: that is
     one step's state, reported by symmetric_units.
     """
@@ -103,23 +107,29 @@ def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[F
     sig = [s for _, s in w]
     if sig[-1] == 0.0:
         return []
+    gates = gate_gain(w)
     i_up, j_up, up = _extreme_pair(sig, max)  # the largest growth toward the input
-    i_dn, j_dn, down = _extreme_pair(sig, min)  # the largest decay toward the input
+    # the largest decay toward the input beyond what gated recurrent cells take by construction
+    i_dn, j_dn, beyond = _extreme_pair([s / g for s, g in zip(sig, gates)], min)
+    gated = gates[i_dn] / gates[j_dn]  # the gates' share of the decay between the two positions (1: none)
+    down = beyond * gated  # the decay as measured
     names = [r.name + (":in" if r.path_side == "in" else "") for r, _ in w]
     evidence = {
         "ratio_first_last": sig[0] / sig[-1], "depth": len(w), "signal_norm": dict(zip(names, sig)),
         "grad_rel": {r.name: r.grad_rel for r, _ in w if r.grad_rel is not None}, "threshold": ORDERS,
     }
     found = []
-    if _orders(down) == "vanishing":
+    if _orders(beyond) == "vanishing":
         i, j, ratio = i_dn, j_dn, down
         per_layer = ratio ** (1.0 / (j - i)) if ratio > 0 else 0.0
         evidence = {**evidence, "ratio": ratio, "per_layer_factor": per_layer, "between": [names[i], names[j]]}
+        if gated != 1.0:
+            evidence["gate_gain"], evidence["ratio_beyond_gates"] = gated, beyond
         how = ("is exactly 0 (blocked by dead units, or float32 underflow)" if ratio == 0 else
                f"is {1 / ratio:.3g}× smaller than at {names[j]} ({fmt(per_layer)}× per layer over "
                f"{j - i + 1} layers)")
         where = "the first layer" if i == 0 else names[i]
-        found.append(_init_finding("vanishing_gradients", ratio <= 1.0 / ORDERS_ERROR,
+        found.append(_init_finding("vanishing_gradients", beyond <= 1.0 / ORDERS_ERROR,
                               f"The gradient reaching {where} {how}, so early layers barely learn.", evidence,
                               rows, "for deep nets add residual connections (dd.mlp(..., residual=True)) or "
                               "normalization", [r.name for r, s in w[i:j + 1] if s <= sig[j] / ORDERS], step))
@@ -134,6 +144,34 @@ def gradient_flow(rows: Sequence[LayerStats], step: int | None = None) -> list[F
                               rows, "clip gradients or lower the learning rate; in residual nets add normalization "
                               "(norm='layer')", [r.name for r, s in w[i:j + 1] if s >= sig[j] * ORDERS], step))
     return found
+
+
+def gate_gain(w: Sequence[tuple[LayerStats, float]]) -> list[float]:
+    """Per depth position, the product of ``GATE_GAIN[type] ** stacked`` over the gated recurrent layers
+    (LSTM, GRU) between it and the output: the part of the signal's decay toward the input that their
+    gates make at initialisation. Dividing each position's signal by it leaves the decay the weights
+    make, which ``gradient_flow`` judges.
+
+    Why: an LSTM layer's output is h = o ⊙ tanh(c) with c = f ⊙ c₋₁ + i ⊙ g, so the input's gradient
+    reaches x through ∂h/∂x ≈ o · tanh′(c) · i · g′ · W_g + …: at init the pre-activations are small,
+    every gate is σ(0) = ½ and tanh′ ≈ 1, so the gates alone multiply it by o·i = ¼ per stacked layer
+    (the weights' own gain, W_g's, stays counted: too small or too large weights are still found). A GRU's
+    h = (1 − z) ⊙ n + z ⊙ h₋₁ passes x through n only, times (1 − z) = ½. A plain tanh RNN has no
+    gates (factor 1). PyTorch's default LSTM of 2–3 layers measures 64–650× from its input to its
+    output (4–6× per layer); without the gates' ¼ per layer that is within 2–11×. The recurrent layer's
+    signal is at its output (or its input: ``path_side``); the gates' factor sits between it and the
+    position before (after)."""
+    gain, out = 1.0, [1.0] * len(w)
+    for k in range(len(w) - 1, -1, -1):
+        r = w[k][0]
+        g = GATE_GAIN.get(r.type or "", 1.0) ** (r.stacked or 1) if r.kind == "recurrent" else 1.0
+        if r.path_side == "in":  # (its gates act between this position and the next)
+            gain *= g
+            out[k] = gain
+        else:
+            out[k] = gain
+            gain *= g
+    return out
 
 
 def _extreme_pair(sig: list[float], pick) -> tuple[int, int, float]:
