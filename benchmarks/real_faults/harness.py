@@ -70,8 +70,9 @@ def _batches(p: Program, n: int, g: torch.Generator) -> list[Tensor]:
     return [order[i:i + bs] for i in range(0, n, bs)]
 
 
-def train(p: Program, seed: int = 0, watch: bool = False) -> Run:
-    """Train `p` once; with `watch`, collect deepdiag's findings (see the module doc)."""
+def train(p: Program, seed: int = 0, watch: bool = False, found: list | None = None) -> Run:
+    """Train `p` once; with `watch`, collect deepdiag's findings (see the module doc); `found`, when given,
+    also receives every finding as ("checkup" or "monitor", ``Finding``)."""
     t0 = time.perf_counter()
     d = p.data
     model = p.model(seed)
@@ -86,6 +87,8 @@ def train(p: Program, seed: int = 0, watch: bool = False) -> Run:
         first = epochs[0][0]
         report = dd.checkup(model, d.x_train[first], y_train[first], p.loss_fn)
         _collect(run, report.findings, "checkup")
+        if found is not None:
+            found += [("checkup", f) for f in report.findings]
         monitor = dd.Monitor(model, loss_fn=p.loss_fn, optimizer=optimizer, n_classes=classes)
     steps, last = 0, []
     with warnings.catch_warnings():
@@ -126,7 +129,10 @@ def train(p: Program, seed: int = 0, watch: bool = False) -> Run:
     run.metric, run.train_loss, run.steps = metric, train_loss, steps
     run.finite = bool(torch.isfinite(last).all()) and math.isfinite(val_loss)
     if monitor is not None:
-        _collect(run, monitor.diagnose(), "monitor")
+        diagnosed = monitor.diagnose()
+        _collect(run, diagnosed, "monitor")
+        if found is not None:
+            found += [("monitor", f) for f in diagnosed]
         monitor.close()
     run.seconds = time.perf_counter() - t0
     return run
