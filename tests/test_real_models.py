@@ -59,6 +59,22 @@ class GPT(nn.Module):
         return self.m(input_ids=x).logits.reshape(-1, V)
 
 
+class Llama(nn.Module):
+    """A transformers Llama (RMSNorm, SwiGLU, rotary positions, grouped KV heads) from a config."""
+
+    def __init__(self, init_range: float = 0.02):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        self.m = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                              initializer_range=init_range, bos_token_id=None, eos_token_id=None,
+                                              pad_token_id=None))
+
+    def forward(self, x):
+        return self.m(input_ids=x).logits.reshape(-1, V)
+
+
 def bert(layers: int):
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -75,6 +91,8 @@ def build(name: str):
         return GPT(), x, x.reshape(-1)
     if name == "gpt2_init_1":
         return GPT(1.0), x, x.reshape(-1)
+    if name == "llama":
+        return Llama(), x, x.reshape(-1)
     if name == "encoder":
         return Encoder(), x, y2
     if name == "lstm_std_3":
@@ -88,7 +106,7 @@ def build(name: str):
 
 CASES = {  # name: codes at warning or worse that must be found (empty: a healthy control, silent)
     "bert2": set(), "bert4": set(), "gpt2": set(), "encoder": set(), "lstm": set(), "lstm_state": set(),
-    "gru": set(), "rnn": set(), "lstmx3": set(), "grux3": set(),
+    "gru": set(), "rnn": set(), "lstmx3": set(), "grux3": set(), "llama": set(),
     "lstm_tinyx3": {"vanishing_gradients"},
     "lstm_std_3": {"saturated_units", "exploding_gradients"},
     "gpt2_init_1": {"exploding_gradients"},
@@ -197,3 +215,17 @@ def test_gated_recurrent_layers_take_their_gates_share_of_the_decay():
     assert gradient_flow(rows(300, "GRU")) == []
     assert codes(gradient_flow(rows(1e3, "GRU"))) == [("vanishing_gradients", "warning")]
     assert codes(gradient_flow(rows(300, "RNN"))) == [("vanishing_gradients", "warning")]
+
+
+def test_rms_norm_layers_are_depth_positions():
+    """transformers' LlamaRMSNorm (and torch's nn.RMSNorm) are normalisation sites: the residual stream
+    at every block's norms is on the main path (without them Llama's only positions were the embedding
+    and the head, and gradient flow through its blocks went unjudged)."""
+    from deepdiag.rules.layers import depth_positions
+
+    report = dd.checkup(*build("llama"))
+    names = [r.name for r, _ in depth_positions(report.rows)]
+    assert sum("post_attention_layernorm" in n for n in names) == 3 and names[-2].endswith("m.model.norm"), names
+    plain = nn.Sequential(nn.Linear(8, 16), nn.RMSNorm(16), nn.ReLU(), nn.Linear(16, 2))
+    rows = dd.checkup(plain, torch.randn(32, 8), torch.randint(0, 2, (32,))).rows
+    assert next(r for r in rows if r.name == "1").kind == "norm"

@@ -152,11 +152,24 @@ def module_kind(m: nn.Module) -> str | None:
         return "recurrent"
     if isinstance(m, ATTENTION):
         return "attention"
-    if isinstance(m, NORM_LAYERS):
+    if isinstance(m, NORM_LAYERS) or is_rms_norm(m):
         return "norm"
     if type(m) in ACTIVATION_FAMILIES and ACTIVATION_FAMILIES[type(m)] is not None:
         return "activation"
     return None
+
+
+def is_rms_norm(m: nn.Module) -> bool:
+    """An RMS normalisation, y = g ⊙ x / RMS(x) over the last dimension: ``nn.RMSNorm`` or a library's own
+    (transformers' ``LlamaRMSNorm``, ``Qwen2RMSNorm``, ``MistralRMSNorm``, ``T5LayerNorm``, ...: a leaf
+    module named so, with a 1-D weight). Measured as a normalisation layer (a depth position of the
+    pre-norm transformers that use it), never reset by the fixes (some libraries store g − 1)."""
+    if isinstance(m, getattr(nn, "RMSNorm", ())):
+        return True
+    name = type(m).__name__
+    w = getattr(m, "weight", None)
+    return ((name.endswith("RMSNorm") or name == "T5LayerNorm") and isinstance(w, Tensor) and w.dim() == 1
+            and next(m.children(), None) is None)
 
 
 def is_activation(m: nn.Module) -> bool:
