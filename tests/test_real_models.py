@@ -198,6 +198,7 @@ def test_gated_recurrent_layers_take_their_gates_share_of_the_decay():
         return [LayerStats(name="emb", kind="embedding", path_signal=before, path_side="out", weight_norm=1.0),
                 LayerStats(name="rnn", type=cell, kind="recurrent", stacked=3, path_side=side, weight_norm=1.0,
                            path_signal=1.0 if side == "out" else before),
+                LayerStats(name="norm", kind="norm", path_signal=1.0, path_side="out"),
                 LayerStats(name="head", kind="weight", path_signal=1.0, path_side="out", signal_norm=1.0,
                            weight_norm=1.0)]
 
