@@ -41,6 +41,15 @@ def is_computed(m: nn.Module) -> bool:
     return parametrize.is_parametrized(m, "weight") or _old_hook(m) is not None
 
 
+def computed_by(m: nn.Module) -> str:
+    """How `m` computes its weight, for notes: its parametrizations' class names in order ("WeightNorm",
+    "SpectralNorm then Orthogonal"), or the hook-based one's; "" for a plain weight."""
+    if parametrize.is_parametrized(m, "weight"):
+        return " then ".join(type(p).__name__.lstrip("_") for p in m.parametrizations["weight"])
+    hook = _old_hook(m)
+    return type(hook).__name__ if hook is not None else ""
+
+
 def scale_is_fixed(m: nn.Module) -> bool:
     """Whether the layer's weight scale is set by how it is computed, not by the tensors it is computed
     from: every parametrization but weight norm (which reproduces any weight: g = ‖w‖, v = w), and the

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ._validate import check_choice
 from .computed_weights import (
+    computed_by,
     deepcopy_model,
     is_computed,
     plain_weight,
@@ -497,16 +498,16 @@ def resize_output(model: nn.Module, n: int, inputs=None) -> tuple[list[str], lis
     old = model.get_submodule(name)
     if out_units(old) == n:
         return [], []
+    weight = read_weight(old)
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, n, bias=old.bias is not None)
     else:
-        new = type(old)(n, read_weight(old).shape[0])  # Conv1D(nf=out, nx=in), weight (in, out)
+        new = type(old)(n, weight.shape[0])  # Conv1D(nf=out, nx=in), weight (in, out)
     _replace(model, name, _like(new, old))
-    weight = read_weight(old)
     shared = [k for k, m in model.named_modules() if read_weight(m) is weight]
     notes = [f"{name}: its weight was shared with {', '.join(shared)}; the new layer has its own"] if shared else []
     if is_computed(old):
-        notes.append(f"{name}: its weight was computed ({_computed_by(old)}); the new layer holds a plain weight")
+        notes.append(f"{name}: its weight was computed ({computed_by(old)}); the new layer holds a plain weight")
     return [name], notes
 
 
@@ -649,15 +650,8 @@ def _redraw(mats: list[Matrix], biases: list[Tensor], scheme: str, what: str | N
     return [_kept_scale(m, what or f"init={scheme!r}") for m in kept]
 
 
-def _computed_by(m: nn.Module) -> str:
-    """How a layer computes its weight, for notes: its parametrizations' or hook's class names."""
-    if hasattr(m, "parametrizations") and "weight" in m.parametrizations:
-        return " then ".join(type(p).__name__.lstrip("_") for p in m.parametrizations["weight"])
-    return ", ".join(type(h).__name__ for h in m._forward_pre_hooks.values() if getattr(h, "name", None) == "weight")
-
-
 def _kept_scale(mat: Matrix, what: str) -> str:
-    return (f"{what}: {mat.layer} computes its weight ({_computed_by(mat.module)}), which sets its scale; "
+    return (f"{what}: {mat.layer} computes its weight ({computed_by(mat.module)}), which sets its scale; "
             "the tensor it is computed from was redrawn, the layer's scale is its parametrization's")
 
 
@@ -730,7 +724,7 @@ def reinit(model: nn.Module, scheme: str, inputs=None) -> tuple[list[str], list[
         raise ValueError("init='lsuv' needs inputs: a batch the model takes (a tensor, a tuple of "
                          "arguments or a dict of keyword arguments)")
     notes = _redraw(mats, biases, "orthogonal", "init='lsuv'")
-    notes += [f"init='lsuv': {m.layer} computes its weight ({_computed_by(m.module)}), which sets its scale: "
+    notes += [f"init='lsuv': {m.layer} computes its weight ({computed_by(m.module)}), which sets its scale: "
               "left orthogonal, not rescaled" for m in mats if m.fixed_scale]
     notes += _lsuv(model, inputs, {m.layer: m for m in mats if is_weight_layer(model.get_submodule(m.layer))
                                    and not m.fixed_scale})
@@ -783,17 +777,17 @@ def _library_default(model: nn.Module, mats: list[Matrix], biases: list[Tensor])
         return [], notes + [(f"init='default': the weights already have the default scale (std / default std "
                              f"from {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} blocks, within "
                              f"{SAME_SCALE:.0%}) and the biases are small: a redraw changes nothing")]
-    done, computed = [], {m.layer: m for m in mats if m.module is not None}
+    done, weights = [], {m.layer: m for m in mats if m.module is not None}  # (weight layers: set, not copied)
     for n in layers:
         if n in unreached:
             continue
         old, new = model.get_submodule(n), fresh.get_submodule(n)
         for k, p in old.named_parameters(recurse=False):
-            if k in new._parameters and not (n in computed and k == "weight"):
+            if k in new._parameters and not (n in weights and k == "weight"):
                 p.copy_(new.get_parameter(k))
                 done.append(f"{n}.{k}" if n else k)
-        if n in computed:
-            mat = computed[n]
+        if n in weights:
+            mat = weights[n]
             if not mat.set(drawn[mat.name].param):
                 notes.append(_kept_scale(mat, "init='default'"))
             done.append(mat.name)
