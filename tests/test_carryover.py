@@ -201,3 +201,52 @@ def test_an_optimizer_without_hooks_leaves_the_count_to_monitor_step(zero):
             mon.step(loss)
         assert not mon._carry.optimizer_seen
         assert bool(carried(mon.diagnose())) != zero
+
+
+def _phased(steps: int, zero_until: int, every: int = 1):
+    """The MLP trained `steps` optimizer steps, zeroing .grad before backward only before `zero_until`."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    mon = Monitor(model, every=every, optimizer=opt)
+    for s in range(steps):
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 8)), torch.randint(0, 3, (8,)))
+        if s < zero_until:
+            opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    return mon
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_checks_are_dense_at_the_start_then_every_sparse_th(every):
+    from deepdiag.measure.carryover import DENSE_CHECKS, SPARSE
+    mon = _phased(steps=(DENSE_CHECKS + 3 * SPARSE) * every + 1, zero_until=0, every=every)
+    probe = mon._carry
+    checked = [s for s in range(1, probe.steps + 1) if probe.checked(s)]
+    dense = [s for s in checked if s < DENSE_CHECKS * every]
+    assert dense == list(range(every, DENSE_CHECKS * every, every))
+    assert checked[len(dense):] == [k * SPARSE * every for k in range(-(-DENSE_CHECKS // SPARSE), DENSE_CHECKS
+                                                                      // SPARSE + 4)]  # multiples of SPARSE·every
+    facts = probe.facts()
+    assert facts.checks - 1 == facts.carried == facts.longest == len(checked)  # step 0 (from None): no carry
+    f = carried(mon.diagnose())[0]
+    mon.close()
+    assert f.evidence["consecutive_checks"] == len(checked)
+    assert (f.evidence["first_step"], f.evidence["last_step"]) == (every, checked[-1])
+    assert f.evidence["checked_every"] == SPARSE * every
+    assert f"then every {SPARSE * every}th from step {DENSE_CHECKS * every}" in f.summary
+
+
+def test_a_loop_that_stops_zeroing_late_is_found_by_the_sparse_checks():
+    from deepdiag.measure.carryover import DENSE_CHECKS, SPARSE
+    start = DENSE_CHECKS + 5  # after the dense checks
+    mon = _phased(steps=start + SPARSE * (CARRY_RUN + 1) + 1, zero_until=start)
+    f = carried(mon.diagnose())
+    facts = mon._carry.facts()
+    mon.close()
+    assert len(f) == 1 and f[0].evidence["consecutive_checks"] >= CARRY_RUN
+    assert f[0].evidence["first_step"] > start and f"every {SPARSE}th" in f[0].summary
+    assert "then" not in f[0].summary  # the run is all sparse checks
+    assert facts.checks - facts.carried == DENSE_CHECKS  # the dense checks found .grad reset (step 0 included)

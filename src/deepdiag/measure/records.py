@@ -304,7 +304,8 @@ class CarryFacts:
     """Whether the gradient a parameter already held when backward brought its fresh one was zero, at
     the first backward pass after each checked optimizer step (``deepdiag.measure.carryover``).
 
-    ``checks``: optimizer steps checked (every ``every``-th); ``carried``: of those, the ones where every
+    ``checks``: optimizer steps checked (every ``every``-th, every ``sparse_every``-th from step
+    ``sparse_from`` on); ``carried``: of those, the ones where every
     probed parameter that got a gradient already held a non-zero one (left over from earlier steps);
     ``longest``: the longest run of consecutive checks that found it, from optimizer step ``first_step``
     to ``last_step`` (0-based, as the optimizer steps were counted); ``held_first`` / ``held_last``:
@@ -322,4 +323,6 @@ class CarryFacts:
     held_last: float | None = None
     fresh_last: float | None = None
     every: int = 1
+    sparse_from: int | None = None
+    sparse_every: int | None = None
     probes: tuple = ()

@@ -162,6 +162,21 @@ def frozen_layers(rows: Sequence[LayerStats], frozen: Sequence[str], frozen_shar
                     f"if they are pretrained and meant to stay so.", names, step, fix={"unfreeze": names})]
 
 
+def _spacing_at(facts: CarryFacts, step: int) -> int:
+    """Optimizer steps between the checks around `step` (dense at the start, sparse later)."""
+    sparse = facts.sparse_from is not None and facts.sparse_every and step >= facts.sparse_from
+    return facts.sparse_every if sparse else facts.every
+
+
+def _check_spacing(facts: CarryFacts) -> str:
+    """", every 10th" for the run's checks ("" when every step was checked), naming both spacings when the
+    run goes from the dense checks at the start into the sparse ones."""
+    first, last = _spacing_at(facts, facts.first_step), _spacing_at(facts, facts.last_step)
+    if first != last:
+        return f", every {first}th, then every {last}th from step {facts.sparse_from}"
+    return f", every {last}th" if last > 1 else ""
+
+
 CARRY_RUN = 9  # consecutive checked optimizer steps whose backward pass found .grad still holding a gradient
 
 
@@ -183,7 +198,8 @@ def carried_gradients(facts: CarryFacts | None, step: int | None = None) -> list
     no deliberate pattern repeats 9 times: one backward pass outside the loop (a gradient probe, a
     saliency map) carries over once; gradient accumulation over m micro-batches, when the monitor counts
     each micro-batch as a step (``Monitor.step`` per micro-batch and no optimizer given), shows runs of
-    m − 1 ≤ 7 for the usual m ≤ 8, then a reset. With ``every`` > 1 the checks are every `every`-th step.
+    m − 1 ≤ 7 for the usual m ≤ 8, then a reset. The checks are every `every`-th step for the first 32 checks,
+    then every 10th of those (``deepdiag.measure.carryover``); sparser checks only shorten such runs.
     """
     if facts is None or facts.longest < CARRY_RUN:
         return []
@@ -191,7 +207,7 @@ def carried_gradients(facts: CarryFacts | None, step: int | None = None) -> list
     growth = facts.held_last / facts.fresh_last if facts.held_last is not None and facts.fresh_last else None
     seen = (f"; the gradient the optimizer applied grew from {fmt(facts.held_first)} to {fmt(facts.held_last)} "
             f"(‖·‖), {fmt(growth)}× one batch's gradient" if growth is not None else "")
-    every = f", every {facts.every}th" if facts.every > 1 else ""
+    every = _check_spacing(facts)
     return [Finding("exploding_gradients", "error",
                     f"The gradients are not reset between optimizer steps (optimizer.zero_grad() is missing): at "
                     f"each of {facts.longest} consecutive checked optimizer steps ({facts.first_step}–"
@@ -199,7 +215,7 @@ def carried_gradients(facts: CarryFacts | None, step: int | None = None) -> list
                     f"each step applies the sum of all past gradients{seen}.",
                     {"cause": "gradients_not_reset", "consecutive_checks": facts.longest,
                      "carried_steps": span, "first_step": facts.first_step, "last_step": facts.last_step,
-                     "checked_every": facts.every, "checks": facts.checks, "carried_checks": facts.carried,
+                     "checked_every": _spacing_at(facts, facts.last_step), "checks": facts.checks, "carried_checks": facts.carried,
                      "applied_grad_norm_first": facts.held_first, "applied_grad_norm_last": facts.held_last,
                      "batch_grad_norm_last": facts.fresh_last, "applied_over_batch": growth,
                      "probes": list(facts.probes), "threshold": CARRY_RUN},
