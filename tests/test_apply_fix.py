@@ -746,13 +746,13 @@ def test_init_default_redraws_each_layer_as_its_library_does_and_is_measured():
         nn.init.zeros_(p)
     fixed, changes = dd.apply_fix(zeroed, {"init": "default"})
     bound = 1 / math.sqrt(10)  # U(±1/√fan_in) for the first layer's weight and bias
-    w = fixed[0].weight
+    w = fixed[0].weight.detach()
     assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.15)
-    assert float(fixed[0].bias.abs().max()) > 0 and not changes.skipped
+    assert float(fixed[0].bias.detach().abs().max()) > 0 and not changes.skipped
     _, same = dd.apply_fix(nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1)), {"init": "default"})
     assert not same.applied and "already have the default scale" in same.skipped[0]
     lstm = nn.LSTM(8, 16)
     for p in lstm.parameters():
         nn.init.normal_(p, 0.0, 3.0)
     fixed, _ = dd.apply_fix(lstm, {"init": "default"})
-    assert all(float(p.abs().max()) <= 1 / math.sqrt(16) for p in fixed.parameters())  # U(±1/√hidden)
+    assert all(float(p.detach().abs().max()) <= 1 / math.sqrt(16) for p in fixed.parameters())  # U(±1/√hidden)

@@ -395,6 +395,15 @@ def test_underfitting_cause():
     f = underfitting_cause(slow, lr=0.002)
     assert f.fix == {"lr": 0.02} and "still falling" in f.summary
     assert underfitting_cause(slow).fix == {"lr_factor": 10.0}
+    assert underfitting_cause(slow, lr=1e-4, usual=1e-3).fix == {"lr": 1e-3}  # below the usual step: larger steps
+    # at or above the optimizer's usual lr, still falling: the budget is short, not the step
+    at_usual = underfitting_cause(slow, lr=3e-3, usual=1e-3)
+    assert at_usual.fix == {"epochs": 50} and at_usual.evidence["cause"] == "budget"  # clamped to 10x the 5 epochs
+    assert "more epochs (about 50)" in at_usual.remedy
+    # n as not_converged extrapolates: half of what is left at the current fall per epoch
+    from deepdiag.rules.curves import more_epochs
+    assert more_epochs(5, 1.0, 0.1) == 10 and more_epochs(5, 1.0, 0.5) == 10 and more_epochs(5, 1.0, 0.01) == 50
+    assert more_epochs(20, 1.0, 0.02) == 45 and more_epochs(5, 1.0, 0.0) == 50
     # the optimizer's usual lr, when the lr is far from it (either way)
     assert underfitting_cause(flat, lr=3e-6, usual=1e-3).fix == {"lr": 0.001}
     far = underfitting_cause(flat, lr=0.3, usual=1e-3)

@@ -254,7 +254,12 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
       with tiny batches is noise-limited; 32 samples per step are the usual cure (or an lr B/32 as large).
     * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
       leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
-      steps point the right way but are too small for the budget.
+      steps point the right way but are too small for the budget. Unless the lr is already at or above
+      the optimizer's usual one (``usual``): then the steps are not small by that optimizer's own
+      standard (Adam's step is ≈ lr per parameter whatever the gradient's scale), ten times the usual
+      step is where runs thrash (``far_from_usual``), and the budget is what is short → ``{"epochs": n}``
+      (``more_epochs``: as ``not_converged`` extrapolates). E.g. ALBERT under AdamW at lr 3·10⁻³, still
+      falling at 0.54 accuracy, retrained at lr 3·10⁻² to chance.
     * capacity: a hidden layer narrower than the output (``bottleneck`` = (name, units, output units)):
       every class score is a function of that layer's few numbers, so with fewer of them than classes
       the classes must share directions and cannot all be told apart → the remedy names the layer.
@@ -307,6 +312,14 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                               f"the gradient noise of one sample per step keeps the loss near chance.",
                        fix={"batch_size": USUAL_BATCH})
     k = UNDERFIT_EPOCH_FALL
+    if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])) and lr and usual and lr >= usual:
+        n = more_epochs(len(t), t[-1], (t[-k - 1] - t[-1]) / k)
+        return replace(f, summary=f"{f.summary} Cause: optimisation — the loss is still falling, slowly, in every recent "
+                                  f"epoch, at a learning rate ({fmt(lr)}) at or above this optimizer's usual {fmt(usual)}.",
+                       evidence={**f.evidence, "cause": "budget", "lr": lr, "usual_lr": usual, "suggested_epochs": n},
+                       remedy=f"Train for more epochs (about {n}): the loss is still going down, and the steps are "
+                              f"already as large as this optimizer usually takes (a larger learning rate would thrash "
+                              f"rather than speed up).", fix={"epochs": n})
     if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
         fix = lr_fix(lr, 10.0)
         what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× larger learning rate"
@@ -390,8 +403,8 @@ def not_converged(train_loss: Sequence[float] | None, step_loss: Sequence[float]
       A longer run that still creeps down at a high level may also be approaching, or memorising, the
       noise floor of its data, which the curves cannot tell apart; it is left to ``underfitting``.
 
-    n: the epochs at which the current slope, continued, would remove half the remaining loss, clamped
-    to [2, 10]× the epochs run (a linear extrapolation is a rough estimate: loss curves decelerate).
+    n: ``more_epochs``, the epochs at which the current slope, continued, would remove half the
+    remaining loss, clamped to [2, 10]× the epochs run.
     """
     t = [v for v in _clean(train_loss) if math.isfinite(v)]
     if not t:
@@ -424,8 +437,7 @@ def not_converged(train_loss: Sequence[float] | None, step_loss: Sequence[float]
         per_epoch = (t[-k - 1] - t[-1]) / k
         how = f"still falling in each of the last {k} epochs ({fmt(per_epoch)} per epoch) after {updates:.0f} updates"
         ev = {"fall_per_epoch": per_epoch, "updates": updates, "updates_threshold": FEW_UPDATES}
-    more = 0.5 * end / per_epoch
-    n = int(min(EPOCHS_MAX * epochs, max(EPOCHS_MIN * epochs, math.ceil(epochs + more))))
+    n = more_epochs(epochs, end, per_epoch)
     ev.update({"epochs": epochs, "start_loss": start, "end_loss": end, "loss_left": end / start,
                "threshold": CONVERGE_LEFT, "train_loss": t, "cause": "not_converged",
                "updates_per_epoch": steps_per_epoch})
@@ -439,6 +451,14 @@ def not_converged(train_loss: Sequence[float] | None, step_loss: Sequence[float]
     return [Finding("underfitting", "warning", summary, ev,
                     f"Train for more epochs (about {n}): the loss is still going down.", [], epochs,
                     fix={"epochs": n})]
+
+
+def more_epochs(epochs: int, end: float, per_epoch: float) -> int:
+    """The epochs at which the loss `end`, falling by `per_epoch` per epoch, would have lost half of what
+    is left, clamped to [2, 10]× the `epochs` run (a linear extrapolation is a rough estimate: loss
+    curves decelerate)."""
+    at = epochs + 0.5 * end / per_epoch if per_epoch > 0 else math.inf
+    return int(min(EPOCHS_MAX * epochs, max(EPOCHS_MIN * epochs, math.ceil(min(at, EPOCHS_MAX * epochs)))))
 
 
 LEVEL_POINTS = 16  # the short-run level test needs >= 16 recorded step losses in the run's second half
