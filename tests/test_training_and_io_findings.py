@@ -397,9 +397,11 @@ def test_underfitting_cause():
     assert underfitting_cause(slow).fix == {"lr_factor": 10.0}
     assert underfitting_cause(slow, lr=1e-4, usual=1e-3).fix == {"lr": 1e-3}  # below the usual step: larger steps
     # at or above the optimizer's usual lr, still falling: the budget is short, not the step
-    at_usual = underfitting_cause(slow, lr=3e-3, usual=1e-3)
+    at_usual = underfitting_cause(slow, lr=3e-3, usual=1e-3, optimizer="adamw")
     assert at_usual.fix == {"epochs": 50} and at_usual.evidence["cause"] == "budget"  # clamped to 10x the 5 epochs
     assert "more epochs (about 50)" in at_usual.remedy
+    # SGD's step scales with the gradient: 10x its usual lr (0.1 at momentum 0.9) is still the probe
+    assert underfitting_cause(slow, lr=0.01, usual=0.01, optimizer="sgd").fix == {"lr": 0.1}
     # n as not_converged extrapolates: half of what is left at the current fall per epoch
     from deepdiag.rules.curves import more_epochs
     assert more_epochs(5, 1.0, 0.1) == 10 and more_epochs(5, 1.0, 0.5) == 10 and more_epochs(5, 1.0, 0.01) == 50
@@ -492,3 +494,15 @@ def test_a_pathology_that_appeared_under_crushing_weight_decay_blames_the_decay(
     decayed = appeared_in_training(f, 0, lr=0.05, weight_decay=1.0, weight_ratio=0.1)
     assert decayed.fix == {"weight_decay": 0.0} and decayed.evidence["weight_norm_ratio"] == 0.1
     assert appeared_in_training(f, 0, lr=0.05, weight_decay=1.0, weight_ratio=0.9).fix == {"lr": 0.005}
+
+
+@pytest.mark.parametrize("optimizer,fix", [("adamw", {"epochs": 50}), ("sgd", {"lr": 0.03})])
+def test_judge_hands_the_optimizer_to_the_underfitting_cause(optimizer, fix):
+    from deepdiag.rules import Context, Curves, judge
+
+    curves = Curves(train_loss=[2.30, 2.29, 2.27, 2.26, 2.24], baseline=2.3026)
+    context = Context(lr=3e-3, base_lr=3e-3, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0,
+                      knows_optimizer=True)  # SGD at momentum 0.9: usual lr 0.01, 3e-3 within 30x of it
+    found = judge(curves=curves, context=context)
+    under = [f for f in found if f.code == "underfitting"]
+    assert len(under) == 1 and under[0].fix == fix

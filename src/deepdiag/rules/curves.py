@@ -215,13 +215,15 @@ def underfitting(train_loss: Sequence[float], baseline: float | None,
 UNDERFIT_SHRINK = 0.5  # weights below half their starting norm under weight decay: the decay wins
 UNDERFIT_EPOCH_FALL = 3  # the epoch loss fell in each of the last 3 epochs: still learning, too slowly
 FEW_UPDATES_PER_EPOCH, FEW_UPDATES = 4, 100  # optimizer steps per epoch and in all: too few to train a net
+ADAPTIVE = ("adam", "adamw")  # optimizers whose step is ≈ lr per parameter, whatever the gradient's scale
 SMALL_BATCH, USUAL_BATCH = 8, 32  # batches below 8 samples: one step's gradient is mostly sampling noise
 
 
 def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float | None = None,
                        weight_ratio: float | None = None, bottleneck: tuple | None = None,
                        frozen: Sequence[str] | None = None, usual: float | None = None,
-                       updates: tuple | None = None, batch_size: int | None = None) -> Finding:
+                       updates: tuple | None = None, batch_size: int | None = None,
+                       optimizer: str | None = None) -> Finding:
     """An underfitting finding with its cause, and a machine-readable fix, where the run shows one.
 
     * a collapse after learning (evidence ``collapsed``: an earlier epoch was below 90 % of chance, the
@@ -254,12 +256,14 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
       with tiny batches is noise-limited; 32 samples per step are the usual cure (or an lr B/32 as large).
     * a loss that is still falling, slowly: the epoch loss dropped in each of the last 3 epochs (without
       leaving 90 % of chance) → ``{"lr": 10·lr}`` (``{"lr_factor": 10}`` when the lr is unknown): the
-      steps point the right way but are too small for the budget. Unless the lr is already at or above
-      the optimizer's usual one (``usual``): then the steps are not small by that optimizer's own
-      standard (Adam's step is ≈ lr per parameter whatever the gradient's scale), ten times the usual
+      steps point the right way but are too small for the budget. Unless the optimizer is Adam or AdamW
+      (``optimizer``) and its lr is already at or above the usual 10⁻³ (``usual``): Adam's step is ≈ lr
+      per parameter whatever the gradient's scale, so its steps are not small then, ten times the usual
       step is where runs thrash (``far_from_usual``), and the budget is what is short → ``{"epochs": n}``
       (``more_epochs``: as ``not_converged`` extrapolates). E.g. ALBERT under AdamW at lr 3·10⁻³, still
-      falling at 0.54 accuracy, retrained at lr 3·10⁻² to chance.
+      falling at 0.54 accuracy, retrained at lr 3·10⁻² to chance. SGD's step is lr times the gradient, so
+      a slow fall at its usual lr can still be small gradients, and 10× is the probe (ResNets train at
+      lr 0.1 with momentum 0.9, ten times ``usual_lr``'s 0.01).
     * capacity: a hidden layer narrower than the output (``bottleneck`` = (name, units, output units)):
       every class score is a function of that layer's few numbers, so with fewer of them than classes
       the classes must share directions and cannot all be told apart → the remedy names the layer.
@@ -312,7 +316,7 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                               f"the gradient noise of one sample per step keeps the loss near chance.",
                        fix={"batch_size": USUAL_BATCH})
     k = UNDERFIT_EPOCH_FALL
-    if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])) and lr and usual and lr >= usual:
+    if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])) and optimizer in ADAPTIVE and lr and usual and lr >= usual:
         n = more_epochs(len(t), t[-1], (t[-k - 1] - t[-1]) / k)
         return replace(f, summary=f"{f.summary} Cause: optimisation — the loss is still falling, slowly, in every recent "
                                   f"epoch, at a learning rate ({fmt(lr)}) at or above this optimizer's usual {fmt(usual)}.",

@@ -174,7 +174,8 @@ def judge_curves(c: Curves, context: Context = Context()) -> list[Finding]:
         cause = lambda f: underfitting_cause(  # noqa: E731
             f, context.weight_decay, context.base_lr, context.weight_ratio, context.bottleneck, context.frozen,
             usual=usual_lr(context.optimizer, context.momentum),
-            updates=(c.steps[-1] if c.steps else updates, per_epoch), batch_size=context.batch_size)
+            updates=(c.steps[-1] if c.steps else updates, per_epoch), batch_size=context.batch_size,
+            optimizer=context.optimizer)
         # one underfitting finding per run: the first rule that speaks, from the level of a run of >= 3
         # epochs, to a run stopped while still falling, to the level of a short run
         found += ([cause(f) for f in underfitting(c.train_loss, c.baseline, c.train_acc, c.val_acc)]
