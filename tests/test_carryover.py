@@ -236,7 +236,8 @@ def test_checks_are_dense_at_the_start_then_every_sparse_th(every):
     assert f.evidence["consecutive_checks"] == len(checked)
     assert (f.evidence["first_step"], f.evidence["last_step"]) == (every, checked[-1])
     assert f.evidence["checked_every"] == SPARSE * every
-    assert f"then every {SPARSE * every}th from step {DENSE_CHECKS * every}" in f.summary
+    start = "every step" if every == 1 else f"every {every}th"
+    assert f"{start}, then every {SPARSE * every}th from step {DENSE_CHECKS * every})" in f.summary
 
 
 def test_a_loop_that_stops_zeroing_late_is_found_by_the_sparse_checks():

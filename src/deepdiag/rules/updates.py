@@ -172,9 +172,10 @@ def _check_spacing(facts: CarryFacts) -> str:
     """", every 10th" for the run's checks ("" when every step was checked), naming both spacings when the
     run goes from the dense checks at the start into the sparse ones."""
     first, last = _spacing_at(facts, facts.first_step), _spacing_at(facts, facts.last_step)
+    every = lambda k: "every step" if k == 1 else f"every {k}th"  # noqa: E731
     if first != last:
-        return f", every {first}th, then every {last}th from step {facts.sparse_from}"
-    return f", every {last}th" if last > 1 else ""
+        return f", {every(first)}, then {every(last)} from step {facts.sparse_from}"
+    return f", {every(last)}" if last > 1 else ""
 
 
 CARRY_RUN = 9  # consecutive checked optimizer steps whose backward pass found .grad still holding a gradient
