@@ -112,9 +112,14 @@ class CarryProbe:
         """The first optimizer step from which only every SPARSE-th `every`-th step is checked."""
         return DENSE_CHECKS * self.every
 
+    @property
+    def sparse_every(self) -> int:
+        """Optimizer steps between checks from ``sparse_from`` on."""
+        return self.every * SPARSE
+
     def checked(self, step: int) -> bool:
-        """Is optimizer `step` checked: every `every`-th step, every SPARSE·every-th from ``sparse_from``."""
-        return step % (self.every if step < self.sparse_from else self.every * SPARSE) == 0
+        """Is optimizer `step` checked: every `every`-th step, every ``sparse_every``-th from ``sparse_from``."""
+        return step % (self.every if step < self.sparse_from else self.sparse_every) == 0
 
     def _arm(self, step: int) -> None:
         if self._closed:
@@ -184,7 +189,7 @@ class CarryProbe:
         first, last, held_first, held_last, fresh = self._best
         return CarryFacts(checks=self._checks, carried=self._carried, longest=self._longest, first_step=first,
                           last_step=last, held_first=held_first, held_last=held_last, fresh_last=fresh,
-                          every=self.every, sparse_from=self.sparse_from, sparse_every=self.every * SPARSE,
+                          every=self.every, sparse_from=self.sparse_from, sparse_every=self.sparse_every,
                           probes=tuple(n for n, _ in self._probes or ()))
 
     @property

@@ -316,15 +316,16 @@ def underfitting_cause(f: Finding, weight_decay: float | None = None, lr: float 
                               f"the gradient noise of one sample per step keeps the loss near chance.",
                        fix={"batch_size": USUAL_BATCH})
     k = UNDERFIT_EPOCH_FALL
-    if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])) and optimizer in ADAPTIVE and lr and usual and lr >= usual:
-        n = more_epochs(len(t), t[-1], (t[-k - 1] - t[-1]) / k)
-        return replace(f, summary=f"{f.summary} Cause: optimisation — the loss is still falling, slowly, in every recent "
-                                  f"epoch, at a learning rate ({fmt(lr)}) at or above this optimizer's usual {fmt(usual)}.",
-                       evidence={**f.evidence, "cause": "budget", "lr": lr, "usual_lr": usual, "suggested_epochs": n},
-                       remedy=f"Train for more epochs (about {n}): the loss is still going down, and the steps are "
-                              f"already as large as this optimizer usually takes (a larger learning rate would thrash "
-                              f"rather than speed up).", fix={"epochs": n})
     if len(t) > k and all(b < a for a, b in zip(t[-k - 1:], t[-k:])):
+        if optimizer in ADAPTIVE and lr and usual and lr >= usual:
+            n = more_epochs(len(t), t[-1], (t[-k - 1] - t[-1]) / k)
+            return replace(f, summary=f"{f.summary} Cause: optimisation — the loss is still falling, slowly, in every "
+                                      f"recent epoch, at a learning rate ({fmt(lr)}) at or above this optimizer's usual "
+                                      f"{fmt(usual)}.",
+                           evidence={**f.evidence, "cause": "budget", "lr": lr, "usual_lr": usual, "suggested_epochs": n},
+                           remedy=f"Train for more epochs (about {n}): the loss is still going down, and the steps are "
+                                  f"already as large as this optimizer usually takes (a larger learning rate would "
+                                  f"thrash rather than speed up).", fix={"epochs": n})
         fix = lr_fix(lr, 10.0)
         what = f"lr={fmt(fix['lr'])}" if "lr" in fix else "a 10× larger learning rate"
         return replace(f, summary=f"{f.summary} Cause: optimisation — the loss is still falling, slowly, in every recent epoch.",
